@@ -28,6 +28,25 @@ def config_cmd() -> None:
     emit_json(get_settings().model_dump(mode="json"))
 
 
+@main.command("make-tiny-model")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--texts-from-store/--no-texts-from-store", default=True,
+              help="Train the tokenizer on the corpus store's titles and abstracts (if there is one).")
+def make_tiny_model_cmd(out_dir: str, texts_from_store: bool) -> None:
+    """Build a tiny random Llama + tokenizer + chat template in OUT_DIR (CPU demos and tests)."""
+    from finetune.tiny import build_tiny_causal_lm
+
+    texts: list[str] = []
+    settings = get_settings()
+    if texts_from_store and settings.corpus_db.exists():
+        import sqlite3
+
+        con = sqlite3.connect(f"file:{settings.corpus_db}?mode=ro", uri=True)
+        texts = [t for (t,) in con.execute("SELECT text FROM chunks LIMIT 20000")]
+        con.close()
+    click.echo(str(build_tiny_causal_lm(out_dir, texts)))
+
+
 def _register() -> None:
     # Each package contributes its own commands; imported here so `pubmind --help` lists them all.
     import importlib

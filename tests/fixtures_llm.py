@@ -1,1 +1,41 @@
-"""Fixtures for llm tests."""
+"""Fixtures for the tiny causal LM (and, added by the server tests, the real vLLM server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A tiny random Llama (+ BPE tokenizer trained on PubMedQA text, + chat template), saved locally."""
+    from finetune.tiny import build_tiny_causal_lm
+
+    data = json.loads((shared_data / "pubmedqa/data/ori_pqal.json").read_text())
+    texts = [" ".join(v["CONTEXTS"]) + " " + v["LONG_ANSWER"] + " " + v["QUESTION"] for v in data.values()]
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-llm"), texts)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real vLLM OpenAI server (CPU build, .venv-vllm) serving ``tiny_model_dir`` as 'base' with runtime
+    LoRA loading enabled (max rank 8, 2 adapters); yields its URL and stops it (whole process group) at the
+    end of the session. Started through ``server.supervisor.VllmSupervisor``; log under the fixture's home.
+    Only tests marked ``@pytest.mark.vllm`` should use it (startup takes ~1 minute)."""
+    import os
+
+    from server.supervisor import VllmSupervisor
+    from tests.fixtures_server import free_port, make_settings
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    home = tmp_path_factory.mktemp("vllm-home")
+    settings = make_settings(home, llm={"model": str(tiny_model_dir), "vllm_port": free_port(), "max_loras": 2,
+                                        "max_lora_rank": 8, "vllm_args": ["--dtype", "float32"]})
+    sup = VllmSupervisor(settings)
+    sup.start()
+    try:
+        yield sup.url
+    finally:
+        sup.stop()

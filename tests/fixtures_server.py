@@ -1,1 +1,132 @@
-"""Fixtures for server tests."""
+"""Fixtures for server tests: test-preset settings for an API, a small real corpus (50 PubMedQA abstracts
+indexed with the real embedder through the Indexer), API keys for each role, and a live uvicorn server in a
+thread (for the openai client, streaming and the benchmark)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retrieval.records import AbstractSection, Article, MeshHeading
+from retrieval.settings import Settings, load_settings
+
+N_CORPUS = 50
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def closed_url() -> str:
+    """A URL where nothing listens (for 'vLLM is down')."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@contextmanager
+def _test_env() -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in ("PUBMIND_PRESET", "PUBMIND_CONFIG", "PUBMIND_HOME")}
+    os.environ["PUBMIND_PRESET"] = "test"
+    os.environ.pop("PUBMIND_CONFIG", None)
+    os.environ.pop("PUBMIND_HOME", None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def make_settings(home: Path, **overrides: Any) -> Settings:
+    """Test-preset settings with ``home`` (usable from session fixtures, which cannot monkeypatch)."""
+    with _test_env():
+        return load_settings(home=home, **overrides)
+
+
+def pubmedqa_articles(shared_data: Path, n: int = N_CORPUS) -> list[Article]:
+    """The first ``n`` PubMedQA (PQA-L) abstracts as Articles (the question stands in for the title)."""
+    data = json.loads((shared_data / "pubmedqa/data/ori_pqal.json").read_text())
+    out = []
+    for pmid, v in list(data.items())[:n]:
+        sections = [AbstractSection(text=t, label=lab) for t, lab in zip(v["CONTEXTS"], v["LABELS"], strict=False)]
+        sections.append(AbstractSection(text=v["LONG_ANSWER"], label="CONCLUSIONS"))
+        out.append(Article(pmid=int(pmid), title=v["QUESTION"], abstract=tuple(sections),
+                           journal="PubMedQA", year=int(v["YEAR"]) if v.get("YEAR") else None,
+                           mesh=tuple(MeshHeading(descriptor=m) for m in v.get("MESHES", [])),
+                           languages=("eng",)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def server_corpus(shared_data: Path) -> list[Article]:
+    return pubmedqa_articles(shared_data)
+
+
+@pytest.fixture(scope="session")
+def server_home(tmp_path_factory: pytest.TempPathFactory, server_corpus: list[Article], embedder: Any) -> Path:
+    """A PUBMIND_HOME holding the 50-article corpus store and its vector index (real MiniLM)."""
+    from retrieval.indexer import Indexer
+
+    home = tmp_path_factory.mktemp("server-home")
+    with Indexer(make_settings(home), embedder) as ix:
+        ix.apply(server_corpus, progress=False)
+    return home
+
+
+def api_settings(home: Path, model_dir: Path, vllm_url: str, **server: Any) -> Settings:
+    return make_settings(home, llm={"model": str(model_dir), "vllm_url": vllm_url}, server=server)
+
+
+def create_keys(settings: Settings, tag: str = "") -> dict[str, str]:
+    """One key per role, named '<role><tag>'; returns {role: key}."""
+    from server.auth import KeyStore
+
+    ks = KeyStore(settings.app_db)
+    try:
+        return {r: ks.create(f"{r}{tag}", r) for r in ("reader", "curator", "admin")}
+    finally:
+        ks.close()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+class LiveServer:
+    """uvicorn serving ``app`` on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("uvicorn exited during startup (see the log)")
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start within 120 s")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

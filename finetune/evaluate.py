@@ -1,0 +1,267 @@
+"""Evaluation gate: a candidate adapter version against the current version (or the base model when none)
+on the held-out split, with the serving prompt.
+
+Metrics (pure functions below, micro-averaged over a set):
+  citation_validity  share of cited PMIDs that were in the evidence of the prompt
+  citation_recall    share of the curator's PMIDs the answer cites
+  answer_f1          token F1 between answer and corrected answer (citation keys removed)
+  rouge_l            ROUGE-L F-measure (longest common token subsequence), same tokens
+  pubmedqa_accuracy  yes/no/maybe accuracy on PubMedQA items (only when configured)
+
+Generation goes through vLLM (the candidate loaded under its versioned name ``NAME@vN``) when vLLM answers
+its health check; otherwise with transformers + PEFT in this process. The report names the backend used and
+why, never silently. The candidate is promoted only if no metric is worse than the baseline's by more than
+``settings.finetune.tolerance``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from retrieval.citations import parse_citations, verify
+from retrieval.errors import InvalidInput, PubmindError
+from retrieval.prompt import build_messages, render_evidence
+from retrieval.records import AbstractSection, Article
+from retrieval.settings import Settings
+
+log = logging.getLogger("pubmind.evaluate")
+
+METRICS = ("citation_validity", "citation_recall", "answer_f1", "rouge_l", "pubmedqa_accuracy")
+_WORD = re.compile(r"\w+", re.UNICODE)
+_LABEL = re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE)
+
+
+# ---- metric functions -----------------------------------------------------------------------------------
+def answer_tokens(text: str) -> list[str]:
+    """Lower-cased word tokens with citation keys removed (citations are scored separately)."""
+    out, pos = [], 0
+    for c in parse_citations(text):
+        out.append(text[pos:c.start])
+        pos = c.end
+    out.append(text[pos:])
+    return _WORD.findall(" ".join(out).lower())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    p, r = answer_tokens(prediction), answer_tokens(reference)
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    p, r = answer_tokens(prediction), answer_tokens(reference)
+    if not p or not r:
+        return float(p == r)
+    lcs = _lcs(p, r)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def pubmedqa_label(answer: str) -> str | None:
+    """The first yes/no/maybe word of an answer (None if there is none)."""
+    m = _LABEL.search(answer)
+    return m.group(1).lower() if m else None
+
+
+def score_answers(answers: Sequence[str], evidence: Sequence[Sequence[int]], curator_pmids: Sequence[Sequence[int]],
+                  references: Sequence[str]) -> dict[str, Any]:
+    """Set-level metrics for generated ``answers`` (aligned lists)."""
+    if not len(answers) == len(evidence) == len(curator_pmids) == len(references):
+        raise InvalidInput("answers, evidence, curator_pmids and references must have the same length",
+                           param="answers")
+    cited = supported = wanted = recalled = 0
+    for ans, ev, cur in zip(answers, evidence, curator_pmids, strict=True):
+        rep = verify(ans, ev)
+        cited += len(rep.cited)
+        supported += len(rep.supported)
+        wanted += len(cur)
+        recalled += len(set(cur) & set(rep.cited))
+    n = len(answers)
+    return {
+        "n": n,
+        "citation_validity": supported / cited if cited else 0.0,
+        "citation_recall": recalled / wanted if wanted else 1.0,
+        "answer_f1": sum(map(token_f1, answers, references)) / n if n else 0.0,
+        "rouge_l": sum(map(rouge_l, answers, references)) / n if n else 0.0,
+        "cited": cited, "supported": supported,
+    }
+
+
+def gate_decision(candidate: dict[str, Any], baseline: dict[str, Any], tolerance: float) -> tuple[bool, list[str]]:
+    """(promote, reasons): promote unless a metric both sides report drops by more than ``tolerance``."""
+    reasons, promote = [], True
+    for m in METRICS:
+        c, b = candidate.get(m), baseline.get(m)
+        if c is None or b is None:
+            continue
+        if c < b - tolerance:
+            promote = False
+            reasons.append(f"{m} {c:.3f} < baseline {b:.3f} - tolerance {tolerance:g}")
+        else:
+            reasons.append(f"{m} {c:.3f} vs baseline {b:.3f}: ok")
+    return promote, reasons
+
+
+# ---- generation backends --------------------------------------------------------------------------------
+class Generator(Protocol):
+    def generate(self, messages: list[dict[str, str]], model: str) -> str: ...
+
+
+class VllmGenerator:
+    """Greedy answers from the running vLLM; ``model`` is a served name (``base`` or ``NAME@vN``)."""
+
+    def __init__(self, client: Any, max_tokens: int) -> None:
+        self.client, self.max_tokens = client, max_tokens
+
+    def generate(self, messages: list[dict[str, str]], model: str) -> str:
+        return self.client.chat(messages, model, max_tokens=self.max_tokens, temperature=0.0).text
+
+
+class LocalGenerator:
+    """Greedy answers with transformers (+ PEFT adapters) in this process. ``model`` is ``base`` or an
+    adapter folder path."""
+
+    def __init__(self, base_model: str, max_tokens: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        self.base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).eval()
+        self.max_tokens = max_tokens
+        self._models: dict[str, Any] = {"base": self.base}
+
+    def _model(self, model: str) -> Any:
+        if model not in self._models:
+            from peft import PeftModel
+
+            if not self._models.get("peft"):
+                self._models["peft"] = PeftModel.from_pretrained(self.base, model, adapter_name=model)
+            else:
+                self._models["peft"].load_adapter(model, adapter_name=model)
+            self._models[model] = self._models["peft"]
+        return self._models[model]
+
+    def generate(self, messages: list[dict[str, str]], model: str) -> str:
+        import torch
+
+        m = self._model(model)
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                 return_dict=True)
+        with torch.no_grad():
+            if model == "base" and "peft" in self._models:
+                with self._models["peft"].disable_adapter():
+                    out = self._models["peft"].generate(**ids, max_new_tokens=self.max_tokens, do_sample=False)
+            else:
+                if model != "base":
+                    m.set_adapter(model)
+                out = m.generate(**ids, max_new_tokens=self.max_tokens, do_sample=False)
+        return self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+# ---- PubMedQA ------------------------------------------------------------------------------------------
+def pubmedqa_items(path: str | Path, limit: int) -> list[tuple[Article, str, str]]:
+    """(article, question, gold label) for the first ``limit`` items of a PubMedQA ``ori_pqal.json``; the
+    evidence is the item's own abstract, rendered like any article."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"pubmedqa_path {str(path)!r}: cannot read PubMedQA JSON: {e}",
+                           param="pubmedqa_path") from e
+    out = []
+    for pmid, item in list(data.items())[:limit]:
+        sections = tuple(AbstractSection(t, lab) for t, lab in zip(item["CONTEXTS"], item.get("LABELS") or
+                                                                     [None] * len(item["CONTEXTS"]), strict=False))
+        art = Article(pmid=int(pmid), title=item["QUESTION"], abstract=sections, year=int(item.get("YEAR") or 0) or None)
+        out.append((art, item["QUESTION"], item["final_decision"]))
+    return out
+
+
+# ---- the gate ------------------------------------------------------------------------------------------
+def _evaluate(gen: Generator, model: str, heldout: Sequence[Any], pqa: Sequence[tuple[list[dict[str, str]], str]]
+              ) -> dict[str, Any]:
+    t0 = time.monotonic()
+    answers = [gen.generate(e.prompt_messages, model) for e in heldout]
+    scores = score_answers(answers, [e.evidence_pmids for e in heldout], [e.cited_pmids for e in heldout],
+                           [e.target for e in heldout])
+    if pqa:
+        labels = [pubmedqa_label(gen.generate(msgs, model)) for msgs, _ in pqa]
+        scores["pubmedqa_accuracy"] = sum(p == gold for p, (_, gold) in zip(labels, pqa, strict=True)) / len(pqa)
+        scores["pubmedqa_n"] = len(pqa)
+    scores["samples"] = [{"question": e.question, "answer": a} for e, a in list(zip(heldout, answers, strict=True))[:5]]
+    scores["seconds"] = round(time.monotonic() - t0, 2)
+    return scores
+
+
+def run_gate(settings: Settings, candidate: Any, current: Any | None, dataset: Any,
+             eval_config: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate ``candidate`` (an AdapterVersion) against ``current`` (AdapterVersion or None: the base model)
+    on ``dataset.heldout``; returns the report with ``promote``."""
+    from finetune.vllm_client import SyncVllmClient, served_base_name
+
+    heldout = dataset.heldout
+    report: dict[str, Any] = {"candidate": candidate.lora_name,
+                              "baseline": current.lora_name if current else "base",
+                              "tolerance": settings.finetune.tolerance, "heldout": len(heldout)}
+    pqa = []
+    if eval_config.get("pubmedqa_path"):
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(settings.llm.model)
+        for art, q, gold in pubmedqa_items(eval_config["pubmedqa_path"], int(eval_config.get("pubmedqa_limit", 50))):
+            text, _ = render_evidence([art], tok, settings.retrieval.context_tokens)
+            pqa.append((build_messages(q, text), gold))
+    if not heldout and not pqa:
+        report.update(promote=False, reasons=["no held-out examples (too few distinct questions or "
+                                              "heldout_fraction=0): not promoted automatically; promote by "
+                                              "hand after checking the version"])
+        return report
+
+    client = SyncVllmClient.from_settings(settings.llm)
+    try:
+        client.health()
+        gen: Generator = VllmGenerator(client, settings.llm.max_tokens)
+        loaded = set(client.models())
+        for v in (candidate, current):
+            if v is not None and v.lora_name not in loaded:
+                client.load_lora_adapter(v.lora_name, v.path)
+        cand_model = candidate.lora_name
+        base_model = current.lora_name if current else served_base_name(settings.llm)
+        report["backend"] = f"vllm at {client.base_url}"
+    except PubmindError as e:
+        log.warning("vLLM unreachable for the gate (%s): generating with transformers locally", e.message)
+        gen = LocalGenerator(settings.llm.model, settings.llm.max_tokens)
+        cand_model, base_model = candidate.path, (current.path if current else "base")
+        report["backend"] = f"transformers+peft in the job process (vLLM not usable: {e.message})"
+    try:
+        report["candidate_metrics"] = _evaluate(gen, cand_model, heldout, pqa)
+        report["baseline_metrics"] = _evaluate(gen, base_model, heldout, pqa)
+    finally:
+        client.close()
+    promote, reasons = gate_decision(report["candidate_metrics"], report["baseline_metrics"],
+                                     settings.finetune.tolerance)
+    report.update(promote=promote, reasons=reasons)
+    return report

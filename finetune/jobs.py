@@ -1,0 +1,232 @@
+"""Re-tune jobs: launch ``python -m finetune.train --job_dir DIR`` in its own process (own session, so the
+API stays responsive and a cancel kills the whole process group), watch it, cancel it; and keep vLLM in line
+with the registry (``deploy``).
+
+Job state lives in the app database (``finetune.store``), so it survives an API restart: a job whose
+process is gone while its state says queued/running is marked failed (``recover``), never silently lost.
+One active job per adapter (Conflict/409 otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from finetune.registry import AdapterRegistry, check_name
+from finetune.store import ACTIVE_JOB_STATUSES, FeedbackStore, Job, job_process_alive
+from retrieval.errors import Conflict, InvalidInput, NotFound, PubmindError
+from retrieval.settings import FinetuneSettings, Settings
+
+log = logging.getLogger("pubmind.jobs")
+
+# Settings a job may override per request (the rest of settings.finetune is policy, not a hyperparameter).
+TUNABLE = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "learning_rate", "batch_size",
+           "max_seq_len", "distractors", "heldout_fraction", "seed")
+CANCEL_GRACE_SECONDS = 5.0
+
+
+def resolve_hyperparameters(settings: Settings, overrides: dict[str, Any] | None) -> FinetuneSettings:
+    """``settings.finetune`` with per-job ``overrides``; InvalidInput names an unknown or bad key."""
+    overrides = dict(overrides or {})
+    if bad := sorted(set(overrides) - set(TUNABLE)):
+        raise InvalidInput(f"hyperparameters: unknown keys {bad}; allowed: {list(TUNABLE)}", param="hyperparameters")
+    try:
+        hp = FinetuneSettings.model_validate({**settings.finetune.model_dump(), **overrides})
+    except ValidationError as e:
+        errs = "; ".join(f"{'.'.join(map(str, err['loc']))}={err.get('input')!r}: {err['msg']}" for err in e.errors())
+        raise InvalidInput(f"hyperparameters: {errs}", param="hyperparameters") from None
+    if hp.lora_r > settings.llm.max_lora_rank:
+        raise InvalidInput(f"hyperparameters.lora_r={hp.lora_r} exceeds llm.max_lora_rank="
+                           f"{settings.llm.max_lora_rank}: vLLM could not load the adapter",
+                           param="hyperparameters.lora_r")
+    return hp
+
+
+class JobRunner:
+    """Starts, watches and cancels job processes for one API server (or CLI invocation)."""
+
+    def __init__(self, settings: Settings, store: FeedbackStore) -> None:
+        self.settings, self.store = settings, store
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def recover(self) -> list[str]:
+        """Mark jobs interrupted by a restart as failed; call once at start-up."""
+        failed = self.store.fail_interrupted()
+        if failed:
+            log.warning("re-tune jobs interrupted by a restart, marked failed: %s", failed)
+        return failed
+
+    def submit(self, adapter: str, *, hyperparameters: dict[str, Any] | None = None,
+               min_examples: int | None = None, created_by: str, evaluation: dict[str, Any] | None = None) -> Job:
+        """Validate, record a queued job and launch its process. Conflict if ``adapter`` has an active job
+        or fewer than ``min_examples`` corrections are accepted."""
+        check_name(adapter)
+        hp = resolve_hyperparameters(self.settings, hyperparameters)
+        needed = self.settings.finetune.min_examples if min_examples is None else min_examples
+        if not isinstance(needed, int) or isinstance(needed, bool) or needed < 1:
+            raise InvalidInput(f"min_examples must be an integer >= 1, got {min_examples!r}", param="min_examples")
+        evaluation = dict(evaluation or {})
+        if bad := sorted(set(evaluation) - {"pubmedqa_path", "pubmedqa_limit"}):
+            raise InvalidInput(f"evaluation: unknown keys {bad}; allowed: ['pubmedqa_path', 'pubmedqa_limit']",
+                               param="evaluation")
+        if evaluation.get("pubmedqa_path") and not Path(evaluation["pubmedqa_path"]).is_file():
+            raise InvalidInput(f"evaluation.pubmedqa_path {evaluation['pubmedqa_path']!r} is not a file",
+                               param="evaluation.pubmedqa_path")
+        have = self.store.count_feedback("accepted")
+        if have < needed:
+            raise Conflict(f"{have} accepted corrections, a re-tune needs min_examples={needed}; accept more "
+                           f"(PATCH /v1/feedback/ID) or lower min_examples", param="min_examples")
+        self.store.fail_interrupted()  # a dead job must not block the adapter forever
+        job = self.store.create_job(adapter, hp.model_dump(), needed, created_by)
+        job_dir = self.settings.jobs_dir / job.id
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / "job.json").write_text(json.dumps({
+            "job_id": job.id, "adapter": adapter, "hyperparameters": hp.model_dump(), "min_examples": needed,
+            "eval": evaluation, "settings": self.settings.model_dump(mode="json")}, indent=2))
+        try:
+            with open(job_dir / "log.txt", "ab") as logf:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "finetune.train", "--job_dir", str(job_dir)],
+                    stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                    env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+                         "TOKENIZERS_PARALLELISM": "false"},
+                )
+        except OSError as e:
+            self.store.update_job(job.id, status="failed", finished_at=time.time(),
+                                  error=f"could not start the job process: {e}")
+            raise
+        with self._lock:
+            self._procs[job.id] = proc
+        job = self.store.update_job(job.id, pid=proc.pid)
+        threading.Thread(target=self._watch, args=(job.id, proc), daemon=True, name=f"watch-{job.id}").start()
+        return job
+
+    def _watch(self, job_id: str, proc: subprocess.Popen[bytes]) -> None:
+        code = proc.wait()
+        with self._lock:
+            self._procs.pop(job_id, None)
+        try:
+            job = self.store.get_job(job_id)
+            if job.status in ACTIVE_JOB_STATUSES:  # exited without recording an outcome (killed, crashed)
+                self.store.update_job(job_id, expect=ACTIVE_JOB_STATUSES, status="failed", finished_at=time.time(),
+                                      error=f"job process exited with code {code} without finishing; see "
+                                            f"{self.settings.jobs_dir / job_id / 'log.txt'}")
+        except PubmindError:
+            log.exception("recording the end of job %s", job_id)
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.get_job(job_id)
+        if job.status in ACTIVE_JOB_STATUSES and job.pid is not None and job_id not in self._procs \
+                and not job_process_alive(job.pid, job_id):
+            self.store.fail_interrupted()
+            job = self.store.get_job(job_id)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Kill the job's process group and mark it cancelled. Conflict if the job already finished."""
+        job = self.store.get_job(job_id)
+        if job.status not in ACTIVE_JOB_STATUSES:
+            raise Conflict(f"job {job_id} already finished with status {job.status!r}", param="job_id")
+        job = self.store.update_job(job_id, expect=ACTIVE_JOB_STATUSES, status="cancelled", finished_at=time.time(),
+                                    error="cancelled")
+        if job.pid is not None and job_process_alive(job.pid, job_id):
+            _kill_group(job.pid)
+        with self._lock:
+            proc = self._procs.get(job_id)
+        if proc is not None:
+            try:
+                proc.wait(CANCEL_GRACE_SECONDS * 2)
+            except subprocess.TimeoutExpired:
+                log.error("job %s process %s survived SIGKILL", job_id, proc.pid)
+        return self.store.get_job(job_id)
+
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0, on_progress: Any = None) -> Job:
+        """Block until the job finishes (``on_progress(job)`` on every change)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = None
+        while True:
+            job = self.get(job_id)
+            if on_progress and (job.status, job.progress) != last:
+                on_progress(job)
+                last = (job.status, job.progress)
+            if job.status not in ACTIVE_JOB_STATUSES:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise Conflict(f"job {job_id} still {job.status} after {timeout:g}s", param="job_id")
+            time.sleep(poll)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+
+
+# ---- keeping vLLM in line with the registry ------------------------------------------------------------------
+def _client(settings: Settings) -> Any:
+    from finetune.vllm_client import SyncVllmClient
+
+    return SyncVllmClient.from_settings(settings.llm)
+
+
+def deploy(settings: Settings, registry: AdapterRegistry, name: str) -> dict[str, Any]:
+    """Load the current version of ``name`` into the running vLLM (under ``NAME@vN``) and unload its versions
+    beyond ``settings.finetune.keep_loaded``. When vLLM is not reachable the registry change still stands (a
+    restarted vLLM gets the current versions as --lora-modules); the result says so."""
+    current = registry.current(name)
+    if current is None:
+        raise NotFound(f"adapter {name!r} has no promoted version to serve", param="adapter")
+    keep = {f"{name}@v{v}" for v in registry.recent(name, settings.finetune.keep_loaded)}
+    with _client(settings) as client:
+        try:
+            loaded = set(client.models())
+        except PubmindError as e:
+            return {"serving": current.lora_name, "vllm": f"not reachable ({e.message}); served from the "
+                    "registry when vLLM (re)starts"}
+        if current.lora_name not in loaded:
+            client.load_lora_adapter(current.lora_name, current.path)
+        unloaded = []
+        for lora in sorted(loaded):
+            if lora.startswith(f"{name}@v") and lora not in keep:
+                client.unload_lora_adapter(lora)
+                unloaded.append(lora)
+    return {"serving": current.lora_name, "loaded": sorted(keep & (loaded | {current.lora_name})),
+            "unloaded": unloaded, "vllm": "ok"}
+
+
+def unload_unless_kept(settings: Settings, registry: AdapterRegistry, name: str, lora_name: str) -> dict[str, Any]:
+    """After a rejected candidate: unload it from vLLM unless it is one of the versions kept loaded."""
+    keep = {f"{name}@v{v}" for v in registry.recent(name, settings.finetune.keep_loaded)}
+    if lora_name in keep:
+        return {"unloaded": []}
+    with _client(settings) as client:
+        try:
+            if lora_name in client.models():
+                client.unload_lora_adapter(lora_name)
+                return {"unloaded": [lora_name]}
+        except PubmindError as e:
+            return {"unloaded": [], "vllm": f"not reachable ({e.message})"}
+    return {"unloaded": []}

@@ -1,0 +1,436 @@
+"""Feedback store: served answers (with provenance), curator corrections and re-tune jobs.
+
+Lives in ``settings.app_db`` (SQLite, WAL), the same file the server keeps API keys in; these tables are
+separate and created with CREATE IF NOT EXISTS. Several processes use it at once (the API server and a
+training subprocess writing job progress): every write is one short IMMEDIATE transaction.
+
+Tables:
+  answers(id PK, created_at, question, answer, model, adapter_version, index_version, retrieved, citations,
+          timings_ms)                  retrieved = JSON [[pmid, score], ...]
+  feedback(id PK, created_at, curator, answer_id, question, corrected_answer, pmids, rating, note, source,
+           status, reviewer, reviewed_at, provenance)   status: pending | accepted | rejected
+  retune_jobs(id PK, adapter, status, created_at, started_at, finished_at, created_by, pid, hyperparameters,
+              min_examples, progress, result, error)     status: queued | running | succeeded | failed | cancelled
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from retrieval.errors import Conflict, InvalidInput, NotFound
+
+FeedbackStatus = Literal["pending", "accepted", "rejected"]
+FEEDBACK_STATUSES: tuple[str, ...] = ("pending", "accepted", "rejected")
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE_JOB_STATUSES: tuple[str, ...] = ("queued", "running")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    question TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    model TEXT NOT NULL,
+    adapter_version TEXT,
+    index_version TEXT,
+    retrieved TEXT NOT NULL,
+    citations TEXT NOT NULL,
+    timings_ms TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    curator TEXT NOT NULL,
+    answer_id TEXT,
+    question TEXT NOT NULL,
+    corrected_answer TEXT NOT NULL,
+    pmids TEXT NOT NULL,
+    rating INTEGER,
+    note TEXT NOT NULL,
+    source TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reviewer TEXT,
+    reviewed_at REAL,
+    provenance TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_status ON feedback(status, created_at);
+CREATE TABLE IF NOT EXISTS retune_jobs (
+    id TEXT PRIMARY KEY,
+    adapter TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    created_by TEXT NOT NULL,
+    pid INTEGER,
+    hyperparameters TEXT NOT NULL,
+    min_examples INTEGER NOT NULL,
+    progress TEXT NOT NULL,
+    result TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS retune_jobs_adapter ON retune_jobs(adapter, status);
+"""
+
+
+class Answer(msgspec.Struct, kw_only=True):
+    """An answer the server gave, kept so a correction can point at it (and carry its provenance)."""
+
+    id: str
+    created_at: float
+    question: str
+    answer: str
+    model: str  # what the client asked for, e.g. "base", "onco", "onco@v3"
+    adapter_version: str | None  # the lora_name actually served ("onco@v3"), None for the base model
+    index_version: str | None
+    retrieved: list[tuple[int, float]]  # (pmid, score) in rank order
+    citations: list[Any]  # as the server reported them (PMIDs or citation objects)
+    timings_ms: dict[str, float]
+
+
+class Feedback(msgspec.Struct, kw_only=True):
+    """A curator's correction. Only ``accepted`` ones are trained on."""
+
+    id: str
+    created_at: float
+    curator: str  # API key name of the curator who wrote it
+    answer_id: str | None  # None when written from scratch (or imported)
+    question: str
+    corrected_answer: str
+    pmids: list[int]  # PMIDs the curator says answer the question
+    rating: int | None
+    note: str
+    source: str  # "api" or "import:<file name>"
+    status: str
+    reviewer: str | None
+    reviewed_at: float | None
+    provenance: dict[str, Any]  # original answer, its retrieved PMIDs, model/adapter/index versions
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """A re-tune job. ``progress`` = {"stage", "step", "total_steps", "loss", "epoch", ...};
+    ``result`` = {"version", "lora_name", "evaluation", "promoted", "dataset", ...}."""
+
+    id: str
+    adapter: str
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    created_by: str
+    pid: int | None
+    hyperparameters: dict[str, Any]
+    min_examples: int
+    progress: dict[str, Any]
+    result: dict[str, Any]
+    error: str | None
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def _check_status(value: str, allowed: Sequence[str], param: str) -> None:
+    if value not in allowed:
+        raise InvalidInput(f"{param} must be one of {list(allowed)}, got {value!r}", param=param)
+
+
+class FeedbackStore:
+    """Answers, feedback and jobs in the app database at ``path``. Thread-safe (one connection behind a
+    lock); safe across processes (WAL + busy timeout)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=60000")
+        with self._txn() as db:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+
+    @contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cur = self._db.execute(sql, params)
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]  # type: ignore[misc]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> FeedbackStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- answers --------------------------------------------------------------------------------
+    def record_answer(
+        self,
+        question: str,
+        answer: str,
+        model: str,
+        adapter_version: str | None,
+        index_version: str | None,
+        retrieved: Sequence[tuple[int, float]],
+        citations: Sequence[Any],
+        timings_ms: dict[str, float],
+    ) -> str:
+        """Keep a served answer; returns its id (``ans_...``), which clients quote in feedback."""
+        answer_id = _new_id("ans")
+        with self._txn() as db:
+            db.execute(
+                "INSERT INTO answers VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (answer_id, time.time(), question, answer, model, adapter_version, index_version,
+                 json.dumps([[int(p), float(s)] for p, s in retrieved]),
+                 json.dumps(list(citations), default=_json_default), json.dumps(dict(timings_ms))),
+            )
+        return answer_id
+
+    def get_answer(self, answer_id: str) -> Answer:
+        rows = self._query("SELECT * FROM answers WHERE id = ?", (answer_id,))
+        if not rows:
+            raise NotFound(f"answer_id {answer_id!r} not found", param="answer_id")
+        r = rows[0]
+        return Answer(
+            id=r["id"], created_at=r["created_at"], question=r["question"], answer=r["answer"],
+            model=r["model"], adapter_version=r["adapter_version"], index_version=r["index_version"],
+            retrieved=[(int(p), float(s)) for p, s in json.loads(r["retrieved"])],
+            citations=json.loads(r["citations"]), timings_ms=json.loads(r["timings_ms"]),
+        )
+
+    # ---- feedback -------------------------------------------------------------------------------
+    def add_feedback(
+        self,
+        *,
+        question: str,
+        corrected_answer: str,
+        pmids: Sequence[int],
+        curator: str,
+        answer_id: str | None = None,
+        rating: int | None = None,
+        note: str = "",
+        source: str = "api",
+        status: FeedbackStatus = "pending",
+    ) -> Feedback:
+        """Store a correction (validate it first with ``finetune.dataset.validate_correction``). With an
+        ``answer_id`` the original answer's provenance is copied in; an unknown id is NotFound."""
+        _check_status(status, FEEDBACK_STATUSES, "status")
+        provenance: dict[str, Any] = {}
+        if answer_id is not None:
+            a = self.get_answer(answer_id)
+            provenance = {
+                "original_question": a.question, "original_answer": a.answer, "model": a.model,
+                "adapter_version": a.adapter_version, "index_version": a.index_version,
+                "retrieved_pmids": [p for p, _ in a.retrieved], "answered_at": a.created_at,
+            }
+        now = time.time()
+        fb = Feedback(
+            id=_new_id("fb"), created_at=now, curator=curator, answer_id=answer_id, question=question,
+            corrected_answer=corrected_answer, pmids=[int(p) for p in pmids], rating=rating, note=note,
+            source=source, status=status, reviewer=curator if status != "pending" else None,
+            reviewed_at=now if status != "pending" else None, provenance=provenance,
+        )
+        with self._txn() as db:
+            db.execute(
+                "INSERT INTO feedback VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (fb.id, fb.created_at, fb.curator, fb.answer_id, fb.question, fb.corrected_answer,
+                 json.dumps(fb.pmids), fb.rating, fb.note, fb.source, fb.status, fb.reviewer,
+                 fb.reviewed_at, json.dumps(fb.provenance)),
+            )
+        return fb
+
+    @staticmethod
+    def _feedback(r: dict[str, Any]) -> Feedback:
+        return Feedback(
+            id=r["id"], created_at=r["created_at"], curator=r["curator"], answer_id=r["answer_id"],
+            question=r["question"], corrected_answer=r["corrected_answer"], pmids=json.loads(r["pmids"]),
+            rating=r["rating"], note=r["note"], source=r["source"], status=r["status"],
+            reviewer=r["reviewer"], reviewed_at=r["reviewed_at"], provenance=json.loads(r["provenance"]),
+        )
+
+    def get_feedback(self, feedback_id: str) -> Feedback:
+        rows = self._query("SELECT * FROM feedback WHERE id = ?", (feedback_id,))
+        if not rows:
+            raise NotFound(f"feedback id {feedback_id!r} not found", param="id")
+        return self._feedback(rows[0])
+
+    def list_feedback(self, status: str | None = None, limit: int = 1000, offset: int = 0) -> list[Feedback]:
+        """Feedback, oldest first; ``status`` None lists all."""
+        if limit < 1:
+            raise InvalidInput(f"limit must be >= 1, got {limit}", param="limit")
+        if offset < 0:
+            raise InvalidInput(f"offset must be >= 0, got {offset}", param="offset")
+        if status is None:
+            rows = self._query("SELECT * FROM feedback ORDER BY created_at, id LIMIT ? OFFSET ?", (limit, offset))
+        else:
+            _check_status(status, FEEDBACK_STATUSES, "status")
+            rows = self._query("SELECT * FROM feedback WHERE status = ? ORDER BY created_at, id LIMIT ? OFFSET ?",
+                               (status, limit, offset))
+        return [self._feedback(r) for r in rows]
+
+    def count_feedback(self, status: str) -> int:
+        _check_status(status, FEEDBACK_STATUSES, "status")
+        return self._query("SELECT COUNT(*) AS n FROM feedback WHERE status = ?", (status,))[0]["n"]
+
+    def set_status(self, feedback_id: str, status: str, reviewer: str) -> Feedback:
+        """Accept or reject (or send back to pending) a correction; records who and when."""
+        _check_status(status, FEEDBACK_STATUSES, "status")
+        with self._txn() as db:
+            n = db.execute("UPDATE feedback SET status = ?, reviewer = ?, reviewed_at = ? WHERE id = ?",
+                           (status, reviewer, time.time(), feedback_id)).rowcount
+        if not n:
+            raise NotFound(f"feedback id {feedback_id!r} not found", param="id")
+        return self.get_feedback(feedback_id)
+
+    def delete_feedback(self, feedback_id: str) -> None:
+        with self._txn() as db:
+            n = db.execute("DELETE FROM feedback WHERE id = ?", (feedback_id,)).rowcount
+        if not n:
+            raise NotFound(f"feedback id {feedback_id!r} not found", param="id")
+
+    def accepted(self) -> list[Feedback]:
+        """Every accepted correction, oldest first: the training material."""
+        rows = self._query("SELECT * FROM feedback WHERE status = 'accepted' ORDER BY created_at, id")
+        return [self._feedback(r) for r in rows]
+
+    # ---- jobs -----------------------------------------------------------------------------------
+    def create_job(self, adapter: str, hyperparameters: dict[str, Any], min_examples: int,
+                   created_by: str) -> Job:
+        """A queued job; Conflict (409) if the adapter already has a queued or running job."""
+        now = time.time()
+        job = Job(id=_new_id("job"), adapter=adapter, status="queued", created_at=now, started_at=None,
+                  finished_at=None, created_by=created_by, pid=None, hyperparameters=dict(hyperparameters),
+                  min_examples=min_examples, progress={"stage": "queued"}, result={}, error=None)
+        with self._txn() as db:
+            busy = db.execute(
+                "SELECT id FROM retune_jobs WHERE adapter = ? AND status IN ('queued', 'running')", (adapter,)
+            ).fetchone()
+            if busy:
+                raise Conflict(f"adapter {adapter!r} already has an active re-tune job {busy[0]}; wait for it "
+                               f"or cancel it (DELETE /v1/retune/{busy[0]})", param="adapter")
+            db.execute(
+                "INSERT INTO retune_jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (job.id, adapter, job.status, now, None, None, created_by, None,
+                 json.dumps(job.hyperparameters), min_examples, json.dumps(job.progress), "{}", None),
+            )
+        return job
+
+    @staticmethod
+    def _job(r: dict[str, Any]) -> Job:
+        return Job(
+            id=r["id"], adapter=r["adapter"], status=r["status"], created_at=r["created_at"],
+            started_at=r["started_at"], finished_at=r["finished_at"], created_by=r["created_by"], pid=r["pid"],
+            hyperparameters=json.loads(r["hyperparameters"]), min_examples=r["min_examples"],
+            progress=json.loads(r["progress"]), result=json.loads(r["result"]), error=r["error"],
+        )
+
+    def get_job(self, job_id: str) -> Job:
+        rows = self._query("SELECT * FROM retune_jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise NotFound(f"job_id {job_id!r} not found", param="job_id")
+        return self._job(rows[0])
+
+    def list_jobs(self, adapter: str | None = None, status: str | None = None) -> list[Job]:
+        sql, params = "SELECT * FROM retune_jobs WHERE 1=1", []
+        if adapter is not None:
+            sql, params = sql + " AND adapter = ?", [*params, adapter]
+        if status is not None:
+            _check_status(status, JOB_STATUSES, "status")
+            sql, params = sql + " AND status = ?", [*params, status]
+        return [self._job(r) for r in self._query(sql + " ORDER BY created_at, id", params)]
+
+    def update_job(self, job_id: str, *, expect: Sequence[str] | None = None, **fields: Any) -> Job:
+        """Set columns of a job (dicts are stored as JSON; ``progress``/``result`` are MERGED into the
+        stored dicts). With ``expect``, only update while the job's status is one of those, else Conflict
+        (e.g. a finished job is never moved back to running)."""
+        allowed = {"status", "started_at", "finished_at", "pid", "progress", "result", "error"}
+        bad = set(fields) - allowed
+        if bad:
+            raise InvalidInput(f"update_job: unknown fields {sorted(bad)}", param="fields")
+        if "status" in fields:
+            _check_status(fields["status"], JOB_STATUSES, "status")
+        with self._txn() as db:
+            row = db.execute("SELECT status, progress, result FROM retune_jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"job_id {job_id!r} not found", param="job_id")
+            if expect is not None and row[0] not in expect:
+                raise Conflict(f"job {job_id} is {row[0]!r}, expected one of {list(expect)}", param="job_id")
+            values = dict(fields)
+            if "progress" in values:
+                values["progress"] = json.dumps({**json.loads(row[1]), **values["progress"]}, default=_json_default)
+            if "result" in values:
+                values["result"] = json.dumps({**json.loads(row[2]), **values["result"]}, default=_json_default)
+            cols = ", ".join(f"{k} = ?" for k in values)
+            db.execute(f"UPDATE retune_jobs SET {cols} WHERE id = ?", [*values.values(), job_id])
+        return self.get_job(job_id)
+
+    def fail_interrupted(self) -> list[str]:
+        """Mark every queued/running job whose process is gone as failed, and return their ids. Called at
+        server start-up (and by the job runner while polling) so an interrupted job is reported, never
+        silently lost. A job process that is still alive (it runs in its own session) is left alone: it
+        finishes and records its own result."""
+        failed = []
+        for job in self.list_jobs():
+            if job.status not in ACTIVE_JOB_STATUSES or job_process_alive(job.pid, job.id):
+                continue
+            if job.status == "queued" and job.pid is None and time.time() - job.created_at < 60:
+                continue  # being launched right now
+            try:
+                self.update_job(job.id, expect=ACTIVE_JOB_STATUSES, status="failed", finished_at=time.time(),
+                                error="interrupted: the job process stopped before the job finished (server "
+                                      "restart, crash or kill); the served adapter is unchanged")
+                failed.append(job.id)
+            except Conflict:
+                continue
+        return failed
+
+
+def job_process_alive(pid: int | None, job_id: str) -> bool:
+    """True if ``pid`` is a live process running job ``job_id`` (its command line names the job directory,
+    so a recycled PID is not mistaken for the job)."""
+    if pid is None:
+        return False
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return any(job_id in part for part in proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, msgspec.Struct):
+        return msgspec.to_builtins(o)
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,302 @@
+"""HTTP client for a vLLM OpenAI-compatible server: chat completions (whole or streamed), runtime LoRA
+loading/unloading, model listing and health.
+
+Shared by the API server (async, ``VllmClient``) and the training job process (sync, ``SyncVllmClient``);
+it imports nothing from ``server``. Failures map onto ``retrieval.errors``:
+
+* connection refused / DNS / timeouts -> ``ServiceUnavailable`` naming the URL (HTTP 503 in the API);
+* vLLM 400 -> ``InvalidInput`` with vLLM's own message; 404 -> ``NotFound``; other 4xx/5xx -> ``UpstreamError``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import httpx
+import msgspec
+
+from retrieval.errors import InvalidInput, NotFound, PubmindError, ServiceUnavailable, UpstreamError
+from retrieval.settings import LLMSettings
+
+HEALTH_TIMEOUT_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+class ChatResult(msgspec.Struct, kw_only=True):
+    """One finished completion."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str = ""
+
+
+class ChatDelta(msgspec.Struct, kw_only=True):
+    """One streamed piece: a text delta; the last piece carries finish_reason and/or usage."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def served_base_name(settings: LLMSettings) -> str:
+    """Name the base model is served under in vLLM (and listed under in the API)."""
+    return settings.served_name or "base"
+
+
+def _vllm_message(resp: httpx.Response) -> str:
+    """vLLM's error message from {"error": {"message"}} (current), {"message"} (older) or the raw text."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text.strip()[:500] or resp.reason_phrase
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if body.get("message"):
+            return str(body["message"])
+        if body.get("detail"):
+            return str(body["detail"])
+    return json.dumps(body)[:500]
+
+
+def _raise_for(resp: httpx.Response, what: str) -> None:
+    if resp.status_code < 400:
+        return
+    msg = f"vLLM {what} failed ({resp.status_code}): {_vllm_message(resp)}"
+    if resp.status_code == 400:
+        raise InvalidInput(msg)
+    if resp.status_code == 404:
+        raise NotFound(msg)
+    raise UpstreamError(msg)
+
+
+def _chat_body(messages: Sequence[dict[str, str]], model: str, *, max_tokens: int, temperature: float,
+               stream: bool, extra: dict[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": list(messages), "max_tokens": max_tokens,
+                            "temperature": temperature, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    if extra:
+        body.update(extra)
+    return body
+
+
+def _parse_chat(data: dict[str, Any]) -> ChatResult:
+    try:
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
+        return ChatResult(text=choice["message"].get("content") or "", finish_reason=choice.get("finish_reason"),
+                          prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                          completion_tokens=int(usage.get("completion_tokens") or 0),
+                          model=str(data.get("model", "")))
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        raise UpstreamError(f"vLLM chat completion response is malformed ({e!r}): {str(data)[:300]}") from e
+
+
+def _parse_sse_line(line: str) -> ChatDelta | None:
+    """One SSE line of a vLLM chat stream -> a delta (None for blank/comment lines and [DONE])."""
+    if not line.startswith("data:"):
+        return None
+    payload = line[5:].strip()
+    if not payload or payload == "[DONE]":
+        return None
+    try:
+        data = json.loads(payload)
+    except ValueError as e:
+        raise UpstreamError(f"vLLM stream sent invalid JSON: {payload[:200]!r}") from e
+    if "error" in data:
+        err = data["error"]
+        raise UpstreamError(f"vLLM stream error: {err.get('message') if isinstance(err, dict) else err}")
+    delta = ChatDelta()
+    choices = data.get("choices") or []
+    if choices:
+        c = choices[0]
+        delta.text = (c.get("delta") or {}).get("content") or ""
+        delta.finish_reason = c.get("finish_reason")
+    usage = data.get("usage")
+    if usage:
+        delta.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        delta.completion_tokens = int(usage.get("completion_tokens") or 0)
+    return delta
+
+
+class _Base:
+    def __init__(self, base_url: str, *, timeout_seconds: float) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise InvalidInput(f"vLLM url must start with http:// or https://, got {base_url!r}", param="vllm_url")
+        self.base_url = base_url.rstrip("/")
+        self.timeout_seconds = timeout_seconds
+        self._timeout = httpx.Timeout(timeout_seconds, connect=min(CONNECT_TIMEOUT_SECONDS, timeout_seconds))
+
+    def _unavailable(self, path: str, e: Exception) -> ServiceUnavailable:
+        if isinstance(e, httpx.TimeoutException):
+            return ServiceUnavailable(f"vLLM at {self.base_url} timed out on {path} "
+                                      f"(timeout {self.timeout_seconds:g}s)")
+        return ServiceUnavailable(f"vLLM at {self.base_url} is unreachable ({path}): "
+                                  f"{type(e).__name__}: {e or 'connection failed'}")
+
+
+class VllmClient(_Base):
+    """Async client; one per process (it pools connections). Close with ``aclose()``."""
+
+    def __init__(self, base_url: str, *, timeout_seconds: float = 120.0, max_connections: int = 256) -> None:
+        super().__init__(base_url, timeout_seconds=timeout_seconds)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=self._timeout,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: LLMSettings, base_url: str | None = None) -> VllmClient:
+        url = base_url or settings.vllm_url or f"http://{settings.vllm_host}:{settings.vllm_port}"
+        return cls(url, timeout_seconds=settings.request_timeout_seconds)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, what: str, *, json_body: Any = None,
+                       timeout: float | None = None) -> httpx.Response:
+        try:
+            resp = await self._http.request(method, path, json=json_body,
+                                            timeout=timeout if timeout is not None else self._timeout)
+        except httpx.HTTPError as e:
+            raise self._unavailable(path, e) from e
+        _raise_for(resp, what)
+        return resp
+
+    async def health(self) -> None:
+        """Return if vLLM answers /health with 200; raise ServiceUnavailable otherwise."""
+        try:
+            resp = await self._http.get("/health", timeout=HEALTH_TIMEOUT_SECONDS)
+        except httpx.HTTPError as e:
+            raise self._unavailable("/health", e) from e
+        if resp.status_code != 200:
+            raise ServiceUnavailable(f"vLLM at {self.base_url} is not healthy: /health answered {resp.status_code}")
+
+    async def models(self) -> list[str]:
+        """Model ids vLLM serves: the base model name and every loaded LoRA adapter's name."""
+        resp = await self._request("GET", "/v1/models", "model listing")
+        return [m["id"] for m in resp.json().get("data", [])]
+
+    async def chat(self, messages: Sequence[dict[str, str]], model: str, *, max_tokens: int,
+                   temperature: float = 0.0, extra: dict[str, Any] | None = None) -> ChatResult:
+        body = _chat_body(messages, model, max_tokens=max_tokens, temperature=temperature, stream=False,
+                          extra=extra)
+        resp = await self._request("POST", "/v1/chat/completions", "chat completion", json_body=body)
+        return _parse_chat(resp.json())
+
+    async def chat_stream(self, messages: Sequence[dict[str, str]], model: str, *, max_tokens: int,
+                          temperature: float = 0.0, extra: dict[str, Any] | None = None
+                          ) -> AsyncIterator[ChatDelta]:
+        """Text deltas as vLLM produces them; the last one carries finish_reason and token usage."""
+        body = _chat_body(messages, model, max_tokens=max_tokens, temperature=temperature, stream=True,
+                          extra=extra)
+        path = "/v1/chat/completions"
+        try:
+            async with self._http.stream("POST", path, json=body) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    _raise_for(resp, "chat completion")
+                async for line in resp.aiter_lines():
+                    delta = _parse_sse_line(line)
+                    if delta is not None:
+                        yield delta
+        except httpx.HTTPError as e:
+            raise self._unavailable(path, e) from e
+
+    async def load_lora_adapter(self, lora_name: str, path: str) -> None:
+        await self._request("POST", "/v1/load_lora_adapter", f"loading LoRA adapter {lora_name!r} from {path}",
+                            json_body={"lora_name": lora_name, "lora_path": str(path)})
+
+    async def unload_lora_adapter(self, lora_name: str) -> None:
+        await self._request("POST", "/v1/unload_lora_adapter", f"unloading LoRA adapter {lora_name!r}",
+                            json_body={"lora_name": lora_name})
+
+
+class SyncVllmClient(_Base):
+    """Blocking twin of ``VllmClient`` for the training job process and scripts."""
+
+    def __init__(self, base_url: str, *, timeout_seconds: float = 120.0) -> None:
+        super().__init__(base_url, timeout_seconds=timeout_seconds)
+        self._http = httpx.Client(base_url=self.base_url, timeout=self._timeout)
+
+    @classmethod
+    def from_settings(cls, settings: LLMSettings, base_url: str | None = None) -> SyncVllmClient:
+        url = base_url or settings.vllm_url or f"http://{settings.vllm_host}:{settings.vllm_port}"
+        return cls(url, timeout_seconds=settings.request_timeout_seconds)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> SyncVllmClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, what: str, *, json_body: Any = None,
+                 timeout: float | None = None) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, json=json_body,
+                                      timeout=timeout if timeout is not None else self._timeout)
+        except httpx.HTTPError as e:
+            raise self._unavailable(path, e) from e
+        _raise_for(resp, what)
+        return resp
+
+    def health(self) -> None:
+        try:
+            resp = self._http.get("/health", timeout=HEALTH_TIMEOUT_SECONDS)
+        except httpx.HTTPError as e:
+            raise self._unavailable("/health", e) from e
+        if resp.status_code != 200:
+            raise ServiceUnavailable(f"vLLM at {self.base_url} is not healthy: /health answered {resp.status_code}")
+
+    def is_healthy(self) -> bool:
+        try:
+            self.health()
+        except PubmindError:
+            return False
+        return True
+
+    def models(self) -> list[str]:
+        return [m["id"] for m in self._request("GET", "/v1/models", "model listing").json().get("data", [])]
+
+    def chat(self, messages: Sequence[dict[str, str]], model: str, *, max_tokens: int,
+             temperature: float = 0.0, extra: dict[str, Any] | None = None) -> ChatResult:
+        body = _chat_body(messages, model, max_tokens=max_tokens, temperature=temperature, stream=False,
+                          extra=extra)
+        return _parse_chat(self._request("POST", "/v1/chat/completions", "chat completion", json_body=body).json())
+
+    def chat_stream(self, messages: Sequence[dict[str, str]], model: str, *, max_tokens: int,
+                    temperature: float = 0.0, extra: dict[str, Any] | None = None) -> Iterator[ChatDelta]:
+        body = _chat_body(messages, model, max_tokens=max_tokens, temperature=temperature, stream=True,
+                          extra=extra)
+        path = "/v1/chat/completions"
+        try:
+            with self._http.stream("POST", path, json=body) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    _raise_for(resp, "chat completion")
+                for line in resp.iter_lines():
+                    delta = _parse_sse_line(line)
+                    if delta is not None:
+                        yield delta
+        except httpx.HTTPError as e:
+            raise self._unavailable(path, e) from e
+
+    def load_lora_adapter(self, lora_name: str, path: str) -> None:
+        self._request("POST", "/v1/load_lora_adapter", f"loading LoRA adapter {lora_name!r} from {path}",
+                      json_body={"lora_name": lora_name, "lora_path": str(path)})
+
+    def unload_lora_adapter(self, lora_name: str) -> None:
+        self._request("POST", "/v1/unload_lora_adapter", f"unloading LoRA adapter {lora_name!r}",
+                      json_body={"lora_name": lora_name})

