@@ -183,6 +183,18 @@ def _evidence_order(question: str, hits: Sequence[Any], cited: Sequence[int], mi
     return out
 
 
+PROMPT_SLACK_TOKENS = 16  # as server.rag: evidence tokenised alone vs. inside the template differs slightly
+
+
+def evidence_budget(settings: Settings, tokenizer: Any, question: str) -> int:
+    """The evidence token budget the server uses for ``question`` (no history): ``retrieval.context_tokens``,
+    capped by what ``llm.max_model_len`` leaves after the prompt skeleton and ``llm.max_tokens``."""
+    skeleton = tokenizer.apply_chat_template(build_messages(question, ""), tokenize=False, add_generation_prompt=True)
+    room = (settings.llm.max_model_len - settings.llm.max_tokens - len(tokenizer.encode(skeleton, add_special_tokens=False))
+            - PROMPT_SLACK_TOKENS)
+    return max(1, min(settings.retrieval.context_tokens, room))
+
+
 def build_dataset(
     feedback: Sequence[Any],
     *,
@@ -215,14 +227,15 @@ def build_dataset(
             skipped.append({"feedback_id": fb.id, "reason": f"cited PMIDs no longer in the corpus: {gone}"})
             continue
         missing = [articles[p] for p in not_retrieved]
+        budget = evidence_budget(settings, tokenizer, fb.question)
         for n_distractors in range(ft.distractors, -1, -1):
             items = _evidence_order(fb.question, hits, cited, missing, n_distractors)
-            text, used = render_evidence(items, tokenizer, settings.retrieval.context_tokens)
+            text, used = render_evidence(items, tokenizer, budget)
             if set(cited) <= set(used):
                 break
         else:
             skipped.append({"feedback_id": fb.id, "reason": f"cited passages {cited} do not fit the evidence "
-                            f"budget retrieval.context_tokens={settings.retrieval.context_tokens}"})
+                            f"budget of {budget} tokens (retrieval.context_tokens={settings.retrieval.context_tokens})"})
             continue
         examples.append(Example(
             id=question_id(fb.question), feedback_id=fb.id, split=split, question=fb.question,
@@ -296,10 +309,11 @@ def tokenize_example(tokenizer: Any, ex: Example, max_seq_len: int) -> dict[str,
 def make_retriever(settings: Settings) -> Iterator[tuple[Any, Retriever]]:
     """(corpus store, retriever) over the corpus and vector index in ``settings.home``, read-only, the same
     Searcher the server uses (``settings.retrieval.mode``). ServiceUnavailable if no index exists yet."""
+    from retrieval.search import Searcher
+
     from retrieval.embed import Embedder
     from retrieval.errors import ServiceUnavailable
     from retrieval.index import VectorIndex, disk_generation
-    from retrieval.search import Searcher
     from retrieval.store import CorpusStore
 
     if disk_generation(settings.index_dir) is None:

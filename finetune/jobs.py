@@ -55,8 +55,11 @@ def resolve_hyperparameters(settings: Settings, overrides: dict[str, Any] | None
 class JobRunner:
     """Starts, watches and cancels job processes for one API server (or CLI invocation)."""
 
-    def __init__(self, settings: Settings, store: FeedbackStore) -> None:
-        self.settings, self.store = settings, store
+    command: tuple[str, ...] = (sys.executable, "-m", "finetune.train")  # + --job_dir DIR --num_threads N
+
+    def __init__(self, settings: Settings, store: FeedbackStore, *, train_threads: int = 0) -> None:
+        """``train_threads``: torch CPU threads of job processes (0: torch's default)."""
+        self.settings, self.store, self.train_threads = settings, store, train_threads
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
 
@@ -97,7 +100,7 @@ class JobRunner:
         try:
             with open(job_dir / "log.txt", "ab") as logf:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "finetune.train", "--job_dir", str(job_dir)],
+                    [*self.command, "--job_dir", str(job_dir), "--num_threads", str(self.train_threads)],
                     stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                     env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
                          "TOKENIZERS_PARALLELISM": "false"},
@@ -186,35 +189,73 @@ def _kill_group(pid: int) -> None:
 
 
 # ---- keeping vLLM in line with the registry ------------------------------------------------------------------
+def job_view(job: Job) -> dict[str, Any]:
+    """What GET /v1/retune/{id} and ``pubmind retune`` show."""
+    r = job.result
+    return {"job_id": job.id, "adapter": job.adapter, "status": job.status, "progress": job.progress,
+            "version": r.get("version"), "lora_name": r.get("lora_name"), "evaluation": r.get("evaluation"),
+            "promoted": r.get("promoted", False), "served": r.get("served"), "dataset": r.get("dataset"),
+            "training": r.get("training"), "error": job.error, "hyperparameters": job.hyperparameters,
+            "min_examples": job.min_examples, "created_by": job.created_by, "created_at": job.created_at,
+            "started_at": job.started_at, "finished_at": job.finished_at}
+
+
+def plan_deploy(registry: AdapterRegistry, name: str, keep_loaded: int, loaded: set[str]) -> tuple[list[str], list[str]]:
+    """(load, unload): the current version of ``name`` must be loaded; versions of ``name`` that are not among
+    the ``keep_loaded`` most recently current ones are unloaded."""
+    current = registry.current(name)
+    if current is None:
+        raise NotFound(f"adapter {name!r} has no promoted version to serve", param="adapter")
+    keep = {f"{name}@v{v}" for v in registry.recent(name, keep_loaded)}
+    load = [current.lora_name] if current.lora_name not in loaded else []
+    unload = sorted(x for x in loaded if x.startswith(f"{name}@v") and x not in keep)
+    return load, unload
+
+
 def _client(settings: Settings) -> Any:
     from finetune.vllm_client import SyncVllmClient
 
     return SyncVllmClient.from_settings(settings.llm)
 
 
-def deploy(settings: Settings, registry: AdapterRegistry, name: str) -> dict[str, Any]:
+def deploy(settings: Settings, registry: AdapterRegistry, name: str, client: Any = None) -> dict[str, Any]:
     """Load the current version of ``name`` into the running vLLM (under ``NAME@vN``) and unload its versions
     beyond ``settings.finetune.keep_loaded``. When vLLM is not reachable the registry change still stands (a
     restarted vLLM gets the current versions as --lora-modules); the result says so."""
-    current = registry.current(name)
-    if current is None:
-        raise NotFound(f"adapter {name!r} has no promoted version to serve", param="adapter")
-    keep = {f"{name}@v{v}" for v in registry.recent(name, settings.finetune.keep_loaded)}
-    with _client(settings) as client:
+    own = client is None
+    client = client or _client(settings)
+    try:
+        serving = registry.current(name)
         try:
             loaded = set(client.models())
         except PubmindError as e:
-            return {"serving": current.lora_name, "vllm": f"not reachable ({e.message}); served from the "
-                    "registry when vLLM (re)starts"}
-        if current.lora_name not in loaded:
-            client.load_lora_adapter(current.lora_name, current.path)
-        unloaded = []
-        for lora in sorted(loaded):
-            if lora.startswith(f"{name}@v") and lora not in keep:
-                client.unload_lora_adapter(lora)
-                unloaded.append(lora)
-    return {"serving": current.lora_name, "loaded": sorted(keep & (loaded | {current.lora_name})),
-            "unloaded": unloaded, "vllm": "ok"}
+            return {"serving": serving and serving.lora_name,
+                    "vllm": f"not reachable ({e.message}); served from the registry when vLLM (re)starts"}
+        load, unload = plan_deploy(registry, name, settings.finetune.keep_loaded, loaded)
+        for lora in load:
+            client.load_lora_adapter(lora, registry.resolve(lora).path)
+        for lora in unload:
+            client.unload_lora_adapter(lora)
+        return {"serving": serving and serving.lora_name, "loaded": load, "unloaded": unload, "vllm": "ok"}
+    finally:
+        if own:
+            client.close()
+
+
+async def deploy_async(settings: Settings, registry: AdapterRegistry, name: str, client: Any) -> dict[str, Any]:
+    """``deploy`` with the API server's async vLLM client."""
+    serving = registry.current(name)
+    try:
+        loaded = set(await client.models())
+    except PubmindError as e:
+        return {"serving": serving and serving.lora_name,
+                "vllm": f"not reachable ({e.message}); served from the registry when vLLM (re)starts"}
+    load, unload = plan_deploy(registry, name, settings.finetune.keep_loaded, loaded)
+    for lora in load:
+        await client.load_lora_adapter(lora, registry.resolve(lora).path)
+    for lora in unload:
+        await client.unload_lora_adapter(lora)
+    return {"serving": serving and serving.lora_name, "loaded": load, "unloaded": unload, "vllm": "ok"}
 
 
 def unload_unless_kept(settings: Settings, registry: AdapterRegistry, name: str, lora_name: str) -> dict[str, Any]:

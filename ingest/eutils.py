@@ -212,7 +212,7 @@ class EutilsClient:
         if msg:
             raise UpstreamError(f"E-utilities esearch error for {query!r}: {msg}")
         try:
-            rec = Entrez.read(io.BytesIO(data))
+            rec = Entrez.read(io.BytesIO(data), validate=False)  # tolerate DTD additions
         except (EntrezParser.ValidationError, EntrezParser.CorruptedXMLError, EntrezParser.NotXMLError,
                 RuntimeError) as e:
             raise UpstreamError(f"E-utilities esearch returned unreadable XML: {e}") from None

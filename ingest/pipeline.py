@@ -151,10 +151,7 @@ class Pipeline:
         if sync:  # a no-op when nothing is pending
             synced.append(self.indexer.sync(progress=self.progress))
         if synced:
-            total = synced[0]
-            for s in synced[1:]:
-                total += s
-            report.sync = msgspec.to_builtins(total)
+            report.sync = msgspec.to_builtins(_sum(synced))
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -199,7 +196,8 @@ class Pipeline:
         client = client or EutilsClient(self.settings)
         indexer = self.indexer  # open (lock + store) before the first request
         totals: dict[str, int] = {}
-        n_art = n_del = 0
+        n_art = n_del = pending = 0
+        synced: list[Any] = []
         with tqdm(desc="fetch", unit="rec", disable=not self.progress) as bar:
             def on_progress(done: int, total: int) -> None:
                 bar.total = total
@@ -213,9 +211,21 @@ class Pipeline:
                     totals[k] = totals.get(k, 0) + v
                 n_art += sum(1 for r in batch if isinstance(r, Article))
                 n_del += sum(len(r.pmids) for r in batch if isinstance(r, Deletion))
-        sync = msgspec.to_builtins(indexer.sync(progress=self.progress))
+                pending += stats.apply.chunks_added + stats.apply.chunks_removed
+                if pending >= self.settings.index.save_every:  # embed as we go on long runs
+                    synced.append(indexer.sync(progress=self.progress))
+                    pending = 0
+        synced.append(indexer.sync(progress=self.progress))
+        sync = msgspec.to_builtins(_sum(synced))
         return {"query": query, "articles": n_art, "deletions": n_del, "apply": totals, "sync": sync,
                 "requests": client.requests, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _sum(stats: list[Any]) -> Any:
+    total = stats[0]
+    for s in stats[1:]:
+        total += s
+    return total
 
 
 def run_files(settings: Settings, paths: Iterable[str | Path], *, force: bool = False,

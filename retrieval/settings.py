@@ -269,3 +269,20 @@ def load_settings(**overrides: Any) -> Settings:
         raise
     except Exception as e:  # pydantic ValidationError: name every bad field
         raise ConfigError(f"invalid settings: {e}") from e
+
+
+def settings_reference() -> str:
+    """A Markdown table of every setting: environment variable, default, description."""
+    rows = ["| environment variable | default | description |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name.upper()}__")
+                continue
+            default = f.default_factory() if f.default_factory is not None else f.default  # type: ignore[call-arg]
+            rows.append(f"| `{prefix}{name.upper()}` | `{default!s}` | {f.description} |")
+
+    walk(Settings, "PUBMIND_")
+    return "\n".join(rows)

@@ -23,9 +23,15 @@ def main(home: str | None, preset: str | None, config_file: str | None) -> None:
 
 
 @main.command("config")
-def config_cmd() -> None:
-    """Print the effective settings tree as JSON."""
-    emit_json(get_settings().model_dump(mode="json"))
+@click.option("--markdown", is_flag=True, help="Print the settings reference (env var, default, description).")
+def config_cmd(markdown: bool) -> None:
+    """Print the effective settings tree as JSON (or the reference table with --markdown)."""
+    from retrieval.settings import settings_reference
+
+    if markdown:
+        click.echo(settings_reference())
+    else:
+        emit_json(get_settings().model_dump(mode="json"))
 
 
 @main.command("make-tiny-model")

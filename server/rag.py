@@ -189,6 +189,7 @@ class RagService:
     async def prepare(self, question: str, *, k: int | None, mode: str | None, filters: Filters | None,
                       model: str | None, max_tokens: int | None,
                       history: Sequence[dict[str, str]] = ()) -> Prepared:
+        started = time.perf_counter()
         question = self.check_question(question)
         k = self.check_k(k)
         max_tokens = self.check_max_tokens(max_tokens)
@@ -203,7 +204,7 @@ class RagService:
 
         messages, used = await anyio.to_thread.run_sync(build, limiter=self._search_limiter)
         prep = Prepared(question=question, model=model or self.base_name, served=served, adapter=adapter,
-                        hits=hits, messages=messages, in_prompt=used, max_tokens=max_tokens)
+                        hits=hits, messages=messages, in_prompt=used, max_tokens=max_tokens, started=started)
         prep.timings_ms.update(retrieval=retrieval_ms, prompt=(time.perf_counter() - t0) * 1000)
         return prep
 

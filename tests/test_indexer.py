@@ -156,9 +156,12 @@ def test_crash_and_resume_converges(tmp_path, hash_embedder, reference, monkeypa
                     real(path, write)
 
                 m.setattr(vi, "_write_atomic", crash_on_manifest)
-            else:  # second checkpoint of the round dies after its index save
-                def second_fails(self, *a, real=CorpusStore.mark_indexed, count=iter(range(100))):
-                    return _boom() if next(count) == 1 else real(self, *a)
+            else:  # a later checkpoint of the round dies after its index save (first one in the small round)
+                calls, fail_at = [0], (1 if i < 2 else 0)
+
+                def second_fails(self, *a, real=CorpusStore.mark_indexed, calls=calls, fail_at=fail_at):
+                    calls[0] += 1
+                    return _boom() if calls[0] - 1 == fail_at else real(self, *a)
 
                 m.setattr(CorpusStore, "mark_indexed", second_fails)
             with pytest.raises(RuntimeError, match="injected crash"), Indexer(s, hash_embedder) as ix:

@@ -92,10 +92,10 @@ class ChunkChoice(msgspec.Struct, kw_only=True):
 
 class ChatCompletionChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
+    object: Literal["chat.completion.chunk"]  # required (not a default) so omit_defaults keeps it
     created: int
     model: str
     choices: list[ChunkChoice]
-    object: str = "chat.completion.chunk"
     usage: Usage | None = None
     citations: list[Citation] | None = None
     unsupported_citations: list[int] | None = None

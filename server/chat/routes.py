@@ -33,6 +33,7 @@ from server.chat.protocol import (
     Usage,
 )
 from server.errors import error_body
+from server.query.protocol import SSE_HEADERS
 from server.rag import RagService, primed, references_text
 from server.resources import Resources
 
@@ -110,7 +111,7 @@ async def chat_completions(data: JSONBody[ChatCompletionRequest],
     include_usage = bool(data.stream_options and data.stream_options.include_usage)
 
     def chunk(delta: Delta, finish: str | None = None, **kw: Any) -> bytes:
-        return _chunk_bytes(ChatCompletionChunk(id=cid, created=created, model=data.model,
+        return _chunk_bytes(ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created, model=data.model,
                                                 choices=[ChunkChoice(delta=delta, finish_reason=finish)], **kw))
 
     t_gen = time.perf_counter()
@@ -138,11 +139,11 @@ async def chat_completions(data: JSONBody[ChatCompletionRequest],
                     unsupported_citations=ans.unsupported, answer_id=ans.id)
         if include_usage:
             yield _chunk_bytes(ChatCompletionChunk(
-                id=cid, created=created, model=data.model, choices=[],
+                id=cid, object="chat.completion.chunk", created=created, model=data.model, choices=[],
                 usage=Usage(prompt_tokens=p_tok, completion_tokens=c_tok, total_tokens=p_tok + c_tok)))
         yield b"data: [DONE]\n\n"
 
-    return Stream(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return Stream(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @get("/models", summary="Models: the base model, every adapter (its current version) and every NAME@vN")

@@ -8,6 +8,10 @@ import msgspec
 
 from retrieval.store import Filters
 
+# Content-Type set as a header too: Litestar lets a handler's JSON default override Stream(media_type=...) when
+# the handler may also return JSON.
+SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+
 
 class QueryFilters(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Metadata filters applied before top-k; list fields match any of their values, fields combine with AND."""

@@ -15,7 +15,7 @@ from litestar.response import Stream
 from retrieval.errors import PubmindError
 from server.auth import require_role
 from server.errors import error_body
-from server.query.protocol import QueryRequest, QueryResponse
+from server.query.protocol import SSE_HEADERS, QueryRequest, QueryResponse
 from server.rag import RagService, evidence_of, primed, search_id
 
 _enc = msgspec.json.Encoder()
@@ -76,7 +76,7 @@ async def query(data: JSONBody[QueryRequest], rag: NamedDependency[RagService]) 
         yield sse("done", {"id": ans.id, "finish_reason": ans.finish_reason, "timings_ms": ans.timings_ms,
                            "usage": {"prompt_tokens": p_tok, "completion_tokens": c_tok}})
 
-    return Stream(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return Stream(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 router = Router("/v1", route_handlers=[query], guards=[require_role("reader")], tags=["query"])

@@ -1,0 +1,59 @@
+"""Gate metrics (pure functions) and the promotion decision."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune.evaluate import answer_tokens, gate_decision, pubmedqa_label, rouge_l, score_answers, token_f1
+
+
+def test_answer_tokens_drop_citations() -> None:
+    assert answer_tokens("Statins lower LDL [PMID:123] (PMID: 4; 5).") == ["statins", "lower", "ldl"]
+
+
+def test_token_f1() -> None:
+    assert token_f1("statins lower LDL", "Statins lower LDL [PMID:1]") == 1.0
+    assert token_f1("a b c d", "a b x y") == pytest.approx(0.5)  # p = r = 2/4
+    assert token_f1("a a b", "a b b") == pytest.approx(2 / 3)  # counts clipped: common a, b
+    assert token_f1("nothing shared", "other words") == 0.0
+    assert token_f1("", "") == 1.0 and token_f1("", "x") == 0.0
+
+
+def test_rouge_l() -> None:
+    assert rouge_l("a b c d", "a b c d") == 1.0
+    assert rouge_l("a x b y c", "a b c") == pytest.approx(2 * (3 / 5) * 1 / (3 / 5 + 1))  # lcs 3
+    assert rouge_l("d c b a", "a b c d") == pytest.approx(0.25)  # lcs 1 of 4 both ways
+    assert rouge_l("x", "y") == 0.0
+
+
+def test_pubmedqa_label() -> None:
+    assert pubmedqa_label("Yes. The trial [PMID:1] shows...") == "yes"
+    assert pubmedqa_label("Evidence is mixed, so maybe; no firm answer") == "maybe"
+    assert pubmedqa_label("Nothing decisive.") is None  # 'Nothing' is not 'no'
+
+
+def test_score_answers_citation_metrics() -> None:
+    s = score_answers(
+        answers=["A [PMID:1] and [PMID:9]", "B [PMID:2]", "no citation"],
+        evidence=[[1, 2], [2, 3], [4]],
+        curator_pmids=[[1, 2], [2], [4]],
+        references=["A", "B", "no citation here"],
+    )
+    assert (s["cited"], s["supported"]) == (3, 2)
+    assert s["citation_validity"] == pytest.approx(2 / 3)  # PMID 9 was not in the evidence
+    assert s["citation_recall"] == pytest.approx(2 / 4)  # 1 and 2 cited; 2 (of ex. 1) and 4 missed
+    assert s["answer_f1"] == pytest.approx((2 / 3 + 1 + 0.8) / 3)  # "A and" vs "A": p=1/2, r=1
+    with pytest.raises(Exception, match="same length"):
+        score_answers(["a"], [], [], [])
+
+
+def test_gate_decision_tolerance() -> None:
+    base = {"citation_validity": 0.8, "citation_recall": 0.5, "answer_f1": 0.4, "rouge_l": 0.3}
+    ok, reasons = gate_decision({**base, "answer_f1": 0.39}, base, 0.02)  # worse, within tolerance
+    assert ok and len(reasons) == 4
+    bad, reasons = gate_decision({**base, "citation_validity": 0.7}, base, 0.02)
+    assert not bad and any(r.startswith("citation_validity 0.700 < baseline 0.800") for r in reasons)
+    better, _ = gate_decision({k: v + 0.1 for k, v in base.items()}, base, 0.0)
+    assert better
+    # a metric only one side reports (PubMedQA not configured for the baseline) is not compared
+    assert gate_decision({**base, "pubmedqa_accuracy": 0.1}, base, 0.0)[0]
