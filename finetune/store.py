@@ -387,8 +387,9 @@ class FeedbackStore:
                 values["progress"] = json.dumps({**json.loads(row[1]), **values["progress"]}, default=_json_default)
             if "result" in values:
                 values["result"] = json.dumps({**json.loads(row[2]), **values["result"]}, default=_json_default)
-            cols = ", ".join(f"{k} = ?" for k in values)
-            db.execute(f"UPDATE retune_jobs SET {cols} WHERE id = ?", [*values.values(), job_id])
+            if values:
+                cols = ", ".join(f"{k} = ?" for k in values)
+                db.execute(f"UPDATE retune_jobs SET {cols} WHERE id = ?", [*values.values(), job_id])
         return self.get_job(job_id)
 
     def fail_interrupted(self) -> list[str]:

@@ -81,7 +81,7 @@ def train_lora(settings: Settings, hp: FinetuneSettings, train_rows: list[dict[s
 def main(args: TrainArguments) -> int:
     from finetune import evaluate
     from finetune.dataset import build_dataset, make_retriever, tokenize_example, write_dataset
-    from finetune.jobs import deploy, unload_unless_kept
+    from finetune.jobs import deploy, preload, unload_unless_kept
     from finetune.registry import AdapterRegistry
     from finetune.store import FeedbackStore
 
@@ -96,9 +96,14 @@ def main(args: TrainArguments) -> int:
     store, registry, name, job_id = FeedbackStore(settings.app_db), AdapterRegistry(settings.adapters_dir), \
         spec["adapter"], spec["job_id"]
 
+    started: dict[str, float] = {}  # stage -> wall-clock start, kept in the result ("stages")
+
     def stage(name_: str, **extra: Any) -> None:
         log.info("stage %s %s", name_, extra or "")
-        store.update_job(job_id, expect=("running",), progress={"stage": name_, **extra})
+        fresh = name_ not in started
+        started.setdefault(name_, time.time())
+        store.update_job(job_id, expect=("running",), progress={"stage": name_, **extra},
+                         **({"result": {"stages": started}} if fresh else {}))
 
     store.update_job(job_id, expect=("queued", "running"), status="running", pid=os.getpid(),
                      started_at=time.time())
@@ -143,13 +148,15 @@ def main(args: TrainArguments) -> int:
         served: dict[str, Any] = {}
         if report["promote"]:
             stage("promoting")
+            preload(settings, version)  # vLLM must take the new version before the alias moves to it
             store.update_job(job_id, expect=("running",))  # a cancel that won the race stops us here
             registry.promote(name, version.version, by=f"job:{job_id}", reason="passed the evaluation gate")
             served = deploy(settings, registry, name)
         else:
             served = unload_unless_kept(settings, registry, name, version.lora_name)
         store.update_job(job_id, expect=("running",), status="succeeded", finished_at=time.time(),
-                         progress={"stage": "done"}, result={"promoted": report["promote"], "served": served})
+                         progress={"stage": "done"},
+                         result={"promoted": report["promote"], "served": served, "stages": started})
         return 0
     except Exception as e:
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())

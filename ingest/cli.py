@@ -52,7 +52,8 @@ def ingest_file_cmd(paths: tuple[str, ...], force: bool, as_json: bool, no_progr
 @click.option("--query", "-q", required=True, help="PubMed query, e.g. 'crispr AND 2020[dp]'.")
 @click.option("--mindate", help="Earliest publication date (YYYY, YYYY/MM or YYYY/MM/DD).")
 @click.option("--maxdate", help="Latest publication date (YYYY, YYYY/MM or YYYY/MM/DD).")
-@click.option("--max", "max_records", type=click.IntRange(min=1), help="Fetch at most this many records.")
+@click.option("--max", "max_records", type=click.IntRange(min=1), help="Fetch at most this many records for this query in total "
+              "(an interrupted or capped run resumes where it stopped).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @handle_errors

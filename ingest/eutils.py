@@ -318,5 +318,5 @@ class EutilsClient:
                 state.save()
                 if progress:
                     progress(state.fetched, limit)
-        state.complete = state.fetched >= limit or all(w.done >= w.count for w in state.windows)
+        state.complete = all(w.done >= w.count for w in state.windows)  # else a later run resumes
         state.save()

@@ -90,6 +90,11 @@ class Indexer:
             if fresh:
                 self.store.reset_indexed()  # index (re)created: every stored chunk must be embedded again
                 self.index.save()  # readers can open an (empty) index from now on
+            elif len(self.index) and not self.store.has_chunks():
+                raise IndexMismatch(
+                    f"index {settings.index_dir} holds {len(self.index)} vectors but the corpus store "
+                    f"{settings.corpus_db} has no chunks: they belong to another store; delete the index "
+                    f"(retrieval.indexer.reset_index) to rebuild it", param="index_dir")
         except BaseException:
             self.close()
             raise

@@ -382,6 +382,9 @@ class CorpusStore:
         return self._query("SELECT chunk_id, text FROM chunks WHERE state = 0 AND chunk_id > ? "
                            "ORDER BY chunk_id LIMIT ?", (after, limit))  # type: ignore[return-value]
 
+    def has_chunks(self) -> bool:
+        return bool(self._query("SELECT 1 FROM chunks LIMIT 1"))
+
     def count_pending(self) -> int:
         return self._query("SELECT COUNT(*) FROM chunks WHERE state = 0")[0][0]
 

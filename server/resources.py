@@ -94,15 +94,15 @@ class Resources:
                                     f"('pubmind ingest ...')")
                 return
             try:
-                from retrieval.search import Searcher
-
                 from retrieval.embed import Embedder
+                from retrieval.search import Searcher, load_reranker
 
                 if self._embedder is None:
                     self._embedder = Embedder(self.settings.embedding)
                 index = VectorIndex.open(self.settings.index_dir, self.settings, self._embedder.fingerprint,
                                          readonly=True)
-                self.searcher = Searcher(self.settings, self.store, index, self._embedder)
+                self.searcher = Searcher(self.settings, self.store, index, self._embedder,
+                                         load_reranker(self.settings))
                 self.index = index
                 self.index_error = None
                 log.info("index open: %s", index.info())

@@ -25,7 +25,7 @@ class FakeCorpus:
 
 
 class FakeRetriever:
-    """Ranks articles by words shared with the question (deterministic), returns them as evidence items."""
+    """Ranks articles by words their abstract shares with the question (deterministic), best first."""
 
     def __init__(self, articles: Sequence[Article]) -> None:
         self.articles = list(articles)
@@ -34,23 +34,37 @@ class FakeRetriever:
     def __call__(self, question: str, k: int) -> list[Article]:
         self.calls.append((question, k))
         q = set(question.lower().split())
-        ranked = sorted(self.articles, key=lambda a: (-len(q & set(a.title.lower().split())), a.pmid))
+        ranked = sorted(self.articles, key=lambda a: (-len(q & set(a.abstract_text.lower().split())), a.pmid))
         return ranked[:k]
 
 
 @pytest.fixture(scope="session")
-def ft_articles(shared_data: Path) -> list[Article]:
-    """12 PubMedQA articles with their abstracts cut to the first 30 words (several fit in one prompt)."""
+def ft_pubmedqa(shared_data: Path) -> list[tuple[Article, str]]:
+    """12 PubMedQA items as (article, question); abstracts cut to their first 30 words (several fit in one
+    prompt). Like the real corpus, articles have no title: the question is not in the document."""
     import msgspec
 
+    from retrieval.pubmedqa import load_pubmedqa, to_article
     from retrieval.records import AbstractSection
-    from tests.fixtures_server import pubmedqa_articles
 
+    data = load_pubmedqa(shared_data / "pubmedqa/data/ori_pqal.json")
     out = []
-    for a in pubmedqa_articles(shared_data, 12):
+    for pmid, rec in list(data.items())[:12]:
+        a = to_article(pmid, rec)
         words = a.abstract_text.split()[:30]
-        out.append(msgspec.structs.replace(a, abstract=(AbstractSection(" ".join(words)),)))
+        out.append((msgspec.structs.replace(a, abstract=(AbstractSection(" ".join(words)),)), rec["QUESTION"]))
     return out
+
+
+@pytest.fixture(scope="session")
+def ft_articles(ft_pubmedqa: list[tuple[Article, str]]) -> list[Article]:
+    return [a for a, _ in ft_pubmedqa]
+
+
+@pytest.fixture(scope="session")
+def ft_questions(ft_pubmedqa: list[tuple[Article, str]]) -> dict[int, str]:
+    """PMID -> the PubMedQA question written for that article."""
+    return {a.pmid: q for a, q in ft_pubmedqa}
 
 
 @pytest.fixture()

@@ -125,9 +125,11 @@ def _make_handler(state: FakeEutils) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_GET(self) -> None:
+            state.counts["GET"] += 1
             self._serve(parse_qs(urlsplit(self.path).query))
 
         def do_POST(self) -> None:
+            state.counts["POST"] += 1
             n = int(self.headers.get("Content-Length", "0"))
             self._serve(parse_qs(self.rfile.read(n).decode()))
 

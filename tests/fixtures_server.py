@@ -4,7 +4,6 @@ thread (for the openai client, streaming and the benchmark)."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from retrieval.records import AbstractSection, Article, MeshHeading
+from retrieval.records import Article
 from retrieval.settings import Settings, load_settings
 
 N_CORPUS = 50
@@ -56,17 +55,11 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
 
 
 def pubmedqa_articles(shared_data: Path, n: int = N_CORPUS) -> list[Article]:
-    """The first ``n`` PubMedQA (PQA-L) abstracts as Articles (the question stands in for the title)."""
-    data = json.loads((shared_data / "pubmedqa/data/ori_pqal.json").read_text())
-    out = []
-    for pmid, v in list(data.items())[:n]:
-        sections = [AbstractSection(text=t, label=lab) for t, lab in zip(v["CONTEXTS"], v["LABELS"], strict=False)]
-        sections.append(AbstractSection(text=v["LONG_ANSWER"], label="CONCLUSIONS"))
-        out.append(Article(pmid=int(pmid), title=v["QUESTION"], abstract=tuple(sections),
-                           journal="PubMedQA", year=int(v["YEAR"]) if v.get("YEAR") else None,
-                           mesh=tuple(MeshHeading(descriptor=m) for m in v.get("MESHES", [])),
-                           languages=("eng",)))
-    return out
+    """The first ``n`` PubMedQA (PQA-L) abstracts as Articles (``retrieval.pubmedqa``'s conversion)."""
+    from retrieval.pubmedqa import load_pubmedqa, to_article
+
+    data = load_pubmedqa(shared_data / "pubmedqa/data/ori_pqal.json")
+    return [to_article(pmid, rec) for pmid, rec in list(data.items())[:n]]
 
 
 @pytest.fixture(scope="session")

@@ -66,10 +66,14 @@ def test_a_single_day_over_the_limit_is_a_clear_error(eutils_settings, fake_euti
         list(client.iter_query("all[sb]", mindate="2023/01/01", maxdate="2023/01/01"))
 
 
-def test_max_records(eutils_settings, fake_eutils) -> None:
-    got = _pmids(EutilsClient(eutils_settings).iter_query("all[sb]", max_records=45))
+def test_max_records_and_resuming_a_capped_run(eutils_settings, fake_eutils, metapub_corpus, tmp_path) -> None:
+    got = _pmids(EutilsClient(eutils_settings).iter_query("all[sb]", max_records=45, state_dir=tmp_path))
     assert len(got) == 45
     assert [int(p["retmax"]) for u, p in fake_eutils.log if u == "efetch"] == [20, 20, 5]
+    fake_eutils.log.clear()
+    more = _pmids(EutilsClient(eutils_settings).iter_query("all[sb]", max_records=100, state_dir=tmp_path))
+    assert [int(p["retstart"]) for u, p in fake_eutils.log if u == "efetch"] == [45, 65, 85]
+    assert len(more) == 55 and sorted(got + more) == sorted(metapub_corpus, reverse=True)[:100][::-1]
 
 
 def test_resume_after_a_crash_refetches_only_the_unapplied_batch(eutils_settings, fake_eutils, metapub_corpus,
@@ -91,6 +95,13 @@ def test_fetch_ids_batches_and_skips_missing(eutils_settings, fake_eutils, metap
     recs = EutilsClient(eutils_settings).fetch_ids(ids)
     assert sorted(r.pmid for r in recs) == sorted(metapub_corpus)[:50]
     assert fake_eutils.counts["efetch"] == 3  # batch_size 20
+
+
+def test_long_id_lists_are_posted(eutils_settings, fake_eutils, metapub_corpus) -> None:
+    cfg = eutils_settings.eutils.model_copy(update={"batch_size": 300})
+    ids = [*sorted(metapub_corpus), *range(1, 101)]  # 263 ids: biopython POSTs lists of 200+
+    recs = EutilsClient(eutils_settings.model_copy(update={"eutils": cfg})).fetch_ids(ids)
+    assert len(recs) == 163 and fake_eutils.counts["POST"] == 1 and fake_eutils.counts["GET"] == 0
 
 
 def test_429_and_500_are_retried(eutils_settings, fake_eutils) -> None:

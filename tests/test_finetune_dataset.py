@@ -69,23 +69,24 @@ def test_validate_correction(fake_corpus: Any, ft_articles: list[Article]) -> No
 
 
 # ---- examples -----------------------------------------------------------------------------------------------
-def test_examples_use_the_serving_prompt_with_distractors(settings: Settings, tiny_tokenizer: Any,
+def test_examples_use_the_serving_prompt_with_distractors(ft_questions: dict[int, str], settings: Settings, tiny_tokenizer: Any,
                                                           fake_corpus: Any, fake_retriever: Any,
                                                           ft_articles: list[Article]) -> None:
+    Q = ft_questions
     s = small(settings, distractors=2, heldout_fraction=0.0)
     target = ft_articles[3]
     answer = f"Maybe: the evidence is weak [PMID:{target.pmid}]."
-    ds = build_dataset([fb(target.title, answer, [target.pmid])], corpus=fake_corpus, retrieve=fake_retriever,
+    ds = build_dataset([fb(Q[target.pmid], answer, [target.pmid])], corpus=fake_corpus, retrieve=fake_retriever,
                        tokenizer=tiny_tokenizer, settings=s)
     (ex,) = ds.examples
     assert ex.target == answer and ex.cited_pmids == [target.pmid]
     assert target.pmid in ex.evidence_pmids and len(ex.evidence_pmids) == 3  # cited + 2 distractors
-    hits = fake_retriever(target.title, 10)
+    hits = fake_retriever(Q[target.pmid], 10)
     expected_order = [h.pmid for h in hits if h.pmid in ex.evidence_pmids]
     assert ex.evidence_pmids == expected_order  # retrieval rank order, like the server
     evidence_items = [fake_corpus.articles[p] for p in ex.evidence_pmids]
     text, used = render_evidence(evidence_items, tiny_tokenizer, 400)
-    assert ex.prompt_messages == build_messages(target.title, text)  # exactly what the server would send
+    assert ex.prompt_messages == build_messages(Q[target.pmid], text)  # exactly what the server would send
     assert ex.prompt_messages[0]["content"] == SYSTEM_PROMPT and used == ex.evidence_pmids
 
 
@@ -100,10 +101,11 @@ def test_cited_article_the_retriever_missed_is_added(settings: Settings, tiny_to
     assert ex.cited_pmids == [other.pmid] and len(ex.evidence_pmids) == 2
 
 
-def test_loss_mask_covers_the_answer_only(settings: Settings, tiny_tokenizer: Any, fake_corpus: Any,
+def test_loss_mask_covers_the_answer_only(ft_questions: dict[int, str], settings: Settings, tiny_tokenizer: Any, fake_corpus: Any,
                                           fake_retriever: Any, ft_articles: list[Article]) -> None:
+    Q = ft_questions
     a = ft_articles[2]
-    ds = build_dataset([fb(a.title, f"Yes, it does [PMID:{a.pmid}].", [a.pmid])], corpus=fake_corpus,
+    ds = build_dataset([fb(Q[a.pmid], f"Yes, it does [PMID:{a.pmid}].", [a.pmid])], corpus=fake_corpus,
                        retrieve=fake_retriever, tokenizer=tiny_tokenizer, settings=small(settings, heldout_fraction=0))
     ex = ds.examples[0]
     row = tokenize_example(tiny_tokenizer, ex, 2048)
@@ -125,23 +127,27 @@ def test_split_is_deterministic_and_by_question() -> None:
     assert splits == assign_splits(qs, 0.25, seed=0)
     assert 60 < splits.count("heldout") < 140
     # independent of order and of the other questions; case/whitespace variants land together
-    assert [split_of(q, 0.25, 0)[0] for q in reversed(qs)] == splits[::-1]
+    assert assign_splits(qs[::-1], 0.25, seed=0) == splits[::-1]
+    assert [split_of(q, 0.25, 0)[0] for q in qs[:50]] == [split_of(q, 0.25, 0)[0] for q in qs[:50]]
     assert split_of("  Question NUMBER 7? ", 0.25, 0) == split_of("question number 7?", 0.25, 0)
     assert assign_splits(qs, 0.25, seed=1) != splits  # the seed changes the split
     # tiny sets still get one held-out and one training question
     two = assign_splits(["a?", "b?"], 0.2, 0)
     assert sorted(two) == ["heldout", "train"]
+    few = assign_splits([f"q{i}?" for i in range(5)], 0.2, 0)
+    assert few.count("heldout") == 1  # 5 * 0.2: one, never more by chance
     assert assign_splits(["a?", "b?", "c?"], 0.0, 0) == ["train"] * 3
 
 
-def test_duplicates_removed_hash_versioning_and_files(settings: Settings, tiny_tokenizer: Any, fake_corpus: Any,
+def test_duplicates_removed_hash_versioning_and_files(ft_questions: dict[int, str], settings: Settings, tiny_tokenizer: Any, fake_corpus: Any,
                                                       fake_retriever: Any, ft_articles: list[Article],
                                                       tmp_path: Path) -> None:
+    Q = ft_questions
     s = small(settings, heldout_fraction=0.3)
     a, b, c = ft_articles[:3]
-    old = fb(a.title, f"Old answer [PMID:{a.pmid}]", [a.pmid], created_at=1.0, fid="fb_old")
-    new = fb("  " + a.title.upper() + " ", f"New answer [PMID:{a.pmid}]", [a.pmid], created_at=2.0, fid="fb_new")
-    rest = [fb(x.title, f"Answer [PMID:{x.pmid}]", [x.pmid], created_at=3.0) for x in (b, c)]
+    old = fb(Q[a.pmid], f"Old answer [PMID:{a.pmid}]", [a.pmid], created_at=1.0, fid="fb_old")
+    new = fb("  " + Q[a.pmid].upper() + " ", f"New answer [PMID:{a.pmid}]", [a.pmid], created_at=2.0, fid="fb_new")
+    rest = [fb(Q[x.pmid], f"Answer [PMID:{x.pmid}]", [x.pmid], created_at=3.0) for x in (b, c)]
     kw = dict(corpus=fake_corpus, retrieve=fake_retriever, tokenizer=tiny_tokenizer, settings=s)
     ds = build_dataset([new, *rest, old], **kw)
     assert ds.duplicates_removed == 1 and len(ds.examples) == 3
@@ -159,16 +165,17 @@ def test_duplicates_removed_hash_versioning_and_files(settings: Settings, tiny_t
         read_dataset(path)
 
 
-def test_unfittable_or_vanished_citations_are_skipped_with_a_reason(settings: Settings, tiny_tokenizer: Any,
+def test_unfittable_or_vanished_citations_are_skipped_with_a_reason(ft_questions: dict[int, str], settings: Settings, tiny_tokenizer: Any,
                                                                     fake_corpus: Any, ft_articles: list[Article]
                                                                     ) -> None:
+    Q = ft_questions
     s = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"context_tokens": 120}),
                                     "finetune": settings.finetune.model_copy(update={"heldout_fraction": 0})})
     a = ft_articles[0]
     cite_all = " ".join(f"[PMID:{x.pmid}]" for x in ft_articles[:6])
     gone = fb("q1?", "Answer [PMID:31337]", [], fid="fb_gone")
     big = fb("q2?", f"All of them {cite_all}", [], fid="fb_big")
-    fine = fb(a.title, f"Yes [PMID:{a.pmid}]", [a.pmid], fid="fb_ok")
+    fine = fb(Q[a.pmid], f"Yes [PMID:{a.pmid}]", [a.pmid], fid="fb_ok")
     ds = build_dataset([gone, big, fine], corpus=fake_corpus, retrieve=lambda q, k: [], tokenizer=tiny_tokenizer,
                        settings=s)
     assert [e.feedback_id for e in ds.examples] == ["fb_ok"]

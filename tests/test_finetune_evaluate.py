@@ -57,3 +57,28 @@ def test_gate_decision_tolerance() -> None:
     assert better
     # a metric only one side reports (PubMedQA not configured for the baseline) is not compared
     assert gate_decision({**base, "pubmedqa_accuracy": 0.1}, base, 0.0)[0]
+
+
+def test_pubmedqa_accuracy_on_real_items(shared_data, tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from finetune.evaluate import _evaluate, pubmedqa_items
+    from retrieval.prompt import build_messages, render_evidence
+
+    items = pubmedqa_items(shared_data / "pubmedqa/data/ori_pqal.json", 4)
+    assert len(items) == 4 and all(gold in ("yes", "no", "maybe") for _, _, gold in items)
+    art, question, _ = items[0]
+    assert art.pmid == 21645374 and "lace plant" in question and art.abstract
+    pqa = [(build_messages(q, render_evidence([a], tiny_tokenizer, 200)[0]), gold) for a, q, gold in items]
+
+    class Oracle:  # answers the gold label for the first two items, "no idea" after
+        def __init__(self) -> None:
+            self.n = 0
+
+        def generate(self, messages: list[dict[str, str]], model: str) -> str:
+            gold = pqa[self.n][1]
+            self.n += 1
+            return f"{gold.capitalize()}, per the trial." if self.n <= 2 else "Unclear."
+
+    scores = _evaluate(Oracle(), "m", [], pqa)
+    assert scores["pubmedqa_accuracy"] == 0.5 and scores["pubmedqa_n"] == 4
+    with pytest.raises(Exception, match="cannot read PubMedQA JSON"):
+        pubmedqa_items(shared_data / "nope.json", 1)

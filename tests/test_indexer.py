@@ -209,8 +209,14 @@ def test_chunking_change_and_index_reset(tmp_path, hash_embedder) -> None:
     with Indexer(other, hash_embedder) as ix:
         assert ix.store.count_pending() == ix.store.stats()["chunks"]
         ix.sync(progress=False)
-    assert hash_embedder.encoded - before == CorpusStore(other.corpus_db).stats()["chunks"]
+    with CorpusStore(other.corpus_db) as st:
+        assert hash_embedder.encoded - before == st.stats()["chunks"]
     assert_consistent(other)
+    # an index next to an empty (e.g. deleted) store belongs to another store
+    for p in other.home.glob("corpus.sqlite*"):
+        p.unlink()
+    with pytest.raises(IndexMismatch, match="no chunks"):
+        Indexer(other, hash_embedder)
 
 
 # ---- integration: real MiniLM on real PubMed articles -------------------------------------------------

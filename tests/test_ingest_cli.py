@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -110,7 +110,7 @@ def test_query_pipeline_against_fake_eutils(eutils_settings, hash_embedder, meta
 
 # ------------------------------------------------------------------------------------------- CLI
 @pytest.fixture()
-def cli(settings, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 (a runner function)
+def cli(settings) -> Callable[..., tuple[int, str, str]]:
     from server.cli import main
 
     runner = CliRunner()

@@ -134,7 +134,8 @@ def test_medline_text() -> None:
     assert (a.pmid, a.title) == (16403221, "A high level interface to SCOP and ASTRAL implemented in python.")
     assert (a.doi, a.pmc, a.year, a.pub_date, a.issn) == ("10.1186/1471-2105-7-10", "PMC1373603", 2006, "2006",
                                                           "1471-2105")
-    assert [(x.last_name, x.fore_name, x.initials) for x in a.authors][0] == ("Casbon", "James A", "JA")
+    x = a.authors[0]
+    assert (x.last_name, x.fore_name, x.initials) == ("Casbon", "James A", "JA")
     assert a.journal == "BMC bioinformatics" and a.journal_iso == "BMC Bioinformatics"
     assert a.abstract_text.startswith("BACKGROUND: Benchmarking algorithms") and a.status == "MEDLINE"
     dbms = next(m for m in a.mesh if m.descriptor == "Database Management Systems")

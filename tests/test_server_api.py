@@ -192,7 +192,8 @@ def test_openai_client_models_adapter_and_errors(live: dict[str, Any]) -> None:
 def test_articles_and_metrics(live: dict[str, Any]) -> None:
     with client(live) as c:
         art = c.get(f"/v1/articles/{LACE_PMID}").json()
-        assert art["article"]["pmid"] == LACE_PMID and art["article"]["title"] == QUESTION
+        assert art["article"]["pmid"] == LACE_PMID and art["article"]["year"] == 2011
+        assert "lace plant" in " ".join(sec["text"] for sec in art["article"]["abstract"])
         assert art["url"].endswith(f"/{LACE_PMID}/")
         assert c.get("/v1/articles/1").status_code == 404
     text = httpx.get(live["url"] + "/metrics").text

@@ -10,7 +10,7 @@ import anyio
 import msgspec
 from litestar import Request, Router, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from finetune.dataset import validate_correction
 from finetune.store import Feedback, FeedbackStore
@@ -64,9 +64,9 @@ async def create(request: Request[Any, Any, Any], data: JSONBody[FeedbackIn], se
 
 @get("/", summary="List corrections, oldest first (filter by status)")
 async def list_feedback(feedback_store: NamedDependency[FeedbackStore],
-                        status: Annotated[str | None, Parameter(query="status")] = None,
-                        limit: Annotated[int, Parameter(query="limit", ge=1, le=10_000)] = 1000,
-                        offset: Annotated[int, Parameter(query="offset", ge=0)] = 0) -> FeedbackList:
+                        status: Annotated[str | None, QueryParameter()] = None,
+                        limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
+                        offset: Annotated[int, QueryParameter(ge=0)] = 0) -> FeedbackList:
     items = await anyio.to_thread.run_sync(lambda: feedback_store.list_feedback(status, limit=limit, offset=offset))
     return FeedbackList(data=items, count=len(items))
 

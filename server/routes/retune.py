@@ -12,7 +12,7 @@ import msgspec
 from litestar import Request, Router, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from finetune.jobs import JobRunner, job_view
 from finetune.store import FeedbackStore
@@ -59,7 +59,7 @@ async def start(request: Request[Any, Any, Any], data: JSONBody[RetuneIn], setti
 @get("/", summary="Re-tune jobs, oldest first")
 async def list_jobs(request: Request[Any, Any, Any], settings: NamedDependency[Settings],
                     feedback_store: NamedDependency[FeedbackStore],
-                    adapter: Annotated[str | None, Parameter(query="adapter")] = None) -> dict[str, Any]:
+                    adapter: Annotated[str | None, QueryParameter()] = None) -> dict[str, Any]:
     job_runner(request.app.state, settings, feedback_store)  # recovers interrupted jobs on first use
     jobs = await anyio.to_thread.run_sync(lambda: feedback_store.list_jobs(adapter=adapter))
     return {"data": [job_view(j) for j in jobs]}
