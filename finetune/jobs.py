@@ -97,7 +97,9 @@ class JobRunner:
         job_dir.mkdir(parents=True, exist_ok=True)
         (job_dir / "job.json").write_text(json.dumps({
             "job_id": job.id, "adapter": adapter, "hyperparameters": hp.model_dump(), "min_examples": needed,
-            "eval": evaluation, "settings": self.settings.model_dump(mode="json")}, indent=2))
+            "eval": evaluation,
+            # the job's settings (NCBI credentials left out: the job does not use E-utilities)
+            "settings": self.settings.model_dump(mode="json", exclude={"eutils"})}, indent=2))
         try:
             with open(job_dir / "log.txt", "ab") as logf:
                 proc = subprocess.Popen(

@@ -79,13 +79,23 @@ class Chunker:
         # Content tokens available per chunk: max_tokens minus [CLS]/[SEP] (or the model's equivalent).
         self.budget = settings.max_tokens - tokenizer.num_special_tokens_to_add()
         assert self.budget >= 8, f"chunking.max_tokens={settings.max_tokens} leaves no room for text"
+        # A private copy of the Rust tokenizer without padding/truncation (tokenizer.json may configure
+        # them; the transformers wrapper toggles them per call, so the shared object is not usable directly).
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._backend = None
+        if hasattr(backend, "encode_batch_fast"):
+            self._backend = type(backend).from_str(backend.to_str())
+            self._backend.no_padding()
+            self._backend.no_truncation()
 
     def _count(self, texts: list[str]) -> list[int]:
         """Token counts (no special tokens) of texts as they appear after a space inside a chunk."""
         if not texts:
             return []
-        enc = self.tokenizer([" " + t for t in texts], add_special_tokens=False)["input_ids"]
-        return [len(e) for e in enc]
+        spaced = [" " + t for t in texts]
+        if self._backend is not None:  # Rust tokenizer directly: ~2x faster than the transformers wrapper
+            return [len(e.ids) for e in self._backend.encode_batch_fast(spaced, add_special_tokens=False)]
+        return [len(e) for e in self.tokenizer(spaced, add_special_tokens=False)["input_ids"]]
 
     def _cut(self, text: str, max_tokens: int) -> list[str]:
         """Hard-split one over-long sentence at token boundaries into pieces of <= max_tokens tokens."""

@@ -95,9 +95,10 @@ def build_index(settings: Settings, data: dict[int, dict[str, Any]], progress: b
 def run_queries(searcher: Searcher, queries: Sequence[tuple[int, str]], mode: str,
                 depth: int = EVAL_DEPTH) -> dict[str, dict[str, float]]:
     """TREC-style run ``{qid: {pmid: score}}``; qid is the query's position."""
+    qvecs = searcher.embedder.encode_queries([q for _, q in queries]) if mode != "lexical" else None
     run = {}
     for i, (_, q) in enumerate(queries):
-        hits = searcher.search(q, k=depth, mode=mode)
+        hits = searcher.search(q, k=depth, mode=mode, query_vector=None if qvecs is None else qvecs[i])
         # rank-preserving scores: hits are already in final order (rerank may not be monotone in score)
         run[str(i)] = {str(h.pmid): float(len(hits) - j) for j, h in enumerate(hits)}
     return run

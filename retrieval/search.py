@@ -171,8 +171,10 @@ class Searcher:
 
     # ---- search ---------------------------------------------------------------------------------
     def search(self, query: str, k: int | None = None, mode: str | None = None,
-               filters: Filters | Mapping[str, Any] | None = None) -> list[Hit]:
-        """Top-k hits (at most one per PMID unless ``retrieval.one_per_pmid`` is off), best first."""
+               filters: Filters | Mapping[str, Any] | None = None, *,
+               query_vector: np.ndarray | None = None) -> list[Hit]:
+        """Top-k hits (at most one per PMID unless ``retrieval.one_per_pmid`` is off), best first.
+        ``query_vector``: the query's (dim,) embedding when the caller batch-encoded queries."""
         r = self.settings.retrieval
         k = r.k if k is None else k
         mode = mode or r.mode
@@ -189,7 +191,8 @@ class Searcher:
         lex: dict[int, tuple[float, int]] = {}
         qv = None
         if mode in ("dense", "hybrid"):
-            qv = self.embedder.encode_queries([query])  # (1, dim)
+            qv = (self.embedder.encode_queries([query]) if query_vector is None
+                  else np.asarray(query_vector, np.float32).reshape(1, -1))  # (1, dim)
             dense = self._retrieve(lambda n: self._dense(qv, n, allowed), depth, per_pmid)
         if mode in ("lexical", "hybrid"):
             lex = self._retrieve(lambda n: self._lexical(query, n, f), depth, per_pmid)

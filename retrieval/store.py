@@ -164,8 +164,8 @@ def _json_ids(ids: Iterable[int]) -> str:
 
 
 class CorpusStore:
-    """The corpus store at ``path``. Thread-safe (one connection behind a lock); WAL lets other
-    processes read while the single writer writes."""
+    """The corpus store at ``path``. Thread-safe: writes go through one connection behind a lock, reads
+    through one connection per thread (WAL: readers never block the single writer, nor it them)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -176,10 +176,17 @@ class CorpusStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
         self._db.execute("PRAGMA temp_store=MEMORY")
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         self._migrate()
 
     # ---- plumbing -------------------------------------------------------------------------------
     def _migrate(self) -> None:
+        try:  # fast path without the write lock (readers open while a writer holds a transaction)
+            if self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION:
+                return
+        except sqlite3.OperationalError:
+            pass  # no schema_version table yet
         with self._txn() as db:
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
             current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
@@ -205,12 +212,20 @@ class CorpusStore:
             self._db.execute("COMMIT")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60.0)
+            db.execute("PRAGMA cache_size=-16384")  # 16 MiB per reading thread
+            self._local.db = db
+            with self._lock:
+                self._readers.append(db)
+        return db.execute(sql, params).fetchall()
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            for db in [*self._readers, self._db]:
+                db.close()
+            self._readers.clear()
 
     def __enter__(self) -> CorpusStore:
         return self

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 PROMPT_SLACK_TOKENS = 16  # tokenising evidence alone vs. inside the template can differ by a few tokens
 MIN_EVIDENCE_TOKENS = 32
-SEARCH_THREADS = 2  # retrieval runs in worker threads (embedding + FAISS + SQLite); the CPU is small
+SEARCH_THREADS = 32  # concurrent searches in worker threads (their query embeddings are batched together)
+PROMPT_THREADS = 2  # prompt building (tokenizer counting) in worker threads
 
 
 def pubmed_url(pmid: int) -> str:
@@ -99,6 +100,7 @@ class RagService:
         self.settings = res.settings
         self.base_name = served_base_name(res.settings.llm)
         self._search_limiter = anyio.CapacityLimiter(SEARCH_THREADS)
+        self._prompt_limiter = anyio.CapacityLimiter(PROMPT_THREADS)
         self._loaded: set[str] = set()
         self._load_lock = asyncio.Lock()
         if not getattr(res.tokenizer, "chat_template", None):
@@ -134,6 +136,7 @@ class RagService:
 
     # ---- retrieval ------------------------------------------------------------------------------
     async def search(self, question: str, k: int, mode: str | None, filters: Filters | None) -> tuple[list[Any], float]:
+        """Hits and retrieval milliseconds (the index version they come from is ``res.index_version``)."""
         searcher = await self.res.ensure_index()
         mode = mode or self.settings.retrieval.mode
         t0 = time.perf_counter()
@@ -202,7 +205,7 @@ class RagService:
             text, used = render_evidence(hits, self.res.tokenizer, budget)
             return build_messages(question, text, history), used
 
-        messages, used = await anyio.to_thread.run_sync(build, limiter=self._search_limiter)
+        messages, used = await anyio.to_thread.run_sync(build, limiter=self._prompt_limiter)
         prep = Prepared(question=question, model=model or self.base_name, served=served, adapter=adapter,
                         hits=hits, messages=messages, in_prompt=used, max_tokens=max_tokens, started=started)
         prep.timings_ms.update(retrieval=retrieval_ms, prompt=(time.perf_counter() - t0) * 1000)

@@ -26,6 +26,7 @@ from retrieval.errors import ConfigError, PubmindError, ServiceUnavailable
 from retrieval.settings import Settings
 from retrieval.store import CorpusStore
 from server.auth import KeyStore
+from server.batching import QueryBatcher
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
 
@@ -72,26 +73,27 @@ class Resources:
         self._index_lock = threading.Lock()
         self._index_checked = 0.0
         self._embedder: Any = None
+        self._batcher: QueryBatcher | None = None
+        self._reranker: Any = None
 
     # ---- index ----------------------------------------------------------------------------------
     def _open_index(self) -> None:
-        """Open the index and searcher if they are not open yet, or reload a newer generation."""
+        """Open the index and searcher if there are none yet, or swap in a newer generation an ingest process
+        saved (a new VectorIndex + Searcher; searches in flight keep using the old ones)."""
         from retrieval.index import VectorIndex, disk_generation
 
         with self._index_lock:
             now = time.monotonic()
-            if self.searcher is not None:
-                if now - self._index_checked >= INDEX_RELOAD_SECONDS:
-                    self._index_checked = now
-                    if self.index.reload():
-                        log.info("index reloaded: generation %s", self.index.generation)
-                return
-            if self.index_error and now - self._index_checked < 1.0:
+            if self.searcher is None and self.index_error and now - self._index_checked < 1.0:
                 return
             self._index_checked = now
-            if disk_generation(self.settings.index_dir) is None:
-                self.index_error = (f"no vector index at {self.settings.index_dir}; ingest articles first "
-                                    f"('pubmind ingest ...')")
+            generation = disk_generation(self.settings.index_dir)
+            if generation is None:
+                if self.searcher is None:
+                    self.index_error = (f"no vector index at {self.settings.index_dir}; ingest articles first "
+                                        f"('pubmind ingest ...')")
+                return
+            if self.index is not None and generation == self.index.generation:
                 return
             try:
                 from retrieval.embed import Embedder
@@ -99,15 +101,17 @@ class Resources:
 
                 if self._embedder is None:
                     self._embedder = Embedder(self.settings.embedding)
+                    self._batcher = QueryBatcher(self._embedder)
+                    self._reranker = load_reranker(self.settings)
                 index = VectorIndex.open(self.settings.index_dir, self.settings, self._embedder.fingerprint,
                                          readonly=True)
-                self.searcher = Searcher(self.settings, self.store, index, self._embedder,
-                                         load_reranker(self.settings))
-                self.index = index
+                searcher = Searcher(self.settings, self.store, index, self._batcher, self._reranker)
+                self.index, self.searcher = index, searcher
                 self.index_error = None
                 log.info("index open: %s", index.info())
             except PubmindError as e:
-                self.index_error = e.message
+                if self.searcher is None:
+                    self.index_error = e.message
                 log.error("cannot open the index: %s", e.message)
 
     async def ensure_index(self) -> Any:

@@ -107,7 +107,8 @@ def test_correct_retune_promote_serve_rollback(loop: dict[str, Any], monkeypatch
             fb = r.json()
             assert fb["question"] == it["question"] and fb["curator"].startswith("curator")
             assert fb["provenance"]["adapter_version"] == f"{ADAPTER}@v1"
-            assert it["pmid"] in fb["provenance"]["retrieved_pmids"] or fb["provenance"]["retrieved_pmids"]
+            assert fb["provenance"]["retrieved_pmids"] == [e["pmid"] for e in before[it["pmid"]]["evidence"]]
+            assert fb["provenance"]["original_answer"] == before[it["pmid"]]["answer"]
             ids.append(fb["id"])
         assert reader.patch(f"/v1/feedback/{ids[0]}", json={"status": "accepted"}).status_code == 403
         for fid in ids:
@@ -172,6 +173,36 @@ def test_correct_retune_promote_serve_rollback(loop: dict[str, Any], monkeypatch
         assert it["phrase"] in ask(reader, it["question"], f"{ADAPTER}@v2")["answer"]
         assert admin.post(f"/v1/adapters/{ADAPTER}/promote", json={"version": 9}).status_code == 404
     print(f"\ne2e re-tune loop: {time.monotonic() - t_start:.1f}s, training {job['training']}")
+
+
+def test_cancel_through_the_api_keeps_the_served_version(loop: dict[str, Any],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    with http(loop, "admin") as admin, http(loop, "reader") as reader, http(loop, "curator") as curator:
+        if not curator.get("/v1/feedback", params={"status": "accepted"}).json()["data"]:  # run on its own
+            it = loop["items"][0]
+            fb = curator.post("/v1/feedback", json={"question": it["question"], "corrected_answer": it["answer"],
+                                                    "pmids": [it["pmid"]]}).json()
+            curator.patch(f"/v1/feedback/{fb['id']}", json={"status": "accepted"}).raise_for_status()
+        served = reader.get("/v1/adapters").json()["data"]
+        (ours,) = [a for a in served if a["name"] == ADAPTER]
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        r = admin.post("/v1/retune", json={"adapter": ADAPTER, "min_examples": 1,
+                                           "hyperparameters": {**HYPERPARAMETERS, "epochs": 1000}})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        deadline = time.monotonic() + 120
+        while not (job := admin.get(f"/v1/retune/{job_id}").json())["progress"].get("step"):
+            assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+            time.sleep(0.5)
+        r = admin.delete(f"/v1/retune/{job_id}")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        assert admin.delete(f"/v1/retune/{job_id}").status_code == 409
+        assert job_id in [j["job_id"] for j in admin.get("/v1/retune").json()["data"]]
+        assert admin.get("/v1/retune/job_nope").status_code == 404
+        after = next(a for a in reader.get("/v1/adapters").json()["data"] if a["name"] == ADAPTER)
+        assert after["current"] == ours["current"] and len(after["versions"]) == len(ours["versions"])
+        r = admin.post("/v1/retune", json={"adapter": ADAPTER, "hyperparameters": {"lora_r": 64}})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "hyperparameters.lora_r"
 
 
 def _dataset(loop: dict[str, Any], job_id: str) -> list[dict[str, Any]]:

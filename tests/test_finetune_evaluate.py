@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from finetune.evaluate import answer_tokens, gate_decision, pubmedqa_label, rouge_l, score_answers, token_f1
@@ -59,7 +62,7 @@ def test_gate_decision_tolerance() -> None:
     assert gate_decision({**base, "pubmedqa_accuracy": 0.1}, base, 0.0)[0]
 
 
-def test_pubmedqa_accuracy_on_real_items(shared_data, tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_pubmedqa_accuracy_on_real_items(shared_data: Path, tiny_tokenizer: Any) -> None:
     from finetune.evaluate import _evaluate, pubmedqa_items
     from retrieval.prompt import build_messages, render_evidence
 

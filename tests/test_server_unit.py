@@ -355,3 +355,46 @@ def test_keys_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert ks.authenticate(key) is None
     r = runner.invoke(main, ["keys", "revoke", "carol"])
     assert r.exit_code == 1 and "no active API key named 'carol'" in r.output
+
+
+def test_query_batcher_coalesces_concurrent_calls() -> None:
+    import threading
+    import time
+
+    import numpy as np
+
+    from server.batching import QueryBatcher
+
+    class SlowEmbedder:
+        dim = 2
+
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+            self.fingerprint = {"model": "slow"}
+
+        def encode_queries(self, texts: list[str]) -> np.ndarray:
+            self.batches.append(len(texts))
+            time.sleep(0.05)
+            if "boom" in texts:
+                raise ValueError("bad text")
+            return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=np.float32)
+
+    emb = SlowEmbedder()
+    qb = QueryBatcher(emb, max_batch=4)
+    assert qb.fingerprint == {"model": "slow"}  # delegated
+    assert qb.encode_queries(["abc"]).tolist() == [[3, 0]]  # alone: pass-through
+    out: dict[int, list[float]] = {}
+
+    def call(i: int) -> None:
+        out[i] = qb.encode_queries(["x" * i])[0].tolist()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(1, 11)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {i: v[0] for i, v in out.items()} == {i: float(i) for i in range(1, 11)}  # each got its own row
+    assert sum(emb.batches[1:]) == 10 and max(emb.batches) <= 4 and len(emb.batches) - 1 < 10
+    with pytest.raises(ValueError, match="bad text"):
+        qb.encode_queries(["boom"])
+    assert qb.encode_queries(["ok"]).shape == (1, 2)  # still usable after an error

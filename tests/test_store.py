@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import threading
 
 import numpy as np
 import pytest
@@ -207,6 +208,31 @@ def test_file_bookkeeping(store: CorpusStore) -> None:
     assert store.file_done("pubmed25n0001.xml.gz", "abc")
     assert not store.file_done("pubmed25n0001.xml.gz", "other-md5")
     assert store.files()["pubmed25n0001.xml.gz"]["counts"] == {"articles": 3}
+
+
+def test_concurrent_readers_while_writing(store: CorpusStore, chunker: Chunker) -> None:
+    store.apply([make_article(p) for p in range(1, 50)], chunker)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                assert store.get(1) is not None
+                assert store.fts_search("study cell", 5)
+                store.allowed_chunk_ids(Filters(year_from=2000))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=read) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for v in range(2, 6):
+        store.apply([make_article(p, version=v) for p in range(1, 50)], chunker)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == [] and store.get(49).version == 5
 
 
 def test_readers_see_committed_data_only(store: CorpusStore, chunker: Chunker, settings) -> None:
