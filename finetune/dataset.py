@@ -10,7 +10,8 @@ answer" is never learnable).
 
 Duplicates (same normalised question) keep the most recent correction. The held-out split is by question
 hash (deterministic, independent of order and of the other questions). The dataset is written as jsonl and
-named by the SHA-256 of its content, so a re-tune on the same corrections is recognisably the same data.
+named by the SHA-256 of its content (``content_hash``), so a re-tune on the same corrections is recognisably
+the same data.
 Loss is on answer tokens only: ``tokenize_example`` sets labels to -100 on the prompt.
 """
 
@@ -63,7 +64,7 @@ class Example(msgspec.Struct, kw_only=True):
 
 
 class Dataset(msgspec.Struct, kw_only=True):
-    hash: str  # sha256 of the jsonl content
+    hash: str  # content_hash(examples): SHA-256 of the training content
     examples: list[Example]
     duplicates_removed: int
     skipped: list[dict[str, str]]  # [{"feedback_id", "reason"}]: corrections that could not become examples
@@ -258,7 +259,13 @@ def _jsonl(examples: Sequence[Example]) -> bytes:
 
 
 def content_hash(examples: Sequence[Example]) -> str:
-    return hashlib.sha256(_jsonl(examples)).hexdigest()
+    """SHA-256 of what is trained and evaluated on (every field but ``feedback_id``, which is provenance):
+    the same corrections give the same hash whoever entered them and when."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(msgspec.json.encode({k: v for k, v in msgspec.structs.asdict(e).items() if k != "feedback_id"}))
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def write_dataset(ds: Dataset, out_dir: str | Path) -> Path:
@@ -277,12 +284,11 @@ def write_dataset(ds: Dataset, out_dir: str | Path) -> Path:
 def read_dataset(path: str | Path) -> Dataset:
     """Load a written dataset and check its content hash against its name."""
     p = Path(path)
-    data = p.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
+    examples = [msgspec.json.decode(line, type=Example) for line in p.read_bytes().splitlines() if line.strip()]
+    digest = content_hash(examples)
     if not p.name.startswith(f"dataset-{digest[:12]}"):
         raise InvalidInput(f"dataset file {p} does not match its content hash (sha256 {digest[:12]}...): "
                            "it was modified after it was written", param="dataset")
-    examples = [msgspec.json.decode(line, type=Example) for line in data.splitlines() if line.strip()]
     summary_path = p.parent / "dataset.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return Dataset(hash=digest, examples=examples, duplicates_removed=summary.get("duplicates_removed", 0),

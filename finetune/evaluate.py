@@ -8,6 +8,9 @@ Metrics (pure functions below, micro-averaged over a set):
   rouge_l            ROUGE-L F-measure (longest common token subsequence), same tokens
   pubmedqa_accuracy  yes/no/maybe accuracy on PubMedQA items (only when configured)
 
+The same metrics on a sample of the corrections the candidate was trained on (``TRAIN_SAMPLE``) guard against
+a candidate that reproduces the accepted corrections worse than the version it replaces (e.g. under-trained).
+
 Generation goes through vLLM (the candidate loaded under its versioned name ``NAME@vN``) when vLLM answers
 its health check; otherwise with transformers + PEFT in this process. The report names the backend used and
 why, never silently. The candidate is promoted only if no metric is worse than the baseline's by more than
@@ -33,6 +36,7 @@ from retrieval.settings import Settings
 
 log = logging.getLogger("pubmind.evaluate")
 
+TRAIN_SAMPLE = 20  # trained-on corrections re-checked by the gate (the candidate must not regress on them)
 METRICS = ("citation_validity", "citation_recall", "answer_f1", "rouge_l", "pubmedqa_accuracy")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _LABEL = re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE)
@@ -223,9 +227,12 @@ def run_gate(settings: Settings, candidate: Any, current: Any | None, dataset: A
     from finetune.vllm_client import SyncVllmClient, served_base_name
 
     heldout = dataset.heldout
+    # the corrections themselves: a candidate must reproduce them at least as well as the version it replaces
+    trained = sorted(dataset.train, key=lambda e: e.id)[:int(eval_config.get("train_sample", TRAIN_SAMPLE))]
     report: dict[str, Any] = {"candidate": candidate.lora_name,
                               "baseline": current.lora_name if current else "base",
-                              "tolerance": settings.finetune.tolerance, "heldout": len(heldout)}
+                              "tolerance": settings.finetune.tolerance, "heldout": len(heldout),
+                              "trained_sample": len(trained)}
     pqa = []
     if eval_config.get("pubmedqa_path"):
         from transformers import AutoTokenizer
@@ -259,9 +266,17 @@ def run_gate(settings: Settings, candidate: Any, current: Any | None, dataset: A
     try:
         report["candidate_metrics"] = _evaluate(gen, cand_model, heldout, pqa)
         report["baseline_metrics"] = _evaluate(gen, base_model, heldout, pqa)
+        if trained:
+            report["candidate_trained_metrics"] = _evaluate(gen, cand_model, trained, [])
+            report["baseline_trained_metrics"] = _evaluate(gen, base_model, trained, [])
     finally:
         client.close()
     promote, reasons = gate_decision(report["candidate_metrics"], report["baseline_metrics"],
                                      settings.finetune.tolerance)
+    reasons = [f"held-out {r}" for r in reasons]
+    if trained:
+        ok, more = gate_decision(report["candidate_trained_metrics"], report["baseline_trained_metrics"],
+                                 settings.finetune.tolerance)
+        promote, reasons = promote and ok, reasons + [f"trained-on {r}" for r in more]
     report.update(promote=promote, reasons=reasons)
     return report

@@ -34,6 +34,7 @@ log = logging.getLogger("pubmind.jobs")
 TUNABLE = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "learning_rate", "batch_size",
            "max_seq_len", "distractors", "heldout_fraction", "seed")
 CANCEL_GRACE_SECONDS = 5.0
+EVAL_KEYS = ("pubmedqa_path", "pubmedqa_limit", "train_sample")  # per-job gate options
 
 
 def resolve_hyperparameters(settings: Settings, overrides: dict[str, Any] | None) -> FinetuneSettings:
@@ -81,9 +82,8 @@ class JobRunner:
         if not isinstance(needed, int) or isinstance(needed, bool) or needed < 1:
             raise InvalidInput(f"min_examples must be an integer >= 1, got {min_examples!r}", param="min_examples")
         evaluation = dict(evaluation or {})
-        if bad := sorted(set(evaluation) - {"pubmedqa_path", "pubmedqa_limit"}):
-            raise InvalidInput(f"evaluation: unknown keys {bad}; allowed: ['pubmedqa_path', 'pubmedqa_limit']",
-                               param="evaluation")
+        if bad := sorted(set(evaluation) - set(EVAL_KEYS)):
+            raise InvalidInput(f"evaluation: unknown keys {bad}; allowed: {list(EVAL_KEYS)}", param="evaluation")
         if evaluation.get("pubmedqa_path") and not Path(evaluation["pubmedqa_path"]).is_file():
             raise InvalidInput(f"evaluation.pubmedqa_path {evaluation['pubmedqa_path']!r} is not a file",
                                param="evaluation.pubmedqa_path")

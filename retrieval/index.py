@@ -93,29 +93,25 @@ class VectorIndex:
         self._vec_file: str | None = None  # ivfpq: name of the float16 side file
         self._vec_map: np.memmap | None = None
         self._files: dict[str, str] = {}
+        self._check_chunking = True
         self._reset_lookup()
 
     # ---- opening / saving -----------------------------------------------------------------------
     @classmethod
     def open(cls, folder: str | Path, settings: Settings, fingerprint: dict[str, Any], *,
-             readonly: bool = False) -> VectorIndex:
+             readonly: bool = False, check_chunking: bool = True) -> VectorIndex:
         """Open the index in ``folder`` (a writer creates an empty one if there is none). Raises
-        ``IndexMismatch`` if it was built with another embedder, chunking or index structure."""
+        ``IndexMismatch`` if it was built with another embedder, chunking or index structure
+        (``check_chunking=False``: the Indexer is re-chunking; the next save records the new chunking)."""
         folder = Path(folder)
         self = cls(folder, settings, fingerprint, readonly)
+        self._check_chunking = check_chunking
         if not (folder / MANIFEST).exists():
             if readonly:
                 raise ServiceUnavailable(f"no vector index at {folder} (manifest.json missing); ingest first")
             folder.mkdir(parents=True, exist_ok=True)
             return self
-        for attempt in range(5):  # a reader can race a writer deleting the previous generation
-            try:
-                self._load()
-                break
-            except FileNotFoundError:
-                if attempt == 4:
-                    raise
-                time.sleep(0.2)
+        self._load_retrying()
         if not readonly:
             self._cleanup()
             self._truncate_vectors()
@@ -129,12 +125,21 @@ class VectorIndex:
             "chunking": self.settings.chunking.model_dump(),
         }
 
+    def _load_retrying(self) -> None:
+        for attempt in range(5):  # a reader can race a writer deleting the previous generation
+            try:
+                return self._load()
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
+
     def _load(self) -> None:
         m = json.loads((self.folder / MANIFEST).read_text())
         if m.get("format") != FORMAT:
             raise IndexMismatch(f"index {self.folder}: manifest format {m.get('format')!r}, expected {FORMAT}")
         for key, want in self._expected().items():
-            if m.get(key) != want:
+            if m.get(key) != want and (key != "chunking" or self._check_chunking):
                 raise IndexMismatch(
                     f"index {self.folder} was built with {key}={json.dumps(m.get(key), sort_keys=True)} but the "
                     f"current settings give {key}={json.dumps(want, sort_keys=True)}; rebuild the index "
@@ -166,11 +171,13 @@ class VectorIndex:
             self._index.nprobe = s.ivf_nprobe
 
     def reload(self) -> bool:
-        """Reader: load the newest generation if the writer saved one since; True if reloaded."""
+        """Reader: load the newest generation if the writer saved one since; True if reloaded.
+        Not atomic for concurrent searches on this object: servers should open a new VectorIndex and
+        swap the reference instead."""
         g = disk_generation(self.folder)
         if g is None or g == self.generation:
             return False
-        self._load()
+        self._load_retrying()
         return True
 
     def save(self) -> None:

@@ -2,7 +2,8 @@
 hit per PMID (its best chunk), optional cross-encoder reranking.
 
 Fusion (``retrieval.fusion``):
-  convex  score = w_d * z(dense) + w_l * z(bm25); z = z-score over the fused candidate set. Every
+  convex  score = w_d * z(dense) + w_l * z(log(1 + bm25)); z = z-score over the fused candidate set (the
+          log tames BM25's heavy tail, which otherwise lets one rare shared word outvote the dense score). Every
           candidate gets its exact dense score (its chunk vectors are read back from the index), so a
           lexical-only candidate is not penalised for missing the dense cut; a dense-only candidate gets
           the lowest BM25 seen (it scored at most that).
@@ -266,7 +267,7 @@ class Searcher:
         d_floor = min((v[0] for v in dense.values()), default=0.0)
         l_floor = min((v[0] for v in lex.values()), default=0.0)
         d = _z(np.array([dense[key][0] if key in dense else d_floor for key in keys]))
-        lx = _z(np.array([lex[key][0] if key in lex else l_floor for key in keys]))
+        lx = _z(np.log1p(np.maximum([lex[key][0] if key in lex else l_floor for key in keys], 0.0)))
         s = r.dense_weight * d + r.lexical_weight * lx
         return dict(zip(keys, s.tolist(), strict=True))
 

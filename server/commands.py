@@ -21,6 +21,19 @@ def _with_overrides(settings: Settings, host: str | None, port: int | None, mode
     return settings.model_copy(update={"server": server, "llm": llm})
 
 
+CPU_TORCH_THREADS = 1
+
+
+def _one_torch_thread() -> None:
+    """Query embedding on CPU runs one torch thread per call: concurrency comes from requests (batched, see
+    server/batching.py), and the CPU is shared with vLLM. Multi-threaded intra-op torch on a busy 2-core
+    machine made a MiniLM query encode 6-20x slower (300-1000 ms vs 50 ms) in measurements."""
+    import torch
+
+    torch.set_num_threads(CPU_TORCH_THREADS)
+    log.info("torch CPU threads for query embedding: %d", CPU_TORCH_THREADS)
+
+
 @click.command("serve")
 @click.option("--host", help="API bind address (server.host).")
 @click.option("--port", type=int, help="API port (server.port).")
@@ -40,6 +53,8 @@ def serve_cmd(host: str | None, port: int | None, model: str | None, vllm_url: s
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     settings = _with_overrides(get_settings(), host, port, model, vllm_url)
+    if settings.embedding.device == "cpu":
+        _one_torch_thread()
     main_thread_sigterm_as_interrupt()  # SIGTERM while vLLM starts -> finally below stops it
     supervisor = None
     try:

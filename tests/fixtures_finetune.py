@@ -91,3 +91,15 @@ def private_home(server_home: Path, dest: Path) -> Path:
     shutil.copytree(server_home, dest, ignore=lambda d, names: [n for n in names if Path(d) == server_home
                                                                 and n in skip])
     return dest
+
+
+def untrained_adapter(model_dir: Path, out: Path) -> Path:
+    """A real PEFT LoRA for ``model_dir`` as ``save_pretrained`` writes it, untrained (B = 0: answers exactly
+    like the base model): stands in for an earlier deployed version."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])).save_pretrained(out)
+    return out
+

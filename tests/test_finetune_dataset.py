@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from finetune.dataset import (
@@ -154,6 +155,8 @@ def test_duplicates_removed_hash_versioning_and_files(ft_questions: dict[int, st
     assert [e.target for e in ds.examples if e.feedback_id == "fb_new"] == [f"New answer [PMID:{a.pmid}]"]
     again = build_dataset([old, *reversed(rest), new], **kw)  # same corrections, other order
     assert again.hash == ds.hash
+    retyped = [msgspec.structs.replace(f, id=f.id + "-copy", curator="bob") for f in (old, new, *rest)]
+    assert build_dataset(retyped, **kw).hash == ds.hash  # who entered them is provenance, not training data
     changed = build_dataset([new, rest[0]], **kw)
     assert changed.hash != ds.hash
     path = write_dataset(ds, tmp_path / "ds")

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures_finetune import private_home
+from tests.fixtures_finetune import private_home, untrained_adapter
 from tests.fixtures_server import LiveServer, bearer, create_keys, make_settings
 
 pytestmark = [pytest.mark.vllm, pytest.mark.integration, pytest.mark.network]
@@ -32,7 +32,6 @@ def loop(server_home: Path, tiny_model_dir: Path, vllm_server: str, shared_data:
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from finetune.registry import AdapterRegistry
     from server.app import create_app
-    from tests.test_server_api import make_adapter
 
     home = private_home(server_home, tmp_path_factory.mktemp("ft-e2e") / "home")
     # short prompts (small evidence budget) so the tiny model learns in seconds
@@ -40,7 +39,7 @@ def loop(server_home: Path, tiny_model_dir: Path, vllm_server: str, shared_data:
                              retrieval={"context_tokens": 96})
     # an earlier deployment: version 1 of the adapter (an untrained LoRA: answers like the base model)
     reg = AdapterRegistry(settings.adapters_dir)
-    v1 = reg.create_version(ADAPTER, make_adapter(tiny_model_dir, tmp_path_factory.mktemp("v1")),
+    v1 = reg.create_version(ADAPTER, untrained_adapter(tiny_model_dir, tmp_path_factory.mktemp("v1")),
                             {"base_model": str(tiny_model_dir)})
     reg.promote(ADAPTER, v1.version)
     keys = create_keys(settings, tag=f"-{uuid.uuid4().hex[:6]}")
@@ -145,6 +144,8 @@ def test_correct_retune_promote_serve_rollback(loop: dict[str, Any], monkeypatch
         ev = job["evaluation"]
         assert ev["backend"].startswith("vllm") and ev["baseline"] == f"{ADAPTER}@v1" and ev["promote"]
         assert ev["heldout"] >= 1 and job["training"]["tokens_per_second"] > 0
+        # the gate saw (through vLLM) that v2 reproduces the corrections and v1 does not
+        assert ev["candidate_trained_metrics"]["answer_f1"] > ev["baseline_trained_metrics"]["answer_f1"] + 0.5
         train_questions = [e for e in _dataset(loop, job_id) if e["split"] == "train"]
         assert len(train_questions) >= 2
 

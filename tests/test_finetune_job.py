@@ -20,8 +20,8 @@ from tests.fixtures_server import closed_url, make_settings
 
 pytestmark = [pytest.mark.integration]
 
-FAST = {"target_modules": ["q_proj", "v_proj", "up_proj", "down_proj"], "learning_rate": 0.01, "batch_size": 1,
-        "epochs": 4}
+FAST = {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "learning_rate": 0.01, "batch_size": 1, "epochs": 30, "lora_dropout": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_job_trains_registers_and_gates_locally_when_vllm_is_down(env: dict[str,
     assert done.status == "succeeded", (done.error, (settings.jobs_dir / job.id / "log.txt").read_text()[-3000:])
     r = done.result
     assert r["version"] == 1 and r["lora_name"] == "local@v1"
-    assert r["training"]["steps"] == 4 * r["dataset"]["train"] and r["training"]["tokens_per_second"] > 0
+    assert r["training"]["steps"] == 30 * r["dataset"]["train"] and r["training"]["tokens_per_second"] > 0
     ev = r["evaluation"]
     assert ev["backend"].startswith("transformers+peft") and "vLLM not usable" in ev["backend"]
     assert ev["baseline"] == "base" and ev["heldout"] == r["dataset"]["heldout"] >= 1
@@ -53,24 +53,40 @@ def test_job_trains_registers_and_gates_locally_when_vllm_is_down(env: dict[str,
     reg = AdapterRegistry(settings.adapters_dir)
     v1 = reg.get("local", 1)
     assert v1.manifest["dataset_hash"] == r["dataset"]["hash"] == read_dataset(r["dataset"]["path"]).hash
-    assert v1.manifest["evaluation"]["promote"] == ev["promote"] and v1.manifest["hyperparameters"]["epochs"] == 4
+    assert v1.manifest["evaluation"]["promote"] == ev["promote"] and v1.manifest["hyperparameters"]["epochs"] == 30
     assert (Path(v1.path) / "adapter_config.json").is_file() and (Path(v1.path) / "adapter_model.safetensors").is_file()
-    assert r["promoted"] == ev["promote"]
-    if ev["promote"]:
-        assert reg.resolve("local").version == 1 and "not reachable" in r["served"]["vllm"]
+    # it learned its corrections (the base model did not), so it is promoted; vLLM being down is reported
+    assert ev["trained_sample"] == r["dataset"]["train"]
+    assert ev["candidate_trained_metrics"]["answer_f1"] > ev["baseline_trained_metrics"]["answer_f1"] + 0.5
+    assert ev["promote"] and r["promoted"], ev["reasons"]
+    assert reg.resolve("local").version == 1 and "not reachable" in r["served"]["vllm"]
+
+
+def test_gate_rejects_an_undertrained_candidate(env: dict[str, Any]) -> None:
+    runner, settings = env["runner"], env["settings"]
+    reg = AdapterRegistry(settings.adapters_dir)
+    assert reg.resolve("local").version == 1
+    job = runner.submit("local", hyperparameters={**FAST, "epochs": 1}, min_examples=4, created_by="admin")
+    done = runner.wait(job.id, timeout=400, poll=0.5)
+    assert done.status == "succeeded", done.error
+    ev = done.result["evaluation"]
+    assert ev["baseline"] == "local@v1" and not ev["promote"] and done.result["promoted"] is False
+    assert any(x.startswith("trained-on answer_f1") and "< baseline" in x for x in ev["reasons"]), ev["reasons"]
+    assert reg.resolve("local").version == 1  # still served
+    v2 = reg.get("local", 2)
+    assert v2.manifest["evaluation"]["promote"] is False and not v2.current
 
 
 def test_failed_and_cancelled_jobs_leave_the_served_version_alone(env: dict[str, Any]) -> None:
     runner, settings = env["runner"], env["settings"]
     reg = AdapterRegistry(settings.adapters_dir)
-    if reg.current("local") is None:
-        reg.promote("local", 1)
     before = [v.version for v in reg.versions("local")]
+    served = reg.resolve("local").version
 
     bad = runner.submit("local", hyperparameters={**FAST, "target_modules": ["no_such_module"]}, created_by="admin")
     failed = runner.wait(bad.id, timeout=300, poll=0.5)
     assert failed.status == "failed" and "no_such_module" in failed.error
-    assert [v.version for v in reg.versions("local")] == before and reg.resolve("local").version == 1
+    assert [v.version for v in reg.versions("local")] == before and reg.resolve("local").version == served
 
     slow = runner.submit("local", hyperparameters={**FAST, "epochs": 500}, created_by="admin")
     deadline = time.monotonic() + 300
@@ -82,4 +98,4 @@ def test_failed_and_cancelled_jobs_leave_the_served_version_alone(env: dict[str,
     assert cancelled.status == "cancelled"
     time.sleep(1.0)
     assert runner.get(slow.id).status == "cancelled"  # the dying process did not overwrite it
-    assert [v.version for v in reg.versions("local")] == before and reg.resolve("local").version == 1
+    assert [v.version for v in reg.versions("local")] == before and reg.resolve("local").version == served

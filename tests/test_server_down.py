@@ -36,3 +36,27 @@ def test_vllm_down_is_503(server_home: Path, tiny_model_dir: Path) -> None:
         assert c.post("/v1/query", json={"question": QUESTION, "mode": "search"}, headers=h).status_code == 200
         health = c.get("/health")
         assert health.status_code == 503 and url in health.json()["reason"]
+
+
+def test_vllm_hanging_times_out_503(server_home: Path, tiny_model_dir: Path) -> None:
+    """vLLM accepts the connection but never answers: 503 after llm.request_timeout_seconds, not a hang."""
+    import socket
+    import time
+
+    from litestar.testing import TestClient
+
+    from server.app import create_app
+    from tests.fixtures_server import make_settings
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(64)
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}"
+        settings = make_settings(server_home, llm={"model": str(tiny_model_dir), "vllm_url": url,
+                                                   "request_timeout_seconds": 1.0})
+        keys = create_keys(settings, tag=f"-{uuid.uuid4().hex[:6]}")
+        with TestClient(create_app(settings), timeout=30) as c:
+            t0 = time.monotonic()
+            r = c.post("/v1/query", json={"question": QUESTION, "k": 2}, headers=bearer(keys["reader"]))
+            assert r.status_code == 503 and "timed out" in r.json()["error"]["message"], r.text
+            assert time.monotonic() - t0 < 20

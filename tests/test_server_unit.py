@@ -398,3 +398,19 @@ def test_query_batcher_coalesces_concurrent_calls() -> None:
     with pytest.raises(ValueError, match="bad text"):
         qb.encode_queries(["boom"])
     assert qb.encode_queries(["ok"]).shape == (1, 2)  # still usable after an error
+
+
+def test_vllm_client_timeout_is_503() -> None:
+    """A vLLM that accepts connections but never answers: the request times out as ServiceUnavailable."""
+    import socket
+
+    from finetune.vllm_client import SyncVllmClient
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)  # connections complete in the backlog; nobody ever reads or answers
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}"
+        with SyncVllmClient(url, timeout_seconds=0.5) as c:
+            with pytest.raises(ServiceUnavailable, match=re.escape(f"vLLM at {url} timed out on /v1/chat/completions")):
+                c.chat([{"role": "user", "content": "x"}], "base", max_tokens=1)
+            assert c.is_healthy() is False

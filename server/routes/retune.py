@@ -42,7 +42,8 @@ class RetuneIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     min_examples: Annotated[int | None, msgspec.Meta(
         description="Accepted corrections needed (default settings.finetune.min_examples).")] = None
     evaluation: Annotated[dict[str, Any], msgspec.Meta(
-        description="Extra gate checks: {'pubmedqa_path': ori_pqal.json on the server, 'pubmedqa_limit': 50}."
+        description="Gate options: {'pubmedqa_path': ori_pqal.json on the server, 'pubmedqa_limit': 50, "
+        "'train_sample': trained-on corrections re-checked (default 20)}."
     )] = msgspec.field(default_factory=dict)
 
 
