@@ -142,10 +142,10 @@ def _parse_overrides(values: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--min-examples", type=int, default=None, help="Accepted corrections needed (settings default).")
 @click.option("--pubmedqa", type=click.Path(dir_okay=False, exists=True), help="Also gate on PubMedQA accuracy.")
 @click.option("--wait/--no-wait", default=False, help="Follow the job, printing progress, until it ends.")
-@click.option("--threads", type=int, default=0, help="torch CPU threads of the job process (0: default).")
+@click.option("--threads", type=int, default=None, help="torch CPU threads of the job process (default: finetune.threads).")
 @handle_errors
 def retune_cmd(adapter: str, overrides: tuple[str, ...], min_examples: int | None, pubmedqa: str | None,
-               wait: bool, threads: int) -> None:
+               wait: bool, threads: int | None) -> None:
     """Start a re-tune job (dataset -> LoRA training -> evaluation gate -> promotion) in its own process."""
     from finetune.jobs import JobRunner, job_view
     from finetune.store import FeedbackStore

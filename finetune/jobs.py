@@ -59,9 +59,10 @@ class JobRunner:
 
     command: tuple[str, ...] = (sys.executable, "-m", "finetune.train")  # + --job_dir DIR --num_threads N
 
-    def __init__(self, settings: Settings, store: FeedbackStore, *, train_threads: int = 0) -> None:
-        """``train_threads``: torch CPU threads of job processes (0: torch's default)."""
-        self.settings, self.store, self.train_threads = settings, store, train_threads
+    def __init__(self, settings: Settings, store: FeedbackStore, *, train_threads: int | None = None) -> None:
+        """``train_threads``: torch CPU threads of job processes (None: ``finetune.threads``; 0: torch's default)."""
+        self.settings, self.store = settings, store
+        self.train_threads = settings.finetune.threads if train_threads is None else train_threads
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
 

@@ -31,11 +31,6 @@ Record = Article | Deletion
 _int_tuple = msgspec.json.Decoder(tuple[int, ...])
 
 
-def ingest_dir(settings: Settings) -> Path:
-    """Spool files and E-utilities query progress (``settings`` has no dedicated path for these yet)."""
-    return settings.home / "ingest"
-
-
 @dataclass
 class FileResult:
     path: str
@@ -167,7 +162,7 @@ class Pipeline:
         store = self.indexer.store
         if not force and store.file_done(key, md5):
             return FileResult(key, "skipped", md5=md5)
-        spool_dir = ingest_dir(self.settings)
+        spool_dir = self.settings.ingest_dir
         spool_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="spool-", suffix=".jsonl", dir=spool_dir)
         os.close(fd)
@@ -205,7 +200,7 @@ class Pipeline:
                 bar.refresh()
 
             for batch in client.iter_query(query, mindate=mindate, maxdate=maxdate, max_records=max_records,
-                                           state_dir=ingest_dir(self.settings), progress=on_progress):
+                                           state_dir=self.settings.ingest_dir, progress=on_progress):
                 stats = indexer.apply(batch, progress=False, sync=False)
                 for k, v in stats.apply.to_dict().items():
                     totals[k] = totals.get(k, 0) + v

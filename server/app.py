@@ -32,8 +32,7 @@ FINETUNE_ROUTERS = ("server.routes.feedback", "server.routes.retune", "server.ro
 
 def _dep(attr: str) -> Provide:
     def provide(state: State) -> Any:
-        value = getattr(state.resources, attr)
-        return value
+        return getattr(state.resources, attr)
 
     provide.__name__ = f"provide_{attr}"
     return Provide(provide, sync_to_thread=False)

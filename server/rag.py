@@ -61,6 +61,7 @@ class Prepared:
     messages: list[dict[str, str]]
     in_prompt: list[int]
     max_tokens: int
+    index_version: str | None = None  # of the index the hits came from
     timings_ms: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
@@ -198,6 +199,7 @@ class RagService:
         max_tokens = self.check_max_tokens(max_tokens)
         served, adapter = await self.resolve_model(model)  # 404 for unknown models before any work
         hits, retrieval_ms = await self.search(question, k, mode, filters)
+        index_version = self.res.index_version
         t0 = time.perf_counter()
 
         def build() -> tuple[list[dict[str, str]], list[int]]:
@@ -207,7 +209,8 @@ class RagService:
 
         messages, used = await anyio.to_thread.run_sync(build, limiter=self._prompt_limiter)
         prep = Prepared(question=question, model=model or self.base_name, served=served, adapter=adapter,
-                        hits=hits, messages=messages, in_prompt=used, max_tokens=max_tokens, started=started)
+                        hits=hits, messages=messages, in_prompt=used, max_tokens=max_tokens, started=started,
+                        index_version=index_version)
         prep.timings_ms.update(retrieval=retrieval_ms, prompt=(time.perf_counter() - t0) * 1000)
         return prep
 
@@ -235,7 +238,8 @@ class RagService:
 
     async def stream(self, prep: Prepared, *, temperature: float | None = None,
                      extra: dict[str, Any] | None = None) -> AsyncIterator[ChatDelta]:
-        """vLLM's deltas; the caller then calls ``finish`` with the joined text (see ``stream_answer``)."""
+        """vLLM's deltas (retried once after reloading the adapter if vLLM no longer knows it); the caller then
+        calls ``finish`` with the joined text."""
         temp = self.settings.llm.temperature if temperature is None else temperature
         for attempt in (0, 1):
             started = False
@@ -259,10 +263,11 @@ class RagService:
         citations = [hit_citation(by_pmid[p]) for p in report.supported]
         timings = dict(prep.timings_ms, generation=gen_ms, verify=(time.perf_counter() - t0) * 1000)
         timings["total"] = (time.perf_counter() - prep.started) * 1000
-        cited = [{"pmid": p, "supported": p in set(report.supported)} for p in report.cited]
+        supported = set(report.supported)
+        cited = [{"pmid": p, "supported": p in supported} for p in report.cited]
         answer_id = await anyio.to_thread.run_sync(lambda: self.res.feedback.record_answer(
             question=prep.question, answer=text, model=prep.model, adapter_version=prep.adapter,
-            index_version=self.res.index_version, retrieved=[(int(h.pmid), float(h.score)) for h in prep.hits],
+            index_version=prep.index_version, retrieved=[(int(h.pmid), float(h.score)) for h in prep.hits],
             citations=cited, timings_ms=timings))
         m = self.res.metrics
         m.generation.labels(prep.served).observe(gen_ms / 1000)

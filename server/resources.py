@@ -129,7 +129,8 @@ class Resources:
         return f"{self.index.created_at}#g{self.index.generation}"
 
     def close(self) -> None:
-        for closer in (self.store.close, self.feedback.close, *( [self.keys.close] if self.keys else [])):
+        closers = [self.store.close, self.feedback.close] + ([self.keys.close] if self.keys else [])
+        for closer in closers:
             try:
                 closer()
             except Exception as e:  # closing must not mask the shutdown

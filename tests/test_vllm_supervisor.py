@@ -92,7 +92,7 @@ def test_vllm_client_against_real_server(vllm_server: str, tmp_path: Path) -> No
 
     with SyncVllmClient(vllm_server, timeout_seconds=60) as c:
         c.health()
-        assert c.models() == ["base"]
+        assert c.models()[0] == "base"  # (+ any adapters other tests loaded into the shared server)
         r = c.chat([{"role": "user", "content": "hello"}], "base", max_tokens=6)
         assert r.completion_tokens == 6 and r.finish_reason == "length" and r.prompt_tokens > 0
         deltas = list(c.chat_stream([{"role": "user", "content": "hello"}], "base", max_tokens=6))

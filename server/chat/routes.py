@@ -105,7 +105,7 @@ async def chat_completions(data: JSONBody[ChatCompletionRequest],
             usage=Usage(prompt_tokens=ans.prompt_tokens, completion_tokens=ans.completion_tokens,
                         total_tokens=ans.prompt_tokens + ans.completion_tokens),
             citations=ans.citations, unsupported_citations=ans.unsupported, answer_id=ans.id,
-            index_version=rag.res.index_version)
+            index_version=prep.index_version)
 
     cid = f"chatcmpl-{uuid.uuid4().hex}"
     include_usage = bool(data.stream_options and data.stream_options.include_usage)

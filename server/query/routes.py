@@ -47,7 +47,7 @@ async def query(data: JSONBody[QueryRequest], rag: NamedDependency[RagService]) 
         ans = await rag.generate(prep)
         return QueryResponse(
             id=ans.id, answer=ans.text, citations=ans.citations, unsupported_citations=ans.unsupported,
-            evidence=prep.evidence, model=prep.model, adapter=prep.adapter, index_version=rag.res.index_version,
+            evidence=prep.evidence, model=prep.model, adapter=prep.adapter, index_version=prep.index_version,
             timings_ms=ans.timings_ms, finish_reason=ans.finish_reason,
             usage={"prompt_tokens": ans.prompt_tokens, "completion_tokens": ans.completion_tokens})
 
@@ -56,7 +56,7 @@ async def query(data: JSONBody[QueryRequest], rag: NamedDependency[RagService]) 
 
     async def events() -> AsyncIterator[bytes]:
         yield sse("evidence", {"evidence": prep.evidence, "model": prep.model, "adapter": prep.adapter,
-                               "index_version": rag.res.index_version})
+                               "index_version": prep.index_version})
         parts: list[str] = []
         finish, p_tok, c_tok = None, 0, 0
         try:
