@@ -145,7 +145,14 @@ class Chunker:
         if max(tok) > avail:
             split_units: list[str] = []
             for t, n in zip(units, tok, strict=True):
-                split_units.extend(self._cut(t, avail) if n > avail else [t])
+                window = avail
+                while n > avail:  # re-counted pieces can exceed the window by a token or two (BPE merges)
+                    pieces = self._cut(t, window)
+                    if max(self._count(pieces)) <= avail:
+                        break
+                    window -= max(1, window // 10)
+                    assert window > 0, f"PMID {pmid}: cannot split a sentence under {avail} tokens"
+                split_units.extend(pieces if n > avail else [t])
             units, tok = split_units, self._count(split_units)
             assert max(tok) <= avail, f"PMID {pmid}: could not split a sentence under {avail} tokens"
         sep = "\n" if prefix else ""

@@ -12,7 +12,11 @@ Fusion (``retrieval.fusion``):
 
 from __future__ import annotations
 
+import re
+import sqlite3
+import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -21,13 +25,19 @@ import numpy as np
 from retrieval.chunking import pmid_of
 from retrieval.errors import InvalidInput
 from retrieval.settings import Settings
-from retrieval.store import Filters
+from retrieval.store import Filters, fts_query
 
 if TYPE_CHECKING:
     from retrieval.index import VectorIndex
     from retrieval.store import CorpusStore
 
 MODES = ("dense", "lexical", "hybrid")
+# BM25 cost is the number of postings FTS5 scores: an OR query with a word found in most chunks scores
+# most of the corpus (~300 ms at 100k chunks, minutes at PubMed scale). Query words are kept rarest first
+# while their summed document frequency stays under this; dropped words are the most common ones, whose
+# IDF (hence BM25 contribution) is smallest. Small corpora (all postings under the budget) are unaffected.
+LEX_POSTINGS_BUDGET = 20_000
+_TERM = re.compile(r'"((?:[^"]|"")*)"')
 FILTER_FIELDS = tuple(Filters.__struct_fields__)
 
 
@@ -99,6 +109,58 @@ def parse_filters(filters: Filters | Mapping[str, Any] | None) -> Filters:
     return f
 
 
+class TermStats:
+    """Document frequencies of the store's FTS5 terms (an ``fts5vocab`` table in the temp schema of a
+    private read-only connection: nothing is written to the store). Cached; counts may lag the corpus."""
+
+    CACHE_MAX = 200_000
+
+    def __init__(self, db_path: str | Path) -> None:
+        self._db = sqlite3.connect(f"file:{Path(db_path).absolute()}?mode=ro", uri=True, check_same_thread=False)
+        self._db.execute("CREATE VIRTUAL TABLE temp.fts_vocab USING fts5vocab(main, 'chunks_fts', 'row')")
+        self._lock = threading.Lock()
+        self._cache: dict[str, int | None] = {}
+
+    def df(self, word: str) -> int | None:
+        """Chunks containing ``word``'s stem (porter stems are prefixes of the word, or end in i for y);
+        None when no stem is found."""
+        if word in self._cache:
+            return self._cache[word]
+        cands = ([word[:-1] + "i"] if word.endswith("y") else []) + [word[:n] for n in range(len(word), 2, -1)]
+        out = None
+        with self._lock:
+            for c in cands:
+                row = self._db.execute("SELECT doc FROM temp.fts_vocab WHERE term = ?", (c,)).fetchone()
+                if row:
+                    out = int(row[0])
+                    break
+            if len(self._cache) >= self.CACHE_MAX:
+                self._cache.clear()
+            self._cache[word] = out
+        return out
+
+    def prune(self, query: str, budget: int = LEX_POSTINGS_BUDGET) -> str:
+        """The query's BM25 terms, rarest first, while their summed document frequency fits ``budget``
+        (the rarest term is always kept); the query unchanged if all fit."""
+        expr = fts_query(query)
+        if expr is None:
+            return query
+        terms = [t.replace('""', '"') for t in _TERM.findall(expr)]
+        dfs = [self.df(t) or 0 for t in terms]
+        if sum(dfs) <= budget:
+            return query
+        kept, total = [], 0
+        for df, t in sorted(zip(dfs, terms, strict=True)):
+            if kept and total + df > budget:
+                break
+            kept.append(t)
+            total += df
+        return " ".join(kept)
+
+    def close(self) -> None:
+        self._db.close()
+
+
 def _z(x: np.ndarray) -> np.ndarray:
     sd = float(x.std())
     return (x - x.mean()) / sd if sd > 1e-9 else np.zeros_like(x)
@@ -119,6 +181,7 @@ class Searcher:
                  reranker: Reranker | None = None) -> None:
         self.settings, self.store, self.index, self.embedder = settings, store, index, embedder
         self.reranker = reranker
+        self.terms = TermStats(store.path)
 
     @classmethod
     def open(cls, settings: Settings) -> Searcher:
@@ -157,7 +220,7 @@ class Searcher:
         return ids[0][ok], scores[0][ok]
 
     def _lexical(self, query: str, n: int, filters: Filters) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.store.fts_search(query, n, None if filters.empty else filters)
+        rows = self.store.fts_search(self.terms.prune(query), n, None if filters.empty else filters)
         return np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.float64)
 
     def _retrieve(self, fetch: Any, k: int, per_pmid: bool) -> dict[int, tuple[float, int]]:
