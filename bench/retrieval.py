@@ -40,27 +40,28 @@ DIM = 384
 PUBMEDQA = ROOT.parent / "shared" / "data" / "pubmedqa" / "data" / "ori_pqal.json"
 
 
-def synthetic(n: int, n_queries: int, seed: int = 0, n_clusters: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 384) base and (n_queries, 384) query float32 unit vectors from the same clustered distribution."""
+def synthetic(n: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 384) base and (n_queries, 384) query float32 unit vectors. Base: a shared mean direction +
+    Zipf-sized cluster centres + a 32-d low-rank within-cluster spread + isotropic noise; each query is a
+    noisy copy of a base vector. Calibrated on MiniLM over PubMedQA (real: query top-1 cosine 0.77,
+    10th 0.45; this at 5k vectors: 0.78, 0.39)."""
     rng = np.random.default_rng(seed)
-    n_clusters = n_clusters or max(64, int(np.sqrt(n)))
-    centres = rng.standard_normal((n_clusters, DIM)).astype(np.float32)
-    basis = rng.standard_normal((32, DIM)).astype(np.float32) / np.sqrt(32)  # shared low-rank directions
-    # cluster sizes follow a Zipf-like law (some topics are far more common)
+    n_clusters = max(64, int(np.sqrt(n)))
+    g = rng.standard_normal(DIM).astype(np.float32)
+    g /= np.linalg.norm(g)
+    centres = rng.standard_normal((n_clusters, DIM)).astype(np.float32) / np.sqrt(DIM)
+    basis = rng.standard_normal((32, DIM)).astype(np.float32) / np.sqrt(DIM)
     p = 1.0 / np.arange(1, n_clusters + 1) ** 0.7
     p /= p.sum()
-
-    def draw(m: int, r: np.random.Generator) -> np.ndarray:
-        out = np.empty((m, DIM), np.float32)
-        for i in range(0, m, 100_000):
-            b = min(100_000, m - i)
-            c = r.choice(n_clusters, size=b, p=p)
-            x = 0.55 * centres[c] + r.standard_normal((b, 32)).astype(np.float32) @ basis * 1.2
-            x += 0.45 * r.standard_normal((b, DIM)).astype(np.float32)
-            out[i:i + b] = x / np.linalg.norm(x, axis=1, keepdims=True)
-        return out
-
-    return draw(n, rng), draw(n_queries, np.random.default_rng(seed + 1))
+    base = np.empty((n, DIM), np.float32)
+    for i in range(0, n, 100_000):
+        b = min(100_000, n - i)
+        c = rng.choice(n_clusters, size=b, p=p)
+        x = 0.3 * g + centres[c] + rng.standard_normal((b, 32)).astype(np.float32) @ basis * 0.8
+        x += 0.5 * rng.standard_normal((b, DIM)).astype(np.float32) / np.sqrt(DIM)
+        base[i:i + b] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    q = base[rng.choice(n, size=n_queries)] + 0.8 * rng.standard_normal((n_queries, DIM)).astype(np.float32) / np.sqrt(DIM)
+    return base, q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
 def exact_topk(base: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
@@ -116,6 +117,19 @@ def bench_index(kind: str, base: np.ndarray, queries: np.ndarray, truth: np.ndar
         _, ids = ix.search(queries[qi:qi + 1], s.retrieval.candidates)
         lat_c.append((time.perf_counter() - t) * 1000)
         found_c.append(len(set(ids[0, :k].tolist()) & set(truth[qi].tolist())) / k)
+    sweep = []
+    if kind == "ivfpq":  # cells visited per query: the recall/latency knob
+        for nprobe in (64, 128, 256):
+            s.index.ivf_nprobe = nprobe
+            lat_p, found_p = [], []
+            for qi in range(len(queries)):
+                t = time.perf_counter()
+                _, ids = ix.search(queries[qi:qi + 1], s.retrieval.candidates)
+                lat_p.append((time.perf_counter() - t) * 1000)
+                found_p.append(len(set(ids[0, :k].tolist()) & set(truth[qi].tolist())) / k)
+            sweep.append({"nprobe": nprobe, "p50_ms_candidates": pct(lat_p, 50),
+                          "recall@10_via_candidates": round(float(np.mean(found_p)), 4)})
+        s.index.ivf_nprobe = settings_for(workdir, kind, len(base)).index.ivf_nprobe
     disk = {p.name: p.stat().st_size for p in folder.iterdir()}
     index_file = next(v for name, v in disk.items() if name.startswith("index."))
     vec_file = sum(v for name, v in disk.items() if name.startswith("vectors."))
@@ -129,6 +143,8 @@ def bench_index(kind: str, base: np.ndarray, queries: np.ndarray, truth: np.ndar
            "disk_bytes_per_vector": round(sum(disk.values()) / len(base), 1),
            "refine_file_bytes_per_vector": round(vec_file / len(base), 1), "nlist": info["nlist"],
            "params": _params(s, kind)}
+    if sweep:
+        res["nprobe_sweep"] = sweep
     return res, ix
 
 
@@ -169,10 +185,12 @@ def bench_search(n: int, base: np.ndarray, index: VectorIndex, workdir: Path, n_
     words, p, questions = word_model()
     rng = np.random.default_rng(3)
     s = index.settings
-    store = CorpusStore(workdir / f"corpus-{n}.sqlite")
+    path = workdir / f"corpus-{n}.sqlite"
+    fresh = not path.exists()  # built once per size, shared by the index kinds
+    store = CorpusStore(path)
     t0 = time.perf_counter()
     batch = 20_000
-    for i in range(0, n, batch):
+    for i in range(0, n if fresh else 0, batch):
         m = min(batch, n - i)
         toks = rng.choice(len(words), size=(m, 180), p=p)  # ~180 words per chunk (~256 tokens)
         arts = [Article(pmid=j + 1, title="", year=1990 + j % 35, journal=f"Journal {j % 500}",

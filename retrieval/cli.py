@@ -36,7 +36,10 @@ def search_cmd(query: str, k: int | None, mode: str | None, year_from: int | Non
                       mesh_major_only=mesh_major, publication_types=publication_types, languages=languages,
                       exclude_retracted=exclude_retracted)
     searcher = Searcher.open(get_settings())
-    hits = searcher.search(query, k=k, mode=mode, filters=filters)
+    try:
+        hits = searcher.search(query, k=k, mode=mode, filters=filters)
+    finally:
+        searcher.close()
     if as_json:
         emit_json([h.to_dict() for h in hits])
         return

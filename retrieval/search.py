@@ -36,7 +36,7 @@ MODES = ("dense", "lexical", "hybrid")
 # most of the corpus (~300 ms at 100k chunks, minutes at PubMed scale). Query words are kept rarest first
 # while their summed document frequency stays under this; dropped words are the most common ones, whose
 # IDF (hence BM25 contribution) is smallest. Small corpora (all postings under the budget) are unaffected.
-LEX_POSTINGS_BUDGET = 20_000
+LEX_POSTINGS_BUDGET = 10_000
 _TERM = re.compile(r'"((?:[^"]|"")*)"')
 FILTER_FIELDS = tuple(Filters.__struct_fields__)
 
@@ -182,6 +182,7 @@ class Searcher:
         self.settings, self.store, self.index, self.embedder = settings, store, index, embedder
         self.reranker = reranker
         self.terms = TermStats(store.path)
+        self._owns_store = False
 
     @classmethod
     def open(cls, settings: Settings) -> Searcher:
@@ -196,7 +197,16 @@ class Searcher:
 
             raise ServiceUnavailable(f"no corpus store at {settings.corpus_db}; ingest first")
         index = VectorIndex.open(settings.index_dir, settings, emb.fingerprint, readonly=True)
-        return cls(settings, CorpusStore(settings.corpus_db), index, emb, load_reranker(settings))
+        searcher = cls(settings, CorpusStore(settings.corpus_db), index, emb, load_reranker(settings))
+        searcher._owns_store = True
+        return searcher
+
+    def close(self) -> None:
+        """Close the term-statistics connection (the store, index and embedder belong to the caller,
+        except after ``open()``, where the store is closed too)."""
+        self.terms.close()
+        if self._owns_store:
+            self.store.close()
 
     # ---- validation -----------------------------------------------------------------------------
     def _check(self, query: str, k: int, mode: str) -> str:

@@ -113,6 +113,10 @@ class LLMSettings(BaseModel):
     max_model_len: int = Field(8192, ge=128, description="Context length vLLM allocates.")
     max_loras: int = Field(4, ge=1, description="LoRA adapters vLLM keeps on the device at once.")
     max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank vLLM accepts.")
+    cpu_kvcache_gib: int = Field(
+        4, ge=1, description="CPU-only vLLM: GiB reserved for the KV cache (VLLM_CPU_KVCACHE_SPACE); "
+        "ignored on a GPU, where vLLM sizes the cache from --gpu-memory-utilization."
+    )
     startup_timeout_seconds: float = Field(600.0, gt=0, description="Wait this long for vLLM to be healthy.")
     max_restarts: int = Field(3, ge=0, description="Times a crashed vLLM is restarted before giving up.")
     request_timeout_seconds: float = Field(120.0, gt=0, description="Timeout of one generation request.")
@@ -162,13 +166,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "chunking": {"max_tokens": 128},
         "index": {"train_min": 1000, "save_every": 2000},
         "eutils": {"max_retries": 2, "backoff_seconds": 0.01, "timeout_seconds": 10.0},
-        "llm": {"max_model_len": 1024, "max_tokens": 64, "startup_timeout_seconds": 300.0,
+        "llm": {"max_model_len": 1024, "max_tokens": 64, "startup_timeout_seconds": 300.0, "cpu_kvcache_gib": 1,
                 "max_lora_rank": 8, "request_timeout_seconds": 60.0},
         # Values that make the tiny random model memorise its corrections in ~20 s on one core.
         "finetune": {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "epochs": 40, "learning_rate": 1e-2,
                      "batch_size": 1, "max_seq_len": 768, "distractors": 1, "min_examples": 2, "threads": 1,
                      "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
         "server": {"rate_limit_per_minute": 10_000},
+        # below max_model_len (1024) minus prompt and answer, so training and serving build the same prompt
+        "retrieval": {"context_tokens": 600},
     },
     "gpu": {
         "embedding": {"device": "cuda", "batch_size": 256},

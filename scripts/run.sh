@@ -28,7 +28,7 @@ if [ -z "${PUBMIND_LLM__MODEL:-}" ] && ! { command -v nvidia-smi >/dev/null 2>&1
   export PUBMIND_LLM__MODEL="$PUBMIND_HOME/models/tiny" PUBMIND_LLM__MAX_MODEL_LEN=${PUBMIND_LLM__MAX_MODEL_LEN:-2048} \
          PUBMIND_LLM__MAX_LORA_RANK=${PUBMIND_LLM__MAX_LORA_RANK:-16}
 fi
-if ! $PM keys list 2>/dev/null | grep -q .; then
+if [ "$($PM keys list)" = "[]" ]; then
   echo "[run] creating the first admin API key (shown once; keep it):" >&2
   $PM keys create --role admin --name admin
 fi

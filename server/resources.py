@@ -175,6 +175,9 @@ def make_lifespan(settings: Settings, supervisor: VllmSupervisor | None,
         app.state.limiter = res.limiter
         if supervisor is not None:
             supervisor.on_restart = res.metrics.vllm_restarts.inc
+        from server.routes.retune import job_runner
+
+        job_runner(app.state, settings, res.feedback)  # re-tune jobs cut off by a restart are marked failed now
         try:
             yield
         finally:

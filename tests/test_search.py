@@ -102,6 +102,7 @@ def searcher(corpus_settings, embedder):
     store = CorpusStore(s.corpus_db)
     sr = Searcher(s, store, VectorIndex.open(s.index_dir, s, embedder.fingerprint, readonly=True), embedder)
     yield sr
+    sr.close()
     store.close()
 
 
@@ -344,3 +345,16 @@ def test_eval_rejects_bad_queries_file(mini_pubmedqa: Path, tmp_path: Path, monk
     r = pubmind(["--home", str(tmp_path / "h"), "eval", "retrieval", "--data", str(mini_pubmedqa),
                  "--queries", str(tsv), "--json"], monkeypatch)
     assert r.exit_code == 1 and msg in r.output
+
+
+def test_common_terms_are_pruned_from_bm25_queries(searcher: Searcher, monkeypatch: pytest.MonkeyPatch) -> None:
+    ts = searcher.terms
+    assert ts.df("diabetes") >= 12 and ts.df("cefazolin") == 1 and ts.df("studies") == ts.df("study") == 6
+    assert ts.df("xylophone") is None
+    q = "diabetes insulin cefazolin"
+    assert ts.prune(q) == q  # everything fits the default budget: unchanged
+    assert ts.prune(q, budget=5) == "cefazolin"  # rarest kept, common ones dropped
+    assert ts.prune("the of and", budget=0) == "the of and"  # nothing searchable: left to the store
+    monkeypatch.setattr(type(ts).prune, "__defaults__", (5,))  # budget 5 postings
+    hits = searcher.search(q, k=5, mode="lexical")
+    assert [h.pmid for h in hits] == [1005]  # only the rare term was searched
