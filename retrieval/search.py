@@ -16,8 +16,9 @@ import re
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import msgspec
 import numpy as np
@@ -38,6 +39,7 @@ MODES = ("dense", "lexical", "hybrid")
 # IDF (hence BM25 contribution) is smallest. Small corpora (all postings under the budget) are unaffected.
 LEX_POSTINGS_BUDGET = 10_000
 _TERM = re.compile(r'"((?:[^"]|"")*)"')
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bm25")
 FILTER_FIELDS = tuple(Filters.__struct_fields__)
 
 
@@ -121,6 +123,18 @@ class TermStats:
         self._lock = threading.Lock()
         self._cache: dict[str, int | None] = {}
 
+    _shared: ClassVar[dict[str, TermStats]] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def for_store(cls, db_path: str | Path) -> TermStats:
+        """One instance per store file and process (Searchers are re-created on every index reload)."""
+        key = str(Path(db_path).absolute())
+        with cls._shared_lock:
+            if key not in cls._shared:
+                cls._shared[key] = cls(key)
+            return cls._shared[key]
+
     def df(self, word: str) -> int | None:
         """Chunks containing ``word``'s stem (porter stems are prefixes of the word, or end in i for y);
         None when no stem is found."""
@@ -181,7 +195,7 @@ class Searcher:
                  reranker: Reranker | None = None) -> None:
         self.settings, self.store, self.index, self.embedder = settings, store, index, embedder
         self.reranker = reranker
-        self.terms = TermStats(store.path)
+        self.terms = TermStats.for_store(store.path)
         self._owns_store = False
 
     @classmethod
@@ -202,9 +216,7 @@ class Searcher:
         return searcher
 
     def close(self) -> None:
-        """Close the term-statistics connection (the store, index and embedder belong to the caller,
-        except after ``open()``, where the store is closed too)."""
-        self.terms.close()
+        """Close the store if ``open()`` made it (otherwise store, index and embedder belong to the caller)."""
         if self._owns_store:
             self.store.close()
 
@@ -264,12 +276,17 @@ class Searcher:
         dense: dict[int, tuple[float, int]] = {}
         lex: dict[int, tuple[float, int]] = {}
         qv = None
+        lex_job = None
+        if mode == "hybrid":  # BM25 (SQLite) runs beside the query embedding + FAISS (both drop the GIL)
+            lex_job = _POOL.submit(self._retrieve, lambda n: self._lexical(query, n, f), depth, per_pmid)
+        elif mode == "lexical":
+            lex = self._retrieve(lambda n: self._lexical(query, n, f), depth, per_pmid)
         if mode in ("dense", "hybrid"):
             qv = (self.embedder.encode_queries([query]) if query_vector is None
                   else np.asarray(query_vector, np.float32).reshape(1, -1))  # (1, dim)
             dense = self._retrieve(lambda n: self._dense(qv, n, allowed), depth, per_pmid)
-        if mode in ("lexical", "hybrid"):
-            lex = self._retrieve(lambda n: self._lexical(query, n, f), depth, per_pmid)
+        if lex_job is not None:
+            lex = lex_job.result()
         keys = list(dict.fromkeys([*dense, *lex]))
         if not keys:
             return []

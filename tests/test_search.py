@@ -102,7 +102,6 @@ def searcher(corpus_settings, embedder):
     store = CorpusStore(s.corpus_db)
     sr = Searcher(s, store, VectorIndex.open(s.index_dir, s, embedder.fingerprint, readonly=True), embedder)
     yield sr
-    sr.close()
     store.close()
 
 

@@ -63,7 +63,7 @@ def test_bad_toml_names_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[retrieval\nk = ")
     monkeypatch.setenv("PUBMIND_CONFIG", str(cfg))
-    with pytest.raises(ConfigError, match="bad.toml"):
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
         load_settings()
 
 
