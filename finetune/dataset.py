@@ -30,7 +30,7 @@ import msgspec
 
 from retrieval.citations import cited_pmids
 from retrieval.errors import InvalidInput, ServiceUnavailable
-from retrieval.prompt import build_messages, render_evidence
+from retrieval.prompt import build_messages, evidence_room, render_evidence
 from retrieval.records import Article
 from retrieval.settings import Settings
 
@@ -191,16 +191,11 @@ def _evidence_order(question: str, hits: Sequence[Any], cited: Sequence[int], mi
     return out
 
 
-PROMPT_SLACK_TOKENS = 16  # as server.rag: evidence tokenised alone vs. inside the template differs slightly
-
-
 def evidence_budget(settings: Settings, tokenizer: Any, question: str) -> int:
-    """The evidence token budget the server uses for ``question`` (no history): ``retrieval.context_tokens``,
-    capped by what ``llm.max_model_len`` leaves after the prompt skeleton and ``llm.max_tokens``."""
-    skeleton = tokenizer.apply_chat_template(build_messages(question, ""), tokenize=False, add_generation_prompt=True)
-    room = (settings.llm.max_model_len - settings.llm.max_tokens - len(tokenizer.encode(skeleton, add_special_tokens=False))
-            - PROMPT_SLACK_TOKENS)
-    return max(1, min(settings.retrieval.context_tokens, room))
+    """The evidence token budget the server uses for ``question`` (no history; ``retrieval.prompt.evidence_room``)."""
+    budget, _ = evidence_room(tokenizer, question, None, max_model_len=settings.llm.max_model_len,
+                              max_tokens=settings.llm.max_tokens, context_tokens=settings.retrieval.context_tokens)
+    return max(1, budget)
 
 
 def build_dataset(

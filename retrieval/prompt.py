@@ -105,3 +105,18 @@ def build_messages(question: str, evidence_text: str,
         msgs.append({"role": turn["role"], "content": turn["content"]})
     msgs.append({"role": "user", "content": user_message(question, evidence_text)})
     return msgs
+
+
+PROMPT_SLACK_TOKENS = 16  # evidence tokenised alone vs. inside the chat template can differ by a few tokens
+
+
+def evidence_room(tokenizer: Any, question: str, history: Sequence[dict[str, str]] | None, *,
+                  max_model_len: int, max_tokens: int, context_tokens: int) -> tuple[int, int]:
+    """The evidence token budget for one prompt: ``context_tokens``, capped by what the context window leaves
+    after the chat template's skeleton (system prompt, history, question) and the answer's ``max_tokens``.
+    Returns (budget, room); ``room`` may be < budget or negative when the conversation is too long.
+    Serving and training both call this, so a trained example is the prompt it will be served with."""
+    skeleton = tokenizer.apply_chat_template(build_messages(question, "", history), tokenize=False,
+                                             add_generation_prompt=True)
+    room = max_model_len - max_tokens - len(tokenizer.encode(skeleton, add_special_tokens=False)) - PROMPT_SLACK_TOKENS
+    return min(context_tokens, room), room

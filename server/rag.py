@@ -20,14 +20,13 @@ import anyio
 from finetune.vllm_client import ChatDelta, ChatResult, served_base_name
 from retrieval.citations import verify
 from retrieval.errors import ConfigError, InvalidInput, NotFound
-from retrieval.prompt import build_messages, render_evidence
+from retrieval.prompt import build_messages, evidence_room, render_evidence
 from retrieval.store import Filters
 from server.query.protocol import Citation, Evidence
 
 if TYPE_CHECKING:
     from server.resources import Resources
 
-PROMPT_SLACK_TOKENS = 16  # tokenising evidence alone vs. inside the template can differ by a few tokens
 MIN_EVIDENCE_TOKENS = 32
 SEARCH_THREADS = 32  # concurrent searches in worker threads (their query embeddings are batched together)
 PROMPT_THREADS = 2  # prompt building (tokenizer counting) in worker threads
@@ -173,16 +172,12 @@ class RagService:
             self._loaded = served
 
     # ---- prompt ---------------------------------------------------------------------------------
-    def _count(self, text: str) -> int:
-        return len(self.res.tokenizer.encode(text, add_special_tokens=False))
-
     def evidence_budget(self, question: str, history: Sequence[dict[str, str]], max_tokens: int) -> int:
         """Evidence tokens that fit: retrieval.context_tokens, capped by what the context window leaves after
         the system prompt, history, question and the answer's max_tokens."""
-        skeleton = build_messages(question, "", history)
-        prompt = self.res.tokenizer.apply_chat_template(skeleton, tokenize=False, add_generation_prompt=True)
-        room = self.settings.llm.max_model_len - max_tokens - self._count(prompt) - PROMPT_SLACK_TOKENS
-        budget = min(self.settings.retrieval.context_tokens, room)
+        budget, room = evidence_room(self.res.tokenizer, question, history, max_tokens=max_tokens,
+                                     max_model_len=self.settings.llm.max_model_len,
+                                     context_tokens=self.settings.retrieval.context_tokens)
         if budget < MIN_EVIDENCE_TOKENS:
             raise InvalidInput(
                 f"the question and conversation leave {max(room, 0)} tokens for evidence within "

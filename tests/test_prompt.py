@@ -108,3 +108,19 @@ def test_build_messages() -> None:
     with pytest.raises(InvalidInput) as e:
         build_messages("q", "ev", [{"role": "system", "content": "x"}])
     assert e.value.param == "history" and "history[0]" in e.value.message
+
+
+def test_evidence_room_is_capped_by_context_and_shrinks_with_history(tiny_model_dir) -> None:
+    from transformers import AutoTokenizer
+
+    from retrieval.prompt import evidence_room
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    kw = {"max_model_len": 1024, "max_tokens": 64}
+    budget, room = evidence_room(tok, "Does aspirin prevent stroke?", None, context_tokens=300, **kw)
+    assert budget == 300 < room < 1024 - 64
+    wide, room2 = evidence_room(tok, "Does aspirin prevent stroke?", None, context_tokens=5000, **kw)
+    assert wide == room2 == room  # the window, not context_tokens, is the limit
+    history = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
+    _, room3 = evidence_room(tok, "Does aspirin prevent stroke?", history, context_tokens=5000, **kw)
+    assert room3 < room - 150
