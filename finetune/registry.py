@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 
+from retrieval.durable import fsync_dir, write_json_atomic
 from retrieval.errors import Conflict, InvalidInput, NotFound
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -76,26 +77,6 @@ def parse_model(model: str) -> tuple[str, int | None]:
     return name, version
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AdapterRegistry:
@@ -225,14 +206,14 @@ class AdapterRegistry:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            _fsync_dir(d)
+            fsync_dir(d)
         return self._load(name, version, self._state(name)["current"])
 
     def update_manifest(self, name: str, version: int, **fields: Any) -> AdapterVersion:
         """Merge ``fields`` into a version's manifest (atomic rewrite), e.g. its evaluation report."""
         v = self.get(name, version)
         with self._locked(name):
-            _write_json_atomic(Path(v.path) / MANIFEST, {**v.manifest, **fields})
+            write_json_atomic(Path(v.path) / MANIFEST, {**v.manifest, **fields})
         return self.get(name, version)
 
     def promote(self, name: str, version: int, *, by: str = "", reason: str = "") -> AdapterVersion:
@@ -246,7 +227,7 @@ class AdapterRegistry:
                                          "at": time.time(), "by": by, "reason": reason})
                 state["stack"] = [*(v for v in state["stack"] if v != version), version]
                 state["current"] = version
-                _write_json_atomic(self.root / name / STATE, state)
+                write_json_atomic(self.root / name / STATE, state)
         return self.get(name, version)
 
     def rollback(self, name: str, *, by: str = "", reason: str = "") -> AdapterVersion:
@@ -263,7 +244,7 @@ class AdapterRegistry:
             state["current"] = state["stack"][-1]
             state["history"].append({"action": "rollback", "version": state["current"], "from": old,
                                      "at": time.time(), "by": by, "reason": reason})
-            _write_json_atomic(self.root / name / STATE, state)
+            write_json_atomic(self.root / name / STATE, state)
         return self.get(name, state["current"])
 
     def summary(self) -> list[dict[str, Any]]:

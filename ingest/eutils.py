@@ -16,7 +16,6 @@ import hashlib
 import http.client
 import io
 import json
-import os
 import socket
 import threading
 import time
@@ -32,6 +31,7 @@ from Bio import Entrez
 from Bio.Entrez import Parser as EntrezParser
 
 from ingest.parse import Record, eutils_error, parse_xml_bytes
+from retrieval.durable import write_json_atomic
 from retrieval.errors import BadSourceFile, InvalidInput, UpstreamError
 from retrieval.settings import Settings
 
@@ -115,12 +115,7 @@ class QueryProgress:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = asdict(self)
         data.pop("path")
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, data, indent=1)
 
 
 def parse_date(value: str, *, end: bool) -> dt.date:

@@ -29,6 +29,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from retrieval.durable import fsync_dir, write_atomic
 from retrieval.errors import ConfigError, IndexMismatch, InvalidInput, ServiceUnavailable
 from retrieval.settings import Settings
 
@@ -37,24 +38,10 @@ MANIFEST = "manifest.json"
 COMPACT_FRACTION = 0.2  # rebuild on save when tombstones exceed this share of slots
 EXACT_MAX = 20_000  # filtered searches over at most this many vectors are exact (brute force)
 BLOCK = 65_536  # vectors per block when rebuilding / brute-forcing
-_OWN_FILE = re.compile(r"^(index|ids|alive)\.g\d{6}\.(faiss|npy)(\.tmp)?$|^vectors\.[0-9a-f]{12}\.f16$|^manifest\.json\.tmp$")
+# Files this index writes: generation files, the float16 side file, and write_atomic's temp files.
+_OWN_FILE = re.compile(r"^(index|ids|alive)\.g\d{6}\.(faiss|npy)$|^vectors\.[0-9a-f]{12}\.f16$|"
+                       r"^\.((index|ids|alive)\.g\d{6}\.(faiss|npy)|manifest\.json)\..*\.tmp$")
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    """``write(tmp_path)``, fsync, rename over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _structural(settings: Settings) -> dict[str, Any]:
@@ -187,9 +174,9 @@ class VectorIndex:
             self._rebuild(self._fresh_like())
         g = self.generation + 1
         files = {"index": f"index.g{g:06d}.faiss", "ids": f"ids.g{g:06d}.npy", "alive": f"alive.g{g:06d}.npy"}
-        _write_atomic(self.folder / files["index"], lambda p: faiss.write_index(self._index, str(p)))
-        _write_atomic(self.folder / files["ids"], lambda p: _save_npy(p, self._ids[: self._n]))
-        _write_atomic(self.folder / files["alive"], lambda p: _save_npy(p, self._alive[: self._n]))
+        write_atomic(self.folder / files["index"], lambda p: faiss.write_index(self._index, str(p)))
+        write_atomic(self.folder / files["ids"], lambda p: _save_npy(p, self._ids[: self._n]))
+        write_atomic(self.folder / files["alive"], lambda p: _save_npy(p, self._alive[: self._n]))
         if self._vec_file is not None:
             files["vectors"] = self._vec_file
             with open(self.folder / self._vec_file, "rb+") as f:
@@ -201,9 +188,9 @@ class VectorIndex:
             "count": len(self), "slots": self._n, "tombstones": self._dead, "files": files,
             "created_at": self.created_at, "built_at": now,
         }
-        _fsync_dir(self.folder)
-        _write_atomic(self.folder / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
+        write_atomic(self.folder / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+        fsync_dir(self.folder)
         self.generation, self._files = g, files
         self._cleanup()
 

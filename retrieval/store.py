@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ import msgspec
 import numpy as np
 
 from retrieval.chunking import Chunk
+from retrieval.durable import connect, immediate
 from retrieval.errors import ConfigError, InvalidInput
 from retrieval.records import Article, Deletion, article_from_json, article_to_json
 
@@ -169,11 +170,8 @@ class CorpusStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect(self.path)
         self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
         self._db.execute("PRAGMA temp_store=MEMORY")
         self._local = threading.local()
@@ -200,16 +198,8 @@ class CorpusStore:
                     db.execute(stmt)
                 db.execute("INSERT INTO schema_version VALUES (?, ?)", (v, time.time()))
 
-    @contextmanager
-    def _txn(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _txn(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._db, self._lock)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         db = getattr(self._local, "db", None)

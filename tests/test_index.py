@@ -147,14 +147,14 @@ def test_crash_during_save_keeps_previous_generation(settings, kind, monkeypatch
     ix.save()
     ix.add(ids[600:], vecs[600:])  # ivfpq: trains and rewrites its vector file
     ix.remove(ids[:5])
-    real = vi._write_atomic
+    real = vi.write_atomic
 
     def crash_on_manifest(path, write):
         if path.name == "manifest.json":
             raise OSError("disk died")
         real(path, write)
 
-    monkeypatch.setattr(vi, "_write_atomic", crash_on_manifest)
+    monkeypatch.setattr(vi, "write_atomic", crash_on_manifest)
     with pytest.raises(OSError, match="disk died"):
         ix.save()
     monkeypatch.undo()

@@ -150,12 +150,12 @@ def test_crash_and_resume_converges(tmp_path, hash_embedder, reference, monkeypa
             elif crash == "during_index_save":  # new generation files written, manifest not
                 import retrieval.index as vi
 
-                def crash_on_manifest(path, write, real=vi._write_atomic):
+                def crash_on_manifest(path, write, real=vi.write_atomic):
                     if path.name == "manifest.json" and path.exists():  # not the very first (empty) save
                         _boom()
                     real(path, write)
 
-                m.setattr(vi, "_write_atomic", crash_on_manifest)
+                m.setattr(vi, "write_atomic", crash_on_manifest)
             else:  # a later checkpoint of the round dies after its index save (first one in the small round)
                 calls, fail_at = [0], (1 if i < 2 else 0)
 
