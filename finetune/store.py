@@ -154,11 +154,7 @@ class FeedbackStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
-        self._db = connect(self.path)
-        with self._txn() as db:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
+        self._db = connect(self.path, schema=_SCHEMA)
 
     def _txn(self) -> AbstractContextManager[sqlite3.Connection]:
         return immediate(self._db, self._lock)

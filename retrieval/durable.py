@@ -44,14 +44,20 @@ def write_json_atomic(path: Path, data: Any, *, indent: int = 2) -> None:
     write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=indent, default=str)))
 
 
-def connect(path: Path, *, timeout_s: float = 60.0) -> sqlite3.Connection:
+def connect(path: Path, *, schema: str = "", timeout_s: float = 60.0) -> sqlite3.Connection:
     """A SQLite connection in WAL mode (readers never block the writer), autocommit (transactions are explicit
-    through ``immediate``), usable from several threads behind the caller's lock."""
+    through ``immediate``), usable from several threads behind the caller's lock. ``schema``: idempotent
+    ``CREATE ... IF NOT EXISTS`` statements (``;``-separated, no triggers) run in one transaction."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout_s)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+    if schema:
+        with immediate(db, threading.Lock()):
+            for stmt in schema.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
     return db
 
 
