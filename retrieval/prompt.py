@@ -61,30 +61,41 @@ def render_evidence(hits_or_articles: Sequence[Any], tokenizer_or_counter: Token
     if budget_tokens <= 0:
         raise InvalidInput(f"budget_tokens must be >= 1, got {budget_tokens}", param="budget_tokens")
     count = _counter(tokenizer_or_counter)
-    text, used = "", []
+    # Each passage is tokenised alone (linear in the evidence, not quadratic); a cut passage is searched on
+    # its own words. Counts of pieces add up to the whole's count up to merges across the joins, which the
+    # final check catches.
+    pieces: list[str] = []
+    used: list[int] = []
+    total = 0
     for item in hits_or_articles:
         pmid, header, body = _parts(item)
         if pmid in used:
             continue
-        prefix = f"{text}\n\n" if text else ""
-        full = f"{prefix}{header}\n{body}"
-        if count(full) <= budget_tokens:
-            text = full
+        sep = "\n\n" if pieces else ""
+        n = count(f"{sep}{header}\n{body}")
+        if total + n <= budget_tokens:
+            pieces.append(f"{sep}{header}\n{body}")
             used.append(pmid)
+            total += n
             continue
-        words = body.split(" ")
+        room, words = budget_tokens - total, body.split(" ")
         lo, hi = 0, len(words)  # largest word prefix that fits with the marker: binary search
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if count(f"{prefix}{header}\n{' '.join(words[:mid])}{TRUNCATED}") <= budget_tokens:
+            if count(f"{sep}{header}\n{' '.join(words[:mid])}{TRUNCATED}") <= room:
                 lo = mid
             else:
                 hi = mid - 1
         cut = " ".join(words[:lo])
         if lo and count(cut) >= MIN_TRUNCATED_TOKENS:
-            text = f"{prefix}{header}\n{cut}{TRUNCATED}"
+            pieces.append(f"{sep}{header}\n{cut}{TRUNCATED}")
             used.append(pmid)
         break
+    text = "".join(pieces)
+    while pieces and count(text) > budget_tokens:  # a join merged tokens past the budget: drop the last
+        pieces.pop()
+        used.pop()
+        text = "".join(pieces)
     return text, used
 
 
