@@ -294,3 +294,30 @@ async def primed(agen: AsyncIterator[ChatDelta]) -> AsyncIterator[ChatDelta]:
 def search_id() -> str:
     """Id of a search-only response (not stored: nothing was generated)."""
     return f"search-{uuid.uuid4().hex[:24]}"
+
+
+class StreamRelay:
+    """Passes a stream's text deltas through to the client while tallying text, finish reason and token counts;
+    ``finish()`` then verifies and records the answer (``RagService.finish``). Shared by /v1/query (SSE) and
+    /v1/chat/completions (OpenAI chunks), which differ only in how they frame each piece."""
+
+    def __init__(self, rag: RagService, prep: Prepared, deltas: AsyncIterator[ChatDelta], started: float) -> None:
+        self.rag, self.prep, self.deltas, self.started = rag, prep, deltas, started
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.prompt_tokens = self.completion_tokens = 0
+
+    async def texts(self) -> AsyncIterator[str]:
+        async for d in self.deltas:
+            if d.text:
+                self.parts.append(d.text)
+                yield d.text
+            self.finish_reason = d.finish_reason or self.finish_reason
+            if d.prompt_tokens is not None:
+                self.prompt_tokens = d.prompt_tokens
+            if d.completion_tokens is not None:
+                self.completion_tokens = d.completion_tokens
+
+    async def finish(self) -> Answered:
+        return await self.rag.finish(self.prep, "".join(self.parts), self.finish_reason, self.prompt_tokens,
+                                     self.completion_tokens, (time.perf_counter() - self.started) * 1000)

@@ -34,7 +34,7 @@ from server.chat.protocol import (
 )
 from server.errors import error_body
 from server.query.protocol import SSE_HEADERS
-from server.rag import RagService, primed, references_text
+from server.rag import RagService, StreamRelay, primed, references_text
 from server.resources import Resources
 
 _enc = msgspec.json.Encoder()
@@ -115,21 +115,14 @@ async def chat_completions(data: JSONBody[ChatCompletionRequest],
                                                 choices=[ChunkChoice(delta=delta, finish_reason=finish)], **kw))
 
     t_gen = time.perf_counter()
-    deltas = await primed(rag.stream(prep, temperature=data.temperature, extra=extra))
+    relay = StreamRelay(rag, prep, await primed(rag.stream(prep, temperature=data.temperature, extra=extra)), t_gen)
 
     async def events() -> AsyncIterator[bytes]:
         yield chunk(Delta(role="assistant", content=""))
-        parts: list[str] = []
-        finish, p_tok, c_tok = None, 0, 0
         try:
-            async for d in deltas:
-                if d.text:
-                    parts.append(d.text)
-                    yield chunk(Delta(content=d.text))
-                finish = d.finish_reason or finish
-                p_tok = d.prompt_tokens if d.prompt_tokens is not None else p_tok
-                c_tok = d.completion_tokens if d.completion_tokens is not None else c_tok
-            ans = await rag.finish(prep, "".join(parts), finish, p_tok, c_tok, (time.perf_counter() - t_gen) * 1000)
+            async for text in relay.texts():
+                yield chunk(Delta(content=text))
+            ans = await relay.finish()
         except PubmindError as e:
             yield b"data: " + _enc.encode(error_body(e.message, e.status, param=e.param, code=e.code)) + b"\n\n"
             yield b"data: [DONE]\n\n"
@@ -140,7 +133,8 @@ async def chat_completions(data: JSONBody[ChatCompletionRequest],
         if include_usage:
             yield _chunk_bytes(ChatCompletionChunk(
                 id=cid, object="chat.completion.chunk", created=created, model=data.model, choices=[],
-                usage=Usage(prompt_tokens=p_tok, completion_tokens=c_tok, total_tokens=p_tok + c_tok)))
+                usage=Usage(prompt_tokens=ans.prompt_tokens, completion_tokens=ans.completion_tokens,
+                            total_tokens=ans.prompt_tokens + ans.completion_tokens)))
         yield b"data: [DONE]\n\n"
 
     return Stream(events(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -16,7 +16,7 @@ from retrieval.errors import PubmindError
 from server.auth import require_role
 from server.errors import error_body
 from server.query.protocol import SSE_HEADERS, QueryRequest, QueryResponse
-from server.rag import RagService, evidence_of, primed, search_id
+from server.rag import RagService, StreamRelay, evidence_of, primed, search_id
 
 _enc = msgspec.json.Encoder()
 
@@ -52,29 +52,22 @@ async def query(data: JSONBody[QueryRequest], rag: NamedDependency[RagService]) 
             usage={"prompt_tokens": ans.prompt_tokens, "completion_tokens": ans.completion_tokens})
 
     t_gen = time.perf_counter()
-    deltas = await primed(rag.stream(prep))
+    relay = StreamRelay(rag, prep, await primed(rag.stream(prep)), t_gen)
 
     async def events() -> AsyncIterator[bytes]:
         yield sse("evidence", {"evidence": prep.evidence, "model": prep.model, "adapter": prep.adapter,
                                "index_version": prep.index_version})
-        parts: list[str] = []
-        finish, p_tok, c_tok = None, 0, 0
         try:
-            async for d in deltas:
-                if d.text:
-                    parts.append(d.text)
-                    yield sse("delta", {"text": d.text})
-                finish = d.finish_reason or finish
-                p_tok = d.prompt_tokens if d.prompt_tokens is not None else p_tok
-                c_tok = d.completion_tokens if d.completion_tokens is not None else c_tok
-            ans = await rag.finish(prep, "".join(parts), finish, p_tok, c_tok, (time.perf_counter() - t_gen) * 1000)
+            async for text in relay.texts():
+                yield sse("delta", {"text": text})
+            ans = await relay.finish()
         except PubmindError as e:
             yield sse("error", error_body(e.message, e.status, param=e.param, code=e.code))
             return
         yield sse("citations", {"id": ans.id, "answer": ans.text, "citations": ans.citations,
                                 "unsupported_citations": ans.unsupported})
         yield sse("done", {"id": ans.id, "finish_reason": ans.finish_reason, "timings_ms": ans.timings_ms,
-                           "usage": {"prompt_tokens": p_tok, "completion_tokens": c_tok}})
+                           "usage": {"prompt_tokens": ans.prompt_tokens, "completion_tokens": ans.completion_tokens}})
 
     return Stream(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
