@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -33,17 +32,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import free_port  # noqa: E402
 from retrieval.settings import Settings, load_settings  # noqa: E402
 
 PUBMEDQA = ROOT.parent / "shared" / "data" / "pubmedqa" / "data" / "ori_pqal.json"
 ADAPTER = "bench"
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def settings_for(home: Path, model: Path, vllm_url: str, vllm_port: int) -> Settings:
