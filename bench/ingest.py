@@ -22,7 +22,6 @@ from pathlib import Path
 
 # Run as a script, this file's folder is sys.path[0] and "ingest" would resolve to this file, not the package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA = (Path(__file__).resolve().parent.parent / ".." / "shared" / "data").resolve()
@@ -56,7 +55,7 @@ def bench_pipeline(home: Path, files: list[Path]) -> tuple[dict[str, float], lis
     (``Indexer.sync``) timed on its own, in wall and CPU seconds (the CPU is shared: CPU time is the
     steadier measure of the pipeline's own overhead)."""
     from ingest.pipeline import Pipeline
-    from retrieval.settings import load_settings
+    from pubmind.settings import load_settings
 
     settings = load_settings(home=home)
     t0 = time.perf_counter()

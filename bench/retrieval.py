@@ -26,15 +26,14 @@ from typing import Any
 
 import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pubmind.records import AbstractSection, Article  # noqa: E402
+from pubmind.settings import Settings, load_settings  # noqa: E402
 from retrieval.chunking import Chunk, make_chunk_id  # noqa: E402
 from retrieval.index import VectorIndex  # noqa: E402
-from retrieval.records import AbstractSection, Article  # noqa: E402
-from retrieval.settings import Settings, load_settings  # noqa: E402
 
 DIM = 384
 PUBMEDQA = ROOT.parent / "shared" / "data" / "pubmedqa" / "data" / "ori_pqal.json"

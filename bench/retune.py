@@ -7,7 +7,7 @@ new adapter version being served.
 What it does:
 1. Builds the tiny model (``finetune.tiny``, tokenizer trained on PubMedQA) into ``--model`` if missing, and
    indexes ``--articles`` PubMedQA abstracts into ``--home`` if it has no index yet.
-2. Uses the vLLM at ``--vllm-url`` or launches one (``server.supervisor.VllmSupervisor``, stopped at the end).
+2. Uses the vLLM at ``--vllm-url`` or launches one (``generation.supervisor.VllmSupervisor``, stopped at the end).
 3. Serves the API in-process (uvicorn, auth on); a curator key posts ``--corrections`` corrections (PubMedQA
    questions -> short answers citing the article) and accepts them; the clock starts at the last accept.
 4. An admin key starts ``POST /v1/retune``; the job is polled until it ends; then ``/v1/query`` with the
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._common import free_port  # noqa: E402
-from retrieval.settings import Settings, load_settings  # noqa: E402
+from pubmind.settings import Settings, load_settings  # noqa: E402
 
 PUBMEDQA = ROOT.parent / "shared" / "data" / "pubmedqa" / "data" / "ori_pqal.json"
 ADAPTER = "bench"
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sup = None
     settings = settings_for(home, model, args.vllm_url or "", free_port())
     if not args.vllm_url:
-        from server.supervisor import VllmSupervisor
+        from generation.supervisor import VllmSupervisor
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         print("starting vLLM", flush=True)
@@ -182,7 +182,6 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="Also write the result JSON here.")
     args = ap.parse_args()
     args.model = args.model or str(Path(args.home) / "tiny-llm")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     result = run(args)
     print(json.dumps(result, indent=2))

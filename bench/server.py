@@ -6,7 +6,7 @@ overhead against calling vLLM directly with the same prompts.
 
 What it does:
 1. Indexes ``--articles`` PubMedQA abstracts (from ../shared/data) into ``--home`` if it has no index yet.
-2. Uses the vLLM at ``--vllm-url`` or launches one (``server.supervisor.VllmSupervisor``, stopped at the end).
+2. Uses the vLLM at ``--vllm-url`` or launches one (``generation.supervisor.VllmSupervisor``, stopped at the end).
 3. Runs ``pubmind serve --vllm-url ...`` as a subprocess (auth on, a fresh reader key) and sends ``--requests``
    answer-mode queries (PubMedQA questions) from ``--clients`` concurrent clients. Every request must succeed.
 4. Builds the very same prompts in-process (``server.rag.RagService.prepare``: the server's own code) and sends
@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._common import free_port  # noqa: E402
-from retrieval.records import Article  # noqa: E402
-from retrieval.settings import Settings, load_settings  # noqa: E402
+from pubmind.records import Article  # noqa: E402
+from pubmind.settings import Settings, load_settings  # noqa: E402
 
 PUBMEDQA = ROOT.parent / "shared" / "data" / "pubmedqa" / "data" / "ori_pqal.json"
 
@@ -207,7 +207,6 @@ def main() -> None:
     ap.add_argument("--vllm-args", default='["--dtype", "float32"]', help="JSON list for a launched vLLM")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("PUBMIND_PRESET", "test")
     llm: dict[str, Any] = {"max_tokens": max(args.max_tokens, 1), "vllm_args": json.loads(args.vllm_args),
                            "max_loras": 2, "vllm_port": free_port()}
@@ -221,7 +220,7 @@ def main() -> None:
     vllm_url = args.vllm_url
     try:
         if not vllm_url:
-            from server.supervisor import VllmSupervisor
+            from generation.supervisor import VllmSupervisor
 
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             supervisor = VllmSupervisor(settings)

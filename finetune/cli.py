@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from retrieval.cliutil import emit_json, get_settings, handle_errors
-from retrieval.errors import InvalidInput, PubmindError
+from pubmind.cliutil import emit_json, get_settings, handle_errors
+from pubmind.errors import InvalidInput, PubmindError
 
 
 def _stores() -> tuple[Any, Any]:
@@ -191,14 +191,14 @@ def adapters_list() -> None:
 @handle_errors
 def adapters_promote(name: str, version: int) -> None:
     """Serve VERSION of NAME (loaded into vLLM if it is running)."""
-    from finetune.jobs import deploy
     from finetune.registry import AdapterRegistry
+    from generation.deploy import run_with_deployer
 
     settings = get_settings()
     reg = AdapterRegistry(settings.adapters_dir)
     v = reg.promote(name, version, by=f"cli:{os.environ.get('USER', 'unknown')}", reason="manual promotion")
     emit_json({"adapter": name, "current": v.version, "lora_name": v.lora_name,
-               "served": deploy(settings, reg, name)})
+               "served": run_with_deployer(settings, reg, lambda d: d.deploy(name))})
 
 
 @adapters_group.command("rollback")
@@ -206,14 +206,33 @@ def adapters_promote(name: str, version: int) -> None:
 @handle_errors
 def adapters_rollback(name: str) -> None:
     """Serve the previously current version of NAME again."""
-    from finetune.jobs import deploy
     from finetune.registry import AdapterRegistry
+    from generation.deploy import run_with_deployer
 
     settings = get_settings()
     reg = AdapterRegistry(settings.adapters_dir)
     v = reg.rollback(name, by=f"cli:{os.environ.get('USER', 'unknown')}", reason="rollback")
     emit_json({"adapter": name, "current": v.version, "lora_name": v.lora_name,
-               "served": deploy(settings, reg, name)})
+               "served": run_with_deployer(settings, reg, lambda d: d.deploy(name))})
 
 
-COMMANDS = [feedback_group, retune_cmd, adapters_group]
+@click.command("make-tiny-model")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--texts-from-store/--no-texts-from-store", default=True,
+              help="Train the tokenizer on the corpus store's titles and abstracts (if there is one).")
+def make_tiny_model_cmd(out_dir: str, texts_from_store: bool) -> None:
+    """Build a tiny random Llama + tokenizer + chat template in OUT_DIR (CPU demos and tests)."""
+    from finetune.tiny import build_tiny_causal_lm
+
+    texts: list[str] = []
+    settings = get_settings()
+    if texts_from_store and settings.corpus_db.exists():
+        import sqlite3
+
+        con = sqlite3.connect(f"file:{settings.corpus_db}?mode=ro", uri=True)
+        texts = [t for (t,) in con.execute("SELECT text FROM chunks LIMIT 20000")]
+        con.close()
+    click.echo(str(build_tiny_causal_lm(out_dir, texts)))
+
+
+COMMANDS = [feedback_group, retune_cmd, adapters_group, make_tiny_model_cmd]

@@ -1,6 +1,6 @@
 """Training data from curator corrections, in exactly the serving prompt format.
 
-Each accepted correction becomes one chat example built with ``retrieval.prompt`` (the code path the server
+Each accepted correction becomes one chat example built with ``generation.prompt`` (the code path the server
 answers with): system prompt, evidence rendered with ``render_evidence`` under the serving token budget
 (``settings.retrieval.context_tokens``), the question, and the corrected answer as the assistant turn.
 Evidence is RAFT-style: the articles the curator cited (their PMIDs and the answer's citations) plus
@@ -28,11 +28,11 @@ from typing import Any, Protocol
 
 import msgspec
 
-from retrieval.citations import cited_pmids
-from retrieval.errors import InvalidInput, ServiceUnavailable
-from retrieval.prompt import build_messages, evidence_room, render_evidence
-from retrieval.records import Article
-from retrieval.settings import Settings
+from generation.citations import cited_pmids
+from generation.prompt import build_messages, evidence_room, render_evidence
+from pubmind.errors import InvalidInput, ServiceUnavailable
+from pubmind.records import Article
+from pubmind.settings import Settings
 
 IGNORE_INDEX = -100
 MAX_ANSWER_CHARS = 8000
@@ -41,7 +41,7 @@ MAX_PMIDS = 50
 RATING_RANGE = (1, 5)
 
 
-class EvidenceItem(Protocol):  # a retrieval.search.Hit or a retrieval.records.Article
+class EvidenceItem(Protocol):  # a retrieval.search.Hit or a pubmind.records.Article
     pmid: int
 
 
@@ -192,7 +192,7 @@ def _evidence_order(question: str, hits: Sequence[Any], cited: Sequence[int], mi
 
 
 def evidence_budget(settings: Settings, tokenizer: Any, question: str) -> int:
-    """The evidence token budget the server uses for ``question`` (no history; ``retrieval.prompt.evidence_room``)."""
+    """The evidence token budget the server uses for ``question`` (no history; ``generation.prompt.evidence_room``)."""
     budget, _ = evidence_room(tokenizer, question, None, max_model_len=settings.llm.max_model_len,
                               max_tokens=settings.llm.max_tokens, context_tokens=settings.retrieval.context_tokens)
     return max(1, budget)

@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from retrieval.citations import parse_citations, verify
-from retrieval.errors import InvalidInput, PubmindError
-from retrieval.prompt import build_messages, render_evidence
-from retrieval.records import AbstractSection, Article
-from retrieval.settings import Settings
+from generation.citations import parse_citations, verify
+from generation.prompt import build_messages, render_evidence
+from pubmind.errors import InvalidInput, PubmindError
+from pubmind.records import AbstractSection, Article
+from pubmind.settings import Settings
 
 log = logging.getLogger("pubmind.evaluate")
 
@@ -224,7 +224,7 @@ def run_gate(settings: Settings, candidate: Any, current: Any | None, dataset: A
              eval_config: dict[str, Any]) -> dict[str, Any]:
     """Evaluate ``candidate`` (an AdapterVersion) against ``current`` (AdapterVersion or None: the base model)
     on ``dataset.heldout``; returns the report with ``promote``."""
-    from finetune.vllm_client import SyncVllmClient, served_base_name
+    from generation.vllm_client import SyncVllmClient, served_base_name
 
     heldout = dataset.heldout
     # the corrections themselves: a candidate must reproduce them at least as well as the version it replaces

@@ -1,6 +1,5 @@
 """Re-tune jobs: launch ``python -m finetune.train --job_dir DIR`` in its own process (own session, so the
-API stays responsive and a cancel kills the whole process group), watch it, cancel it; and keep vLLM in line
-with the registry (``deploy``).
+API stays responsive and a cancel kills the whole process group), watch it, cancel it. (Keeping vLLM in line with the registry is ``generation.deploy``.)
 
 Job state lives in the app database (``finetune.store``), so it survives an API restart: a job whose
 process is gone while its state says queued/running is marked failed (``recover``), never silently lost.
@@ -23,10 +22,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from finetune.registry import AdapterRegistry, check_name
+from finetune.registry import check_name
 from finetune.store import ACTIVE_JOB_STATUSES, FeedbackStore, Job, job_process_alive
-from retrieval.errors import Conflict, InvalidInput, NotFound, PubmindError
-from retrieval.settings import FinetuneSettings, Settings
+from pubmind.errors import Conflict, InvalidInput, PubmindError
+from pubmind.settings import FinetuneSettings, Settings
 
 log = logging.getLogger("pubmind.jobs")
 
@@ -106,8 +105,7 @@ class JobRunner:
                 proc = subprocess.Popen(
                     [*self.command, "--job_dir", str(job_dir), "--num_threads", str(self.train_threads)],
                     stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                    env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-                         "TOKENIZERS_PARALLELISM": "false"},
+                    env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
                 )
         except OSError as e:
             self.store.update_job(job.id, status="failed", finished_at=time.time(),
@@ -193,7 +191,6 @@ def _kill_group(pid: int) -> None:
         return
 
 
-# ---- keeping vLLM in line with the registry ------------------------------------------------------------------
 def job_view(job: Job) -> dict[str, Any]:
     """What GET /v1/retune/{id} and ``pubmind retune`` show."""
     r = job.result
@@ -203,91 +200,3 @@ def job_view(job: Job) -> dict[str, Any]:
             "training": r.get("training"), "stages": r.get("stages"), "error": job.error, "hyperparameters": job.hyperparameters,
             "min_examples": job.min_examples, "created_by": job.created_by, "created_at": job.created_at,
             "started_at": job.started_at, "finished_at": job.finished_at}
-
-
-def plan_deploy(registry: AdapterRegistry, name: str, keep_loaded: int, loaded: set[str]) -> tuple[list[str], list[str]]:
-    """(load, unload): the current version of ``name`` must be loaded; versions of ``name`` that are not among
-    the ``keep_loaded`` most recently current ones are unloaded."""
-    current = registry.current(name)
-    if current is None:
-        raise NotFound(f"adapter {name!r} has no promoted version to serve", param="adapter")
-    keep = {f"{name}@v{v}" for v in registry.recent(name, keep_loaded)}
-    load = [current.lora_name] if current.lora_name not in loaded else []
-    unload = sorted(x for x in loaded if x.startswith(f"{name}@v") and x not in keep)
-    return load, unload
-
-
-def _client(settings: Settings) -> Any:
-    from finetune.vllm_client import SyncVllmClient
-
-    return SyncVllmClient.from_settings(settings.llm)
-
-
-def deploy(settings: Settings, registry: AdapterRegistry, name: str, client: Any = None) -> dict[str, Any]:
-    """Load the current version of ``name`` into the running vLLM (under ``NAME@vN``) and unload its versions
-    beyond ``settings.finetune.keep_loaded``. When vLLM is not reachable the registry change still stands (a
-    restarted vLLM gets the current versions as --lora-modules); the result says so."""
-    own = client is None
-    client = client or _client(settings)
-    try:
-        serving = registry.current(name)
-        try:
-            loaded = set(client.models())
-        except PubmindError as e:
-            return {"serving": serving and serving.lora_name,
-                    "vllm": f"not reachable ({e.message}); served from the registry when vLLM (re)starts"}
-        load, unload = plan_deploy(registry, name, settings.finetune.keep_loaded, loaded)
-        for lora in load:
-            client.load_lora_adapter(lora, registry.resolve(lora).path)
-        for lora in unload:
-            client.unload_lora_adapter(lora)
-        return {"serving": serving and serving.lora_name, "loaded": load, "unloaded": unload, "vllm": "ok"}
-    finally:
-        if own:
-            client.close()
-
-
-async def deploy_async(settings: Settings, registry: AdapterRegistry, name: str, client: Any) -> dict[str, Any]:
-    """``deploy`` with the API server's async vLLM client."""
-    serving = registry.current(name)
-    try:
-        loaded = set(await client.models())
-    except PubmindError as e:
-        return {"serving": serving and serving.lora_name,
-                "vllm": f"not reachable ({e.message}); served from the registry when vLLM (re)starts"}
-    load, unload = plan_deploy(registry, name, settings.finetune.keep_loaded, loaded)
-    for lora in load:
-        await client.load_lora_adapter(lora, registry.resolve(lora).path)
-    for lora in unload:
-        await client.unload_lora_adapter(lora)
-    return {"serving": serving and serving.lora_name, "loaded": load, "unloaded": unload, "vllm": "ok"}
-
-
-def preload(settings: Settings, version: Any) -> str:
-    """Load ``version`` (an AdapterVersion) into the running vLLM if it is not loaded yet. A vLLM that is not
-    reachable is reported in the return value (it serves the registry's versions when it starts); one that
-    refuses the adapter raises, so the caller does not promote a version vLLM cannot serve."""
-    with _client(settings) as client:
-        try:
-            loaded = set(client.models())
-        except PubmindError as e:
-            return f"vLLM not reachable ({e.message})"
-        if version.lora_name in loaded:
-            return "already loaded"
-        client.load_lora_adapter(version.lora_name, version.path)
-        return "loaded"
-
-
-def unload_unless_kept(settings: Settings, registry: AdapterRegistry, name: str, lora_name: str) -> dict[str, Any]:
-    """After a rejected candidate: unload it from vLLM unless it is one of the versions kept loaded."""
-    keep = {f"{name}@v{v}" for v in registry.recent(name, settings.finetune.keep_loaded)}
-    if lora_name in keep:
-        return {"unloaded": []}
-    with _client(settings) as client:
-        try:
-            if lora_name in client.models():
-                client.unload_lora_adapter(lora_name)
-                return {"unloaded": [lora_name]}
-        except PubmindError as e:
-            return {"unloaded": [], "vllm": f"not reachable ({e.message})"}
-    return {"unloaded": []}

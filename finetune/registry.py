@@ -29,8 +29,8 @@ from typing import Any
 
 import msgspec
 
-from retrieval.durable import fsync_dir, write_json_atomic
-from retrieval.errors import Conflict, InvalidInput, NotFound
+from pubmind.durable import fsync_dir, write_json_atomic
+from pubmind.errors import Conflict, InvalidInput, NotFound
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MODEL_RE = re.compile(r"^(?P<name>[^@]+)(?:@v(?P<version>\d+))?$")

@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from retrieval.durable import connect, immediate
-from retrieval.errors import Conflict, InvalidInput, NotFound
+from pubmind.durable import connect, immediate
+from pubmind.errors import Conflict, InvalidInput, NotFound
 
 FeedbackStatus = Literal["pending", "accepted", "rejected"]
 FEEDBACK_STATUSES: tuple[str, ...] = ("pending", "accepted", "rejected")

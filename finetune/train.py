@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrieval.errors import InvalidInput
-from retrieval.settings import FinetuneSettings, Settings, load_settings
+from pubmind.errors import InvalidInput
+from pubmind.settings import FinetuneSettings, Settings, load_settings
 
 log = logging.getLogger("pubmind.train")
 
@@ -81,9 +81,9 @@ def train_lora(settings: Settings, hp: FinetuneSettings, train_rows: list[dict[s
 def main(args: TrainArguments) -> int:
     from finetune import evaluate
     from finetune.dataset import build_dataset, make_retriever, tokenize_example, write_dataset
-    from finetune.jobs import deploy, preload, unload_unless_kept
     from finetune.registry import AdapterRegistry
     from finetune.store import FeedbackStore
+    from generation.deploy import run_with_deployer
 
     if args.num_threads:
         import torch
@@ -148,12 +148,13 @@ def main(args: TrainArguments) -> int:
         served: dict[str, Any] = {}
         if report["promote"]:
             stage("promoting")
-            preload(settings, version)  # vLLM must take the new version before the alias moves to it
+            # vLLM must take the new version before the alias moves to it
+            run_with_deployer(settings, registry, lambda d: d.preload(version))
             store.update_job(job_id, expect=("running",))  # a cancel that won the race stops us here
             registry.promote(name, version.version, by=f"job:{job_id}", reason="passed the evaluation gate")
-            served = deploy(settings, registry, name)
+            served = run_with_deployer(settings, registry, lambda d: d.deploy(name))
         else:
-            served = unload_unless_kept(settings, registry, name, version.lora_name)
+            served = run_with_deployer(settings, registry, lambda d: d.unload_unless_kept(name, version.lora_name))
         store.update_job(job_id, expect=("running",), status="succeeded", finished_at=time.time(),
                          progress={"stage": "done"},
                          result={"promoted": report["promote"], "served": served, "stages": started})
@@ -172,7 +173,6 @@ if __name__ == "__main__":
     from transformers import HfArgumentParser
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     (train_args,) = HfArgumentParser(TrainArguments).parse_args_into_dataclasses()
     raise SystemExit(main(train_args))

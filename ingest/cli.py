@@ -9,9 +9,9 @@ from typing import Any
 import click
 import msgspec
 
-from retrieval.cliutil import emit_json, get_settings, handle_errors
-from retrieval.errors import NotFound
-from retrieval.settings import Settings
+from pubmind.cliutil import emit_json, get_settings, handle_errors
+from pubmind.errors import NotFound
+from pubmind.settings import Settings
 
 
 @click.group("ingest")

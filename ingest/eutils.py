@@ -31,9 +31,9 @@ from Bio import Entrez
 from Bio.Entrez import Parser as EntrezParser
 
 from ingest.parse import Record, eutils_error, parse_xml_bytes
-from retrieval.durable import write_json_atomic
-from retrieval.errors import BadSourceFile, InvalidInput, UpstreamError
-from retrieval.settings import Settings
+from pubmind.durable import write_json_atomic
+from pubmind.errors import BadSourceFile, InvalidInput, UpstreamError
+from pubmind.settings import Settings
 
 WINDOW_LIMIT = 9_999  # esearch/efetch cannot page past retstart 9,999 in PubMed
 DEFAULT_MINDATE = dt.date(1000, 1, 1)

@@ -25,8 +25,8 @@ from typing import IO
 from Bio import Medline
 from lxml import etree
 
-from retrieval.errors import BadSourceFile
-from retrieval.records import (
+from pubmind.errors import BadSourceFile
+from pubmind.records import (
     AbstractSection,
     Article,
     Author,

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from ingest.eutils import EutilsClient
 from ingest.parse import is_source_file, iter_records, verify_md5
-from retrieval.errors import BadSourceFile
-from retrieval.records import Article, Deletion, article_from_json, article_to_json
-from retrieval.settings import Settings
+from pubmind.errors import BadSourceFile
+from pubmind.records import Article, Deletion, article_from_json, article_to_json
+from pubmind.settings import Settings
 
 Record = Article | Deletion
 _int_tuple = msgspec.json.Decoder(tuple[int, ...])

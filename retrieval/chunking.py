@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import msgspec
 
-from retrieval.records import Article
-from retrieval.settings import ChunkingSettings
+from pubmind.records import Article
+from pubmind.settings import ChunkingSettings
 
 MAX_CHUNKS_PER_ARTICLE = 1000
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from retrieval.cliutil import emit_json, get_settings, handle_errors
+from pubmind.cliutil import emit_json, get_settings, handle_errors
 
 SNIPPET_CHARS = 300  # snippet length shown in text output
 

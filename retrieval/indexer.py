@@ -19,11 +19,11 @@ import msgspec
 import numpy as np
 from tqdm import tqdm
 
+from pubmind.errors import Conflict, IndexMismatch
+from pubmind.records import Article, Deletion
+from pubmind.settings import Settings
 from retrieval.chunking import Chunker
-from retrieval.errors import Conflict, IndexMismatch
 from retrieval.index import VectorIndex
-from retrieval.records import Article, Deletion
-from retrieval.settings import Settings
 from retrieval.store import ApplyResult, CorpusStore
 
 

@@ -16,11 +16,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from retrieval.errors import BadSourceFile, InvalidInput
+from pubmind.errors import BadSourceFile, InvalidInput
+from pubmind.records import AbstractSection, Article, MeshHeading
+from pubmind.settings import Settings
 from retrieval.evaluation import evaluate
-from retrieval.records import AbstractSection, Article, MeshHeading
 from retrieval.search import MODES, Searcher
-from retrieval.settings import Settings
 
 EVAL_DEPTH = 100  # hits per query (MRR is MRR@100; recall/nDCG use the top 10)
 

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import msgspec
 import numpy as np
 
+from pubmind.errors import InvalidInput
+from pubmind.settings import Settings
 from retrieval.chunking import pmid_of
-from retrieval.errors import InvalidInput
-from retrieval.settings import Settings
 from retrieval.store import Filters, fts_query
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def load_reranker(settings: Settings) -> Reranker | None:
         return None
     from sentence_transformers import CrossEncoder
 
-    from retrieval.errors import ConfigError
+    from pubmind.errors import ConfigError
 
     try:
         return CrossEncoder(name, device=settings.embedding.device)
@@ -207,7 +207,7 @@ class Searcher:
 
         emb = Embedder(settings.embedding)
         if not settings.corpus_db.exists():
-            from retrieval.errors import ServiceUnavailable
+            from pubmind.errors import ServiceUnavailable
 
             raise ServiceUnavailable(f"no corpus store at {settings.corpus_db}; ingest first")
         index = VectorIndex.open(settings.index_dir, settings, emb.fingerprint, readonly=True)

@@ -2,7 +2,7 @@
 
 Tables (schema version 1):
   articles(pmid PK, version, year, journal, journal_iso, language, retracted, doi, pmc, record)  record =
-      msgspec JSON of ``retrieval.records.Article``
+      msgspec JSON of ``pubmind.records.Article``
   article_mesh(pmid, descriptor, major) / article_pubtypes(pmid, ptype) / article_languages(pmid, language)
   chunks(chunk_id PK = pmid*1000+seq, pmid, seq, text, state)  state 0 = pending embedding, 1 = indexed
   chunks_fts  FTS5 over chunks.text (external content, porter + unicode61), kept in sync by triggers
@@ -27,10 +27,10 @@ from typing import Any, Protocol
 import msgspec
 import numpy as np
 
+from pubmind.durable import connect, immediate
+from pubmind.errors import ConfigError, InvalidInput
+from pubmind.records import Article, Deletion, article_from_json, article_to_json
 from retrieval.chunking import Chunk
-from retrieval.durable import connect, immediate
-from retrieval.errors import ConfigError, InvalidInput
-from retrieval.records import Article, Deletion, article_from_json, article_to_json
 
 SCHEMA_VERSION = 1
 

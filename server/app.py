@@ -18,14 +18,14 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from retrieval.settings import Settings
+from pubmind.settings import Settings
 from server.auth import OPEN_PATHS, AuthMiddleware
 from server.errors import EXCEPTION_HANDLERS
 from server.metrics import Metrics, MetricsMiddleware
 from server.resources import Resources, make_lifespan
 
 if TYPE_CHECKING:
-    from server.supervisor import VllmSupervisor
+    from generation.supervisor import VllmSupervisor
 
 FINETUNE_ROUTERS = ("server.routes.feedback", "server.routes.retune", "server.routes.adapters")
 
@@ -49,6 +49,7 @@ DEPENDENCIES = {
     "feedback_store": _dep("feedback"),
     "registry": _dep("registry"),
     "vllm": _dep("vllm"),
+    "deployer": _dep("deployer"),
     "key_store": _dep("keys"),
 }
 

@@ -30,8 +30,8 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from retrieval.durable import connect, immediate
-from retrieval.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from pubmind.durable import connect, immediate
+from pubmind.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 
 Role = Literal["reader", "curator", "admin"]
 ROLES: tuple[Role, ...] = ("reader", "curator", "admin")

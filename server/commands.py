@@ -7,9 +7,9 @@ import sys
 
 import click
 
-from retrieval.cliutil import emit_json, get_settings, handle_errors
-from retrieval.errors import ServiceUnavailable
-from retrieval.settings import Settings
+from pubmind.cliutil import emit_json, get_settings, handle_errors
+from pubmind.errors import ServiceUnavailable
+from pubmind.settings import Settings
 
 log = logging.getLogger("pubmind.server")
 
@@ -47,8 +47,8 @@ def serve_cmd(host: str | None, port: int | None, model: str | None, vllm_url: s
     import uvicorn
 
     from finetune.registry import AdapterRegistry
+    from generation.supervisor import VllmSupervisor, main_thread_sigterm_as_interrupt
     from server.app import create_app
-    from server.supervisor import VllmSupervisor, main_thread_sigterm_as_interrupt
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

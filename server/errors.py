@@ -1,7 +1,7 @@
 """The ONE place where exceptions become HTTP responses.
 
 Every error body has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` so OpenAI clients
-surface the message unchanged. ``retrieval.errors.PubmindError`` carries its status and code; Litestar's own
+surface the message unchanged. ``pubmind.errors.PubmindError`` carries its status and code; Litestar's own
 exceptions (bad JSON, validation, 404 route, 405, 413 body too large) are rewritten with a message naming the
 field; anything else is logged with its traceback and answered as a generic 500 without internals.
 """
@@ -17,7 +17,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from retrieval.errors import PubmindError, RateLimited
+from pubmind.errors import PubmindError, RateLimited
 
 log = logging.getLogger("pubmind.server")
 

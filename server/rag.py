@@ -1,14 +1,13 @@
 """The answer pipeline shared by ``/v1/query`` and ``/v1/chat/completions``:
 
-retrieve (Searcher) -> fit evidence into the context (``retrieval.prompt``, the same code training uses) ->
+retrieve (Searcher) -> fit evidence into the context (``generation.prompt``, the same code training uses) ->
 pick the model/adapter (registry; loaded into vLLM on demand) -> generate (vLLM, whole or streamed) ->
-verify citations (``retrieval.citations``; PMIDs not in the prompt are reported, never presented as sources)
+verify citations (``generation.citations``; PMIDs not in the prompt are reported, never presented as sources)
 -> record provenance (``FeedbackStore.record_answer``) -> metrics.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -17,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from finetune.vllm_client import ChatDelta, ChatResult, served_base_name
-from retrieval.citations import verify
-from retrieval.errors import ConfigError, InvalidInput, NotFound
-from retrieval.prompt import build_messages, evidence_room, render_evidence
+from generation.citations import verify
+from generation.prompt import build_messages, evidence_room, render_evidence
+from generation.vllm_client import ChatDelta, ChatResult, served_base_name
+from pubmind.errors import ConfigError, InvalidInput, NotFound
 from retrieval.store import Filters
 from server.query.protocol import Citation, Evidence
 
@@ -101,8 +100,6 @@ class RagService:
         self.base_name = served_base_name(res.settings.llm)
         self._search_limiter = anyio.CapacityLimiter(SEARCH_THREADS)
         self._prompt_limiter = anyio.CapacityLimiter(PROMPT_THREADS)
-        self._loaded: set[str] = set()
-        self._load_lock = asyncio.Lock()
         if not getattr(res.tokenizer, "chat_template", None):
             raise ConfigError(f"llm.model={res.settings.llm.model!r}: its tokenizer has no chat template",
                               param="llm.model")
@@ -162,14 +159,7 @@ class RagService:
         return version.lora_name, version.lora_name
 
     async def ensure_loaded(self, lora_name: str, path: str, *, refresh: bool = False) -> None:
-        if lora_name in self._loaded and not refresh:
-            return
-        async with self._load_lock:
-            served = set(await self.res.vllm.models())
-            if lora_name not in served:
-                await self.res.vllm.load_lora_adapter(lora_name, path)
-                served.add(lora_name)
-            self._loaded = served
+        await self.res.deployer.ensure_loaded(lora_name, path, refresh=refresh)
 
     # ---- prompt ---------------------------------------------------------------------------------
     def evidence_budget(self, question: str, history: Sequence[dict[str, str]], max_tokens: int) -> int:

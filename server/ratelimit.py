@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from retrieval.errors import RateLimited
+from pubmind.errors import RateLimited
 
 WINDOW_SECONDS = 60.0
 

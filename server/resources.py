@@ -2,7 +2,7 @@
 
 Dependencies available to every handler (and to routers mounted from ``server/routes``) by parameter name:
 ``resources`` (this ``Resources``), ``settings``, ``feedback_store`` (FeedbackStore), ``registry``
-(AdapterRegistry), ``vllm`` (finetune.vllm_client.VllmClient), ``rag`` (server.rag.RagService) and
+(AdapterRegistry), ``vllm`` (generation.vllm_client.VllmClient), ``rag`` (server.rag.RagService) and
 ``key_store`` (KeyStore, None when auth is off). The caller is ``request.user`` (a ``server.auth.Principal``).
 """
 
@@ -21,9 +21,10 @@ from litestar import Litestar
 
 from finetune.registry import AdapterRegistry
 from finetune.store import FeedbackStore
-from finetune.vllm_client import VllmClient
-from retrieval.errors import ConfigError, PubmindError, ServiceUnavailable
-from retrieval.settings import Settings
+from generation.deploy import AdapterDeployer
+from generation.vllm_client import VllmClient
+from pubmind.errors import ConfigError, PubmindError, ServiceUnavailable
+from pubmind.settings import Settings
 from retrieval.store import CorpusStore
 from server.auth import KeyStore
 from server.batching import QueryBatcher
@@ -31,8 +32,8 @@ from server.metrics import Metrics
 from server.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
+    from generation.supervisor import VllmSupervisor
     from server.rag import RagService
-    from server.supervisor import VllmSupervisor
 
 log = logging.getLogger("pubmind.server")
 
@@ -66,6 +67,7 @@ class Resources:
         self.registry = registry
         self.tokenizer = tokenizer
         self.supervisor = supervisor
+        self.deployer = AdapterDeployer(vllm, registry, keep_loaded=settings.finetune.keep_loaded)
         self.searcher: Any = None  # retrieval.search.Searcher once an index exists
         self.index: Any = None  # retrieval.index.VectorIndex
         self.index_error: str | None = "index not loaded"

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -35,7 +34,7 @@ def shared_data() -> Path:
 @pytest.fixture()
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Test-preset settings with a fresh PUBMIND_HOME under tmp_path."""
-    from retrieval.settings import load_settings
+    from pubmind.settings import load_settings
 
     monkeypatch.setenv("PUBMIND_PRESET", "test")
     monkeypatch.setenv("PUBMIND_HOME", str(tmp_path / "home"))

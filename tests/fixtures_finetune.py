@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from retrieval.records import Article
+from pubmind.records import Article
 
 
 class FakeCorpus:
@@ -44,8 +44,8 @@ def ft_pubmedqa(shared_data: Path) -> list[tuple[Article, str]]:
     prompt). Like the real corpus, articles have no title: the question is not in the document."""
     import msgspec
 
+    from pubmind.records import AbstractSection
     from retrieval.pubmedqa import load_pubmedqa, to_article
-    from retrieval.records import AbstractSection
 
     data = load_pubmedqa(shared_data / "pubmedqa/data/ori_pqal.json")
     out = []

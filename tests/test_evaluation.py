@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from retrieval.errors import InvalidInput
+from pubmind.errors import InvalidInput
 from retrieval.evaluation import evaluate, ndcg_at_k, ranking, recall_at_k, reciprocal_rank
 
 L3 = math.log2(3)  # discount at rank 2

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from finetune.registry import AdapterRegistry
 from finetune.store import FeedbackStore
-from retrieval.records import Article
-from retrieval.settings import Settings
+from pubmind.records import Article
+from pubmind.settings import Settings
 from retrieval.store import CorpusStore
 
 
@@ -30,7 +30,7 @@ def cli(settings: Settings, ft_articles: list[Article], monkeypatch: pytest.Monk
 
 
 def run(cli: CliRunner, settings: Settings, *args: str) -> tuple[int, str, str]:
-    from server.cli import main
+    from pubmind.cli import main
 
     r = cli.invoke(main, ["--home", str(settings.home), "--preset", "test", *args], catch_exceptions=False)
     return r.exit_code, r.stdout, r.stderr

@@ -22,10 +22,10 @@ from finetune.dataset import (
     write_dataset,
 )
 from finetune.store import Feedback
-from retrieval.errors import InvalidInput
-from retrieval.prompt import SYSTEM_PROMPT, build_messages, render_evidence
-from retrieval.records import Article
-from retrieval.settings import Settings
+from generation.prompt import SYSTEM_PROMPT, build_messages, render_evidence
+from pubmind.errors import InvalidInput
+from pubmind.records import Article
+from pubmind.settings import Settings
 
 
 def fb(question: str, answer: str, pmids: list[int], created_at: float | None = None, fid: str = "") -> Feedback:

@@ -64,7 +64,7 @@ def test_gate_decision_tolerance() -> None:
 
 def test_pubmedqa_accuracy_on_real_items(shared_data: Path, tiny_tokenizer: Any) -> None:
     from finetune.evaluate import _evaluate, pubmedqa_items
-    from retrieval.prompt import build_messages, render_evidence
+    from generation.prompt import build_messages, render_evidence
 
     items = pubmedqa_items(shared_data / "pubmedqa/data/ori_pqal.json", 4)
     assert len(items) == 4 and all(gold in ("yes", "no", "maybe") for _, _, gold in items)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from finetune.jobs import JobRunner, plan_deploy, resolve_hyperparameters
+from finetune.jobs import JobRunner, resolve_hyperparameters
 from finetune.registry import AdapterRegistry
 from finetune.store import FeedbackStore, job_process_alive
-from retrieval.errors import Conflict, InvalidInput
-from retrieval.settings import Settings
+from generation.deploy import DeployPlan, plan_deploy
+from pubmind.errors import Conflict, InvalidInput
+from pubmind.settings import Settings
 
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(120)")
 
@@ -96,7 +97,7 @@ def test_plan_deploy(tmp_path: Path) -> None:
         reg.create_version("onco", src, {})
     for v in (1, 2, 3):
         reg.promote("onco", v)
-    load, unload = plan_deploy(reg, "onco", 2, {"base", "onco@v1", "onco@v2", "cardio@v1"})
-    assert (load, unload) == (["onco@v3"], ["onco@v1"])  # keep v3 (current) and v2 (previous)
+    plan = plan_deploy(reg, "onco", 2, {"base", "onco@v1", "onco@v2", "cardio@v1"})
+    assert plan == DeployPlan(load=["onco@v3"], unload=["onco@v1"])  # keep v3 (current) and v2 (previous)
     reg.rollback("onco")
-    assert plan_deploy(reg, "onco", 2, {"onco@v2", "onco@v3"}) == ([], ["onco@v3"])
+    assert plan_deploy(reg, "onco", 2, {"onco@v2", "onco@v3"}) == DeployPlan(load=[], unload=["onco@v3"])

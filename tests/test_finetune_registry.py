@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from finetune.registry import AdapterRegistry
-from retrieval.errors import Conflict, InvalidInput, NotFound
+from pubmind.errors import Conflict, InvalidInput, NotFound
 
 
 def adapter_dir(tmp_path: Path, tag: str = "x") -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from finetune.store import FeedbackStore, job_process_alive
-from retrieval.errors import Conflict, InvalidInput, NotFound
+from pubmind.errors import Conflict, InvalidInput, NotFound
 
 
 @pytest.fixture()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import retrieval.index as vi
-from retrieval.errors import IndexMismatch, ServiceUnavailable
+from pubmind.errors import IndexMismatch, ServiceUnavailable
+from pubmind.settings import load_settings
 from retrieval.index import VectorIndex, disk_generation
-from retrieval.settings import load_settings
 
 DIM = 32
 FP = {"model": "rand", "dim": DIM, "normalize": True, "max_seq_length": 128, "query_prefix": "", "passage_prefix": ""}

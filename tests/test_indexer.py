@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.errors import Conflict, IndexMismatch
+from pubmind.errors import Conflict, IndexMismatch
+from pubmind.records import AbstractSection, Article, Deletion
+from pubmind.settings import load_settings
 from retrieval.index import VectorIndex
 from retrieval.indexer import Indexer, reset_index
-from retrieval.records import AbstractSection, Article, Deletion
-from retrieval.settings import load_settings
 from retrieval.store import CorpusStore, Filters
 from tests.fixtures_retrieval import HashEmbedder, make_article
 
@@ -245,9 +245,9 @@ def test_peak_memory_does_not_grow_with_corpus(tmp_path, hash_embedder) -> None:
 # ---- integration: real MiniLM on real PubMed articles -------------------------------------------------
 @pytest.mark.integration
 def test_embedder(embedder) -> None:
+    from pubmind.errors import ConfigError
+    from pubmind.settings import EmbeddingSettings
     from retrieval.embed import Embedder
-    from retrieval.errors import ConfigError
-    from retrieval.settings import EmbeddingSettings
 
     v = embedder.encode_passages(["Insulin resistance in type 2 diabetes.", "Tumour growth in mice."])
     assert v.shape == (2, 384) and v.dtype == np.float32 and v.flags.c_contiguous

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from ingest.cli import corpus_stats
 from ingest.parse import iter_records
 from ingest.pipeline import Pipeline, discover
-from retrieval.errors import BadSourceFile
+from pubmind.errors import BadSourceFile
+from pubmind.records import Article, Deletion
 from retrieval.indexer import Indexer
-from retrieval.records import Article, Deletion
 from tests.fixtures_ingest import BASELINE_1015, ENTREZ, SAMPLE_1334, SAMPLE_1335, UPDATE_1016
 
 
@@ -111,7 +111,7 @@ def test_query_pipeline_against_fake_eutils(eutils_settings, hash_embedder, meta
 # ------------------------------------------------------------------------------------------- CLI
 @pytest.fixture()
 def cli(settings) -> Callable[..., tuple[int, str, str]]:
-    from server.cli import main
+    from pubmind.cli import main
 
     runner = CliRunner()
 

@@ -10,8 +10,8 @@ import psutil
 import pytest
 
 from ingest.parse import iter_records, parse_xml_bytes, verify_md5
-from retrieval.errors import BadSourceFile
-from retrieval.records import Article, Deletion
+from pubmind.errors import BadSourceFile
+from pubmind.records import Article, Deletion
 from tests.fixtures_ingest import (
     BASELINE_1015,
     ENTREZ,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval.errors import InvalidInput
-from retrieval.prompt import INSUFFICIENT, SYSTEM_PROMPT, TRUNCATED, build_messages, render_evidence
-from retrieval.records import AbstractSection, Article
+from generation.prompt import INSUFFICIENT, SYSTEM_PROMPT, TRUNCATED, build_messages, render_evidence
+from pubmind.errors import InvalidInput
+from pubmind.records import AbstractSection, Article
 from retrieval.search import Hit
 
 
@@ -113,7 +113,7 @@ def test_build_messages() -> None:
 def test_evidence_room_is_capped_by_context_and_shrinks_with_history(tiny_model_dir) -> None:
     from transformers import AutoTokenizer
 
-    from retrieval.prompt import evidence_room
+    from generation.prompt import evidence_room
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     kw = {"max_model_len": 1024, "max_tokens": 64}

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from retrieval.errors import InvalidInput
-from retrieval.records import AbstractSection, Article, CommentCorrection, MeshHeading
+from pubmind.errors import InvalidInput
+from pubmind.records import AbstractSection, Article, CommentCorrection, MeshHeading
+from pubmind.settings import load_settings
 from retrieval.search import Hit, Searcher
-from retrieval.settings import load_settings
 from retrieval.store import Filters
 
 TOPICS = {  # pmid: (title, abstract, journal, year, mesh (descriptor, major), pubtypes, language)
@@ -271,7 +271,7 @@ def test_hit_is_json_ready(searcher: Searcher) -> None:
 
 # ---- CLI -----------------------------------------------------------------------------------------
 def pubmind(args: list[str], monkeypatch: pytest.MonkeyPatch):
-    from server.cli import main
+    from pubmind.cli import main
 
     for var in ("PUBMIND_HOME", "PUBMIND_PRESET", "PUBMIND_CONFIG"):
         monkeypatch.delenv(var, raising=False)  # restored after the test (main() sets them)

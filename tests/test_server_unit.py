@@ -16,7 +16,7 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.testing import TestClient
 
-from retrieval.errors import Conflict, InvalidInput, NotFound, RateLimited, ServiceUnavailable, UpstreamError
+from pubmind.errors import Conflict, InvalidInput, NotFound, RateLimited, ServiceUnavailable, UpstreamError
 from server.auth import AuthMiddleware, KeyStore, Principal, require_role
 from server.errors import EXCEPTION_HANDLERS
 from server.ratelimit import RateLimiter
@@ -292,7 +292,7 @@ def test_references_text_lists_only_supported() -> None:
 
 # ---- vLLM client --------------------------------------------------------------------------------------
 def test_vllm_client_down_is_503_naming_url() -> None:
-    from finetune.vllm_client import VllmClient
+    from generation.vllm_client import VllmClient
 
     url = closed_url()
 
@@ -313,7 +313,7 @@ def test_vllm_client_down_is_503_naming_url() -> None:
 
 
 def test_vllm_client_error_mapping() -> None:
-    from finetune.vllm_client import SyncVllmClient, _raise_for
+    from generation.vllm_client import SyncVllmClient, _raise_for
 
     def resp(status: int, body: Any) -> httpx.Response:
         return httpx.Response(status, json=body, request=httpx.Request("POST", "http://v/x"))
@@ -335,7 +335,7 @@ def test_vllm_client_error_mapping() -> None:
 
 # ---- CLI ----------------------------------------------------------------------------------------------
 def test_keys_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from server.cli import main
+    from pubmind.cli import main
 
     monkeypatch.setenv("PUBMIND_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PUBMIND_PRESET", "test")
@@ -404,7 +404,7 @@ def test_vllm_client_timeout_is_503() -> None:
     """A vLLM that accepts connections but never answers: the request times out as ServiceUnavailable."""
     import socket
 
-    from finetune.vllm_client import SyncVllmClient
+    from generation.vllm_client import SyncVllmClient
 
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))

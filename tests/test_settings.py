@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.errors import ConfigError
-from retrieval.settings import PRESETS, Settings, load_settings, settings_reference
+from pubmind.errors import ConfigError
+from pubmind.settings import PRESETS, Settings, load_settings, settings_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def test_every_field_described_and_documented_in_readme() -> None:
 
 def test_cli_help_lists_subcommands() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "server.cli", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
+        [sys.executable, "-m", "pubmind.cli", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
     for cmd in ("ingest", "stats", "article", "search", "eval", "serve", "keys", "feedback", "retune", "config"):
         assert f"  {cmd}" in out, f"`pubmind --help` does not list {cmd}"

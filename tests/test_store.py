@@ -10,10 +10,10 @@ import threading
 import numpy as np
 import pytest
 
+from pubmind.errors import InvalidInput
+from pubmind.records import AbstractSection, Article, Deletion
+from pubmind.settings import ChunkingSettings
 from retrieval.chunking import Chunker, make_chunk_id, pmid_of, split_sentences
-from retrieval.errors import InvalidInput
-from retrieval.records import AbstractSection, Article, Deletion
-from retrieval.settings import ChunkingSettings
 from retrieval.store import CorpusStore, Filters, fts_query
 from tests.fixtures_retrieval import make_article, mesh, retraction
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.errors import ConfigError, InvalidInput, NotFound, ServiceUnavailable
+from pubmind.errors import ConfigError, InvalidInput, NotFound, ServiceUnavailable
 from tests.fixtures_server import free_port, make_settings
 
 
@@ -27,7 +27,7 @@ def _gone(pid: int) -> bool:
 
 
 def test_command_line(tmp_path: Path) -> None:
-    from server.supervisor import VllmSupervisor
+    from generation.supervisor import VllmSupervisor
 
     s = make_settings(tmp_path, llm={"model": "/models/m", "vllm_port": 8123, "max_loras": 3, "max_lora_rank": 16,
                                      "max_model_len": 2048, "vllm_args": ["--dtype", "float32"]})
@@ -46,7 +46,7 @@ def test_command_line(tmp_path: Path) -> None:
 
 @pytest.mark.vllm
 def test_startup_failure_reports_log_tail(tmp_path: Path) -> None:
-    from server.supervisor import VllmSupervisor
+    from generation.supervisor import VllmSupervisor
 
     s = make_settings(tmp_path, llm={"model": str(tmp_path / "no-such-model"), "vllm_port": free_port()})
     sup = VllmSupervisor(s)
@@ -61,7 +61,7 @@ def test_startup_failure_reports_log_tail(tmp_path: Path) -> None:
 
 @pytest.mark.vllm
 def test_startup_timeout_kills_the_group(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from server.supervisor import VllmSupervisor
+    from generation.supervisor import VllmSupervisor
 
     s = make_settings(tmp_path, llm={"model": str(tiny_model_dir), "vllm_port": free_port(),
                                      "startup_timeout_seconds": 3, "vllm_args": ["--dtype", "float32"]})
@@ -77,7 +77,7 @@ def test_startup_timeout_kills_the_group(tmp_path: Path, tiny_model_dir: Path) -
 
 @pytest.mark.vllm
 def test_refuses_port_in_use(tmp_path: Path, tiny_model_dir: Path, vllm_server: str) -> None:
-    from server.supervisor import VllmSupervisor
+    from generation.supervisor import VllmSupervisor
 
     port = int(vllm_server.rsplit(":", 1)[1])
     sup = VllmSupervisor(make_settings(tmp_path, llm={"model": str(tiny_model_dir), "vllm_port": port}))
@@ -88,7 +88,7 @@ def test_refuses_port_in_use(tmp_path: Path, tiny_model_dir: Path, vllm_server: 
 
 @pytest.mark.vllm
 def test_vllm_client_against_real_server(vllm_server: str, tmp_path: Path) -> None:
-    from finetune.vllm_client import SyncVllmClient
+    from generation.vllm_client import SyncVllmClient
 
     with SyncVllmClient(vllm_server, timeout_seconds=60) as c:
         c.health()

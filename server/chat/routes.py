@@ -17,7 +17,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
-from retrieval.errors import InvalidInput, PubmindError
+from pubmind.errors import InvalidInput, PubmindError
 from server.auth import require_role
 from server.chat.protocol import (
     AssistantMessage,

@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
-from retrieval.errors import PubmindError
+from pubmind.errors import PubmindError
 from server.auth import require_role
 from server.errors import error_body
 from server.query.protocol import SSE_HEADERS, QueryRequest, QueryResponse

@@ -6,7 +6,7 @@ Contract (``server.app.create_app`` mounts each module's ``router`` when the mod
   (``from server.auth import require_role``; roles: reader < curator < admin);
 * the caller is ``request.user``: a ``server.auth.Principal`` with ``.name`` (API key name) and ``.role``;
 * inject by parameter name (``NamedDependency[...]``): ``settings``, ``feedback_store`` (FeedbackStore),
-  ``registry`` (AdapterRegistry), ``vllm`` (finetune.vllm_client.VllmClient), ``rag`` (server.rag.RagService),
+  ``registry`` (AdapterRegistry), ``vllm`` (generation.vllm_client.VllmClient), ``rag`` (server.rag.RagService),
   ``resources`` (server.resources.Resources: all of the above);
-* raise ``retrieval.errors`` exceptions; ``server.errors`` turns them into OpenAI-shaped JSON errors.
+* raise ``pubmind.errors`` exceptions; ``server.errors`` turns them into OpenAI-shaped JSON errors.
 """

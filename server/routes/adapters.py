@@ -14,10 +14,8 @@ from litestar import Request, Router, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from finetune.jobs import deploy_async
 from finetune.registry import AdapterRegistry
-from finetune.vllm_client import VllmClient
-from retrieval.settings import Settings
+from generation.deploy import AdapterDeployer
 from server.auth import require_role
 
 
@@ -33,20 +31,20 @@ async def list_adapters(registry: NamedDependency[AdapterRegistry]) -> dict[str,
 
 @post("/{name:str}/promote", status_code=200, summary="Serve a version of an adapter", guards=[require_role("admin")])
 async def promote(request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[PromoteIn],
-                  registry: NamedDependency[AdapterRegistry], settings: NamedDependency[Settings],
-                  vllm: NamedDependency[VllmClient]) -> dict[str, Any]:
+                  registry: NamedDependency[AdapterRegistry],
+                  deployer: NamedDependency[AdapterDeployer]) -> dict[str, Any]:
     v = await anyio.to_thread.run_sync(lambda: registry.promote(name, data.version, by=request.user.name,
                                                                 reason="manual promotion"))
-    served = await deploy_async(settings, registry, name, vllm)
+    served = await deployer.deploy(name)
     return {"adapter": name, "current": v.version, "lora_name": v.lora_name, "served": served}
 
 
 @post("/{name:str}/rollback", status_code=200, summary="Serve the previously current version again",
       guards=[require_role("admin")])
 async def rollback(request: Request[Any, Any, Any], name: FromPath[str], registry: NamedDependency[AdapterRegistry],
-                   settings: NamedDependency[Settings], vllm: NamedDependency[VllmClient]) -> dict[str, Any]:
+                   deployer: NamedDependency[AdapterDeployer]) -> dict[str, Any]:
     v = await anyio.to_thread.run_sync(lambda: registry.rollback(name, by=request.user.name, reason="rollback"))
-    served = await deploy_async(settings, registry, name, vllm)
+    served = await deployer.deploy(name)
     return {"adapter": name, "current": v.version, "lora_name": v.lora_name, "served": served}
 
 

@@ -14,8 +14,8 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from finetune.dataset import validate_correction
 from finetune.store import Feedback, FeedbackStore
-from retrieval.errors import InvalidInput
-from retrieval.settings import Settings
+from pubmind.errors import InvalidInput
+from pubmind.settings import Settings
 from server.auth import require_role
 from server.resources import Resources
 

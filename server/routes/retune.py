@@ -16,7 +16,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from finetune.jobs import JobRunner, job_view
 from finetune.store import FeedbackStore
-from retrieval.settings import Settings
+from pubmind.settings import Settings
 from server.auth import require_role
 
 _lock = threading.Lock()

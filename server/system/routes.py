@@ -13,8 +13,8 @@ from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from retrieval.errors import NotFound, PubmindError
-from retrieval.records import Article
+from pubmind.errors import NotFound, PubmindError
+from pubmind.records import Article
 from server.auth import require_role
 from server.resources import Resources
 

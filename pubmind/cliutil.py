@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 import click
 
-from retrieval.errors import PubmindError
-from retrieval.settings import Settings, load_settings
+from pubmind.errors import PubmindError
+from pubmind.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 

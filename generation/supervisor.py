@@ -25,9 +25,9 @@ from typing import Literal
 
 import httpx
 
-from finetune.vllm_client import served_base_name
-from retrieval.errors import ConfigError, ServiceUnavailable
-from retrieval.settings import Settings
+from generation.vllm_client import served_base_name
+from pubmind.errors import ConfigError, ServiceUnavailable
+from pubmind.settings import Settings
 
 log = logging.getLogger("pubmind.vllm")
 

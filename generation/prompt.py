@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from retrieval.errors import InvalidInput
-from retrieval.records import Article
+from pubmind.errors import InvalidInput
+from pubmind.records import Article
 
 INSUFFICIENT = "The retrieved literature does not answer this question."
 TRUNCATED = " [...truncated]"

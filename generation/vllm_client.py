@@ -2,7 +2,7 @@
 loading/unloading, model listing and health.
 
 Shared by the API server (async, ``VllmClient``) and the training job process (sync, ``SyncVllmClient``);
-it imports nothing from ``server``. Failures map onto ``retrieval.errors``:
+it imports nothing from ``server``. Failures map onto ``pubmind.errors``:
 
 * connection refused / DNS / timeouts -> ``ServiceUnavailable`` naming the URL (HTTP 503 in the API);
 * vLLM 400 -> ``InvalidInput`` with vLLM's own message; 404 -> ``NotFound``; other 4xx/5xx -> ``UpstreamError``.
@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import msgspec
 
-from retrieval.errors import InvalidInput, NotFound, PubmindError, ServiceUnavailable, UpstreamError
-from retrieval.settings import LLMSettings
+from pubmind.errors import InvalidInput, NotFound, PubmindError, ServiceUnavailable, UpstreamError
+from pubmind.settings import LLMSettings
 
 HEALTH_TIMEOUT_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 5.0

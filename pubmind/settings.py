@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from retrieval.errors import ConfigError
+from pubmind.errors import ConfigError
 
 
 class EmbeddingSettings(BaseModel):
