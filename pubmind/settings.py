@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import tomllib
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -192,6 +194,18 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class _Choice:
+    """What ``load_settings`` was asked for explicitly (beats PUBMIND_PRESET / PUBMIND_CONFIG)."""
+
+    preset: str | None = None
+    config: str | Path | None = None
+    home: str | Path | None = None
+
+
+_CHOICE: ContextVar[_Choice | None] = ContextVar("pubmind_settings_choice", default=None)
+
+
 class _FileAndPresetSource(PydanticBaseSettingsSource):
     """Lowest-priority source: the preset, overlaid by the TOML file."""
 
@@ -199,13 +213,15 @@ class _FileAndPresetSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        preset = os.environ.get("PUBMIND_PRESET", "default")
+        choice = _CHOICE.get() or _Choice()
+        preset = choice.preset or os.environ.get("PUBMIND_PRESET", "default")
         if preset not in PRESETS:
-            raise ConfigError(f"PUBMIND_PRESET={preset!r} is not a preset; choose one of {sorted(PRESETS)}")
+            raise ConfigError(f"preset={preset!r} (PUBMIND_PRESET) is not a preset; choose one of {sorted(PRESETS)}",
+                              param="preset")
         data = _deep_merge({"preset": preset}, PRESETS[preset])
-        path = os.environ.get("PUBMIND_CONFIG")
+        path = str(choice.config) if choice.config else os.environ.get("PUBMIND_CONFIG")
         if not path:
-            home = Path(os.environ.get("PUBMIND_HOME", "var"))
+            home = Path(choice.home or os.environ.get("PUBMIND_HOME", "var"))
             path = str(home / "pubmind.toml") if (home / "pubmind.toml").exists() else ""
         if path:
             try:
@@ -278,14 +294,22 @@ class Settings(BaseSettings):
         return self.home / "logs"
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build settings from all sources; ``overrides`` win (nested dicts allowed)."""
+def load_settings(*, preset: str | None = None, config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from all sources. ``preset`` and ``config`` (a TOML file) choose the lowest layers, in
+    place of PUBMIND_PRESET / PUBMIND_CONFIG; ``overrides`` win over everything (nested dicts allowed)."""
+    if config is not None and not Path(config).is_file():
+        raise ConfigError(f"config={str(config)!r}: file not found", param="config")
+    if preset is not None:
+        overrides = {"preset": preset, **overrides}  # the field too, or PUBMIND_PRESET would name another
+    token = _CHOICE.set(_Choice(preset=preset, config=config, home=overrides.get("home")))
     try:
         return Settings(**overrides)
     except ConfigError:
         raise
     except Exception as e:  # pydantic ValidationError: name every bad field
         raise ConfigError(f"invalid settings: {e}") from e
+    finally:
+        _CHOICE.reset(token)
 
 
 def settings_reference() -> str:

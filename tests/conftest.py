@@ -4,9 +4,15 @@ that each area's fixtures stay next to each other and out of each other's way.""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from pubmind.settings import Settings
 
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -32,11 +38,48 @@ def shared_data() -> Path:
 
 
 @pytest.fixture()
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Test-preset settings with a fresh PUBMIND_HOME under tmp_path."""
+def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
+    """The one way tests build settings: ``make_settings(home=None, **overrides)`` gives test-preset settings
+    (nested dict overrides, e.g. ``index={"kind": "hnsw"}``) with a fresh home under tmp_path by default.
+
+    PUBMIND_PRESET/PUBMIND_HOME are also set for the test, so a CLI or a subprocess started by the test
+    resolves the same settings."""
     from pubmind.settings import load_settings
 
     monkeypatch.setenv("PUBMIND_PRESET", "test")
     monkeypatch.setenv("PUBMIND_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("PUBMIND_CONFIG", raising=False)
-    return load_settings()
+
+    def make(home: str | Path | None = None, **overrides: Any) -> Settings:
+        return load_settings(preset="test", home=str(home or tmp_path / "home"), **overrides)
+
+    return make
+
+
+@pytest.fixture()
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    """Test-preset settings with a fresh PUBMIND_HOME under tmp_path."""
+    return make_settings()
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str  # stdout
+    err: str  # stderr
+
+
+@pytest.fixture()
+def cli(settings: Settings) -> Callable[..., CliResult]:
+    """The one CLI runner: ``cli("stats", "--json")`` runs ``pubmind --home HOME --preset test stats --json`` in
+    process (settings: the ``settings`` fixture's home) and returns exit code, stdout and stderr."""
+    from click.testing import CliRunner
+
+    from pubmind.cli import main
+
+    def run(*args: str, home: str | Path | None = None, input: str | None = None) -> CliResult:
+        r = CliRunner().invoke(main, ["--home", str(home or settings.home), "--preset", "test", *args],
+                               input=input, catch_exceptions=False)
+        return CliResult(r.exit_code, r.stdout, r.stderr)
+
+    return run

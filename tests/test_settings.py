@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +43,8 @@ def test_toml_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PUBMIND_CONFIG", str(cfg))
     monkeypatch.delenv("PUBMIND_PRESET", raising=False)
     s = load_settings()
-    assert (s.retrieval.k, s.retrieval.mode) == (7, "dense")
+    assert s.retrieval.k == 7
+    assert s.retrieval.mode == "dense"
 
 
 @pytest.mark.parametrize(
@@ -82,3 +85,34 @@ def test_cli_help_lists_subcommands() -> None:
     ).stdout
     for cmd in ("ingest", "stats", "article", "search", "eval", "serve", "keys", "feedback", "retune", "config"):
         assert f"  {cmd}" in out, f"`pubmind --help` does not list {cmd}"
+
+
+def test_explicit_preset_and_config_beat_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfg = tmp_path / "p.toml"
+    cfg.write_text("[retrieval]\nk = 9\n")
+    monkeypatch.setenv("PUBMIND_PRESET", "default")
+    monkeypatch.delenv("PUBMIND_CONFIG", raising=False)
+    s = load_settings(preset="test", config=cfg, home=str(tmp_path))
+    assert s.preset == "test"
+    assert s.retrieval.k == 9
+    assert s.llm.max_tokens == PRESETS["test"]["llm"]["max_tokens"]
+
+
+def test_explicit_bad_preset_and_missing_config_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="turbo"):
+        load_settings(preset="turbo", home=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"config='/nonexistent/p\.toml'"):
+        load_settings(config="/nonexistent/p.toml", home=str(tmp_path))
+
+
+def test_make_settings_fixture_gives_test_preset_under_tmp(make_settings: Any, tmp_path: Path) -> None:
+    s = make_settings(index={"kind": "hnsw"})
+    assert s.preset == "test"
+    assert s.index.kind == "hnsw"
+    assert s.home == tmp_path / "home"
+
+
+def test_cli_fixture_runs_pubmind_on_the_settings_home(cli: Any, settings: Settings) -> None:
+    r = cli("config")
+    assert r.code == 0
+    assert json.loads(r.out)["home"] == str(settings.home)
