@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 def fsync_dir(path: Path) -> None:
@@ -44,14 +44,18 @@ def write_json_atomic(path: Path, data: Any, *, indent: int = 2) -> None:
     write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=indent, default=str)))
 
 
-def connect(path: Path, *, schema: str = "", timeout_s: float = 60.0) -> sqlite3.Connection:
+def connect(path: Path, *, schema: str = "", timeout_s: float = 60.0,
+            synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> sqlite3.Connection:
     """A SQLite connection in WAL mode (readers never block the writer), autocommit (transactions are explicit
     through ``immediate``), usable from several threads behind the caller's lock. ``schema``: idempotent
-    ``CREATE ... IF NOT EXISTS`` statements (``;``-separated, no triggers) run in one transaction."""
+    ``CREATE ... IF NOT EXISTS`` statements (``;``-separated, no triggers) run in one transaction.
+    ``synchronous="FULL"`` makes every commit survive a power cut (keys, reviews, the audit trail); NORMAL
+    (WAL) may lose the last commits on power loss but never corrupts."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout_s)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
+    assert synchronous in ("NORMAL", "FULL"), synchronous
+    db.execute(f"PRAGMA synchronous={synchronous}")
     db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
     if schema:
         with immediate(db, threading.Lock()):
