@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+from datetime import UTC, datetime
 from importlib.metadata import entry_points
 
 import click
+import msgspec
 
-from pubmind.cliutil import emit_json, get_settings
+from pubmind.cliutil import emit_json, get_settings, handle_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +35,34 @@ def config_cmd(markdown: bool) -> None:
         click.echo(settings_reference())
     else:
         emit_json(get_settings().model_dump(mode="json"))
+
+
+@main.command("audit")
+@click.option("--action", help="An action (e.g. correction.accept) or a prefix ending in '.' (e.g. correction.).")
+@click.option("--target", help="The changed object (key id, correction id, adapter name, ...).")
+@click.option("--key", "key_id", help="The acting key id (key:N, cli:USER, system:WHAT).")
+@click.option("--since", type=float, help="Unix time, inclusive.")
+@click.option("--until", type=float, help="Unix time, exclusive.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of one line per change.")
+@handle_errors
+def audit_cmd(action: str | None, target: str | None, key_id: str | None, since: float | None,
+              until: float | None, limit: int, as_json: bool) -> None:
+    """The audit trail: every state change, newest first."""
+    from pubmind.audit import AuditLog
+
+    log = AuditLog(get_settings().app_db)
+    try:
+        rows = log.query(action=action, target=target, key_id=key_id, since=since, until=until, limit=limit)
+    finally:
+        log.close()
+    if as_json:
+        emit_json([msgspec.to_builtins(r) for r in rows])
+        return
+    for r in rows:
+        when = datetime.fromtimestamp(r.at, UTC).isoformat(timespec="seconds")
+        click.echo(f"{when} {r.key_id} ({r.role}) {r.action} {r.target}"
+                   + (f" {json.dumps(r.before)} -> {json.dumps(r.after)}" if r.before or r.after else ""))
 
 
 def _register() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -132,4 +133,37 @@ def keys_revoke(name: str) -> None:
     click.echo(f"revoked key {name!r}")
 
 
-COMMANDS = [serve_cmd, keys_group]
+@click.command("backup")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@handle_errors
+def backup_cmd(dest: Path) -> None:
+    """Snapshot the home into DEST (absent or empty), consistent while the server runs."""
+    from pubmind.audit import Actor, AuditLog
+    from server.backup import create_backup
+
+    settings = get_settings()
+    manifest = create_backup(settings, dest, progress=lambda s: click.echo(f"backup: {s}", err=True))
+    audit = AuditLog(settings.app_db)
+    audit.record("backup.create", str(dest.absolute()), Actor.cli(), after={"stats": manifest["stats"]})
+    audit.close()
+    emit_json({k: manifest[k] for k in ("pubmind", "index_generation", "adapters", "stats")}
+              | {"files": len(manifest["files"]), "dir": str(dest.absolute())})
+
+
+@click.command("restore")
+@click.argument("src", type=click.Path(file_okay=False, path_type=Path))
+@handle_errors
+def restore_cmd(src: Path) -> None:
+    """Restore the backup SRC into the (empty) home; refuses a corrupt or incomplete backup."""
+    from pubmind.audit import Actor, AuditLog
+    from server.backup import restore_backup
+
+    settings = get_settings()
+    manifest = restore_backup(settings, src, progress=lambda s: click.echo(f"restore: {s}", err=True))
+    audit = AuditLog(settings.app_db)
+    audit.record("restore.run", str(src.absolute()), Actor.cli(), after={"stats": manifest["stats"]})
+    audit.close()
+    emit_json({"home": str(settings.home), "stats": manifest["stats"], "from": str(src.absolute())})
+
+
+COMMANDS = [serve_cmd, keys_group, backup_cmd, restore_cmd]
