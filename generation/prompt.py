@@ -3,6 +3,7 @@ training-data construction (finetune), so a tuned adapter sees exactly the promp
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -21,6 +22,20 @@ SYSTEM_PROMPT = (
     "knowledge. Be concise and state the strength and limits of the evidence. If the evidence is "
     f"insufficient to answer, reply exactly: \"{INSUFFICIENT}\""
 )
+
+# Yes/no/maybe questions (PubMedQA scoring, ``pubmind eval answers``): the model is also asked for a decision
+# line, appended to the user message by ``build_messages(..., decision=True)``; ``parse_decision`` reads it.
+DECISIONS = ("yes", "no", "maybe")
+DECISION_INSTRUCTION = ('End with a last line that is exactly "Decision: yes", "Decision: no" or '
+                        '"Decision: maybe": your overall answer to the question.')
+_DECISION_LINE = re.compile(r"^[\W_]*decision[\W_]*(yes|no|maybe)\b", re.IGNORECASE | re.MULTILINE)
+
+
+def parse_decision(text: str) -> str | None:
+    """``yes``/``no``/``maybe`` from the last decision line of ``text`` (``Decision: no``, ``**Decision:** no``);
+    None when there is none (an unparseable answer: scored as wrong, never guessed from the prose)."""
+    found = _DECISION_LINE.findall(text)
+    return found[-1].lower() if found else None
 
 
 class _Tokenizer(Protocol):
@@ -99,13 +114,16 @@ def render_evidence(hits_or_articles: Sequence[Any], tokenizer_or_counter: Token
     return text, used
 
 
-def user_message(question: str, evidence_text: str) -> str:
-    return f"Evidence:\n{evidence_text.strip() or '(no passages retrieved)'}\n\nQuestion: {question.strip()}"
+def user_message(question: str, evidence_text: str, decision: bool = False) -> str:
+    text = f"Evidence:\n{evidence_text.strip() or '(no passages retrieved)'}\n\nQuestion: {question.strip()}"
+    return f"{text}\n\n{DECISION_INSTRUCTION}" if decision else text
 
 
 def build_messages(question: str, evidence_text: str,
-                   history: Sequence[dict[str, str]] | None = None) -> list[dict[str, str]]:
-    """OpenAI chat messages: system prompt, earlier turns (user/assistant), then evidence + question."""
+                   history: Sequence[dict[str, str]] | None = None, *,
+                   decision: bool = False) -> list[dict[str, str]]:
+    """OpenAI chat messages: system prompt, earlier turns (user/assistant), then evidence + question (+ the
+    decision-line instruction when ``decision``)."""
     if not question or not question.strip():
         raise InvalidInput("question must not be empty", param="question")
     msgs = [{"role": "system", "content": SYSTEM_PROMPT}]
@@ -114,7 +132,7 @@ def build_messages(question: str, evidence_text: str,
             raise InvalidInput(f"history[{i}] must be {{'role': 'user'|'assistant', 'content': str}}, "
                                f"got {turn!r:.200}", param="history")
         msgs.append({"role": turn["role"], "content": turn["content"]})
-    msgs.append({"role": "user", "content": user_message(question, evidence_text)})
+    msgs.append({"role": "user", "content": user_message(question, evidence_text, decision)})
     return msgs
 
 
@@ -122,12 +140,13 @@ PROMPT_SLACK_TOKENS = 16  # evidence tokenised alone vs. inside the chat templat
 
 
 def evidence_room(tokenizer: Any, question: str, history: Sequence[dict[str, str]] | None, *,
-                  max_model_len: int, max_tokens: int, context_tokens: int) -> tuple[int, int]:
+                  max_model_len: int, max_tokens: int, context_tokens: int,
+                  decision: bool = False) -> tuple[int, int]:
     """The evidence token budget for one prompt: ``context_tokens``, capped by what the context window leaves
     after the chat template's skeleton (system prompt, history, question) and the answer's ``max_tokens``.
     Returns (budget, room); ``room`` may be < budget or negative when the conversation is too long.
     Serving and training both call this, so a trained example is the prompt it will be served with."""
-    skeleton = tokenizer.apply_chat_template(build_messages(question, "", history), tokenize=False,
+    skeleton = tokenizer.apply_chat_template(build_messages(question, "", history, decision=decision), tokenize=False,
                                              add_generation_prompt=True)
     room = max_model_len - max_tokens - len(tokenizer.encode(skeleton, add_special_tokens=False)) - PROMPT_SLACK_TOKENS
     return min(context_tokens, room), room
