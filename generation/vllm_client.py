@@ -101,6 +101,19 @@ def _parse_chat(data: dict[str, Any]) -> ChatResult:
         raise UpstreamError(f"vLLM chat completion response is malformed ({e!r}): {str(data)[:300]}") from e
 
 
+def parse_prompt_logprobs(data: dict[str, Any]) -> tuple[list[int], list[float | None]]:
+    """(prompt token ids, log-probability of each under the model) from a chat completion that asked for
+    ``prompt_logprobs`` and ``return_token_ids``; the first token has no log-probability (None)."""
+    try:
+        ids = [int(t) for t in data["prompt_token_ids"]]
+        entries = data["prompt_logprobs"]
+        lps: list[float | None] = [None if e is None else float(e[str(t)]["logprob"])
+                                   for t, e in zip(ids, entries, strict=True)]
+    except (KeyError, TypeError, ValueError) as e:
+        raise UpstreamError(f"vLLM prompt_logprobs response is malformed ({e!r}): {str(data)[:300]}") from e
+    return ids, lps
+
+
 def _parse_sse_line(line: str) -> ChatDelta | None:
     """One SSE line of a vLLM chat stream -> a delta (None for blank/comment lines and [DONE])."""
     if not line.startswith("data:"):
@@ -192,6 +205,17 @@ class VllmClient(_Base):
                           extra=extra)
         resp = await self._request("POST", "/v1/chat/completions", "chat completion", json_body=body)
         return _parse_chat(resp.json())
+
+    async def prompt_logprobs(self, messages: Sequence[dict[str, str]], model: str
+                              ) -> tuple[list[int], list[float | None]]:
+        """Score a given text instead of generating: ``messages`` end with an assistant turn, which the chat
+        template continues (no end-of-turn); returns the prompt's token ids and each one's log-probability
+        under ``model`` (vLLM ``prompt_logprobs``; the first token's is None)."""
+        body = {"model": model, "messages": list(messages), "max_tokens": 1, "temperature": 0.0,
+                "add_generation_prompt": False, "continue_final_message": True, "prompt_logprobs": 0,
+                "return_token_ids": True}
+        resp = await self._request("POST", "/v1/chat/completions", "prompt scoring", json_body=body)
+        return parse_prompt_logprobs(resp.json())
 
     async def chat_stream(self, messages: Sequence[dict[str, str]], model: str, *, max_tokens: int,
                           temperature: float = 0.0, extra: dict[str, Any] | None = None
