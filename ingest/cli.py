@@ -10,7 +10,7 @@ import click
 import msgspec
 
 from pubmind.cliutil import emit_json, get_settings, handle_errors
-from pubmind.errors import NotFound
+from pubmind.errors import InvalidInput, NotFound
 from pubmind.settings import Settings
 
 
@@ -130,4 +130,39 @@ def article_cmd(pmid: int, as_json: bool) -> None:
         click.echo(art.abstract_text)
 
 
-COMMANDS = [ingest_group, stats_cmd, article_cmd]
+@click.command("sync")
+@click.option("--mirror", help="PubMed distribution folder with baseline/ and updatefiles/ "
+              "(default: the sync.mirror setting, NLM's https://ftp.ncbi.nlm.nih.gov/pubmed/).")
+@click.option("--baseline-only", is_flag=True, help="Apply only baseline files.")
+@click.option("--updates-only", is_flag=True, help="Apply only update files.")
+@click.option("--max-files", type=click.IntRange(min=1), help="Apply at most this many files (in order) this run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (log lines still go to stderr).")
+@handle_errors
+def sync_cmd(mirror: str | None, baseline_only: bool, updates_only: bool, max_files: int | None,
+             as_json: bool, no_progress: bool) -> None:
+    """Mirror NLM's PubMed baseline and update files: download what is new (resumable, MD5-checked) and
+    apply it in order, each file once. Exit 1 if a file is refused (later files wait for the next run)."""
+    from ingest.sync import Syncer
+
+    if baseline_only and updates_only:
+        raise InvalidInput("--baseline-only and --updates-only exclude each other", param="baseline_only")
+    with Syncer(get_settings(), mirror=mirror, progress=not no_progress,
+                log=lambda msg: click.echo(msg, err=True)) as syncer:
+        report = syncer.run(baseline=not updates_only, updates=not baseline_only, max_files=max_files)
+    if as_json:
+        emit_json(report.summary())
+    elif not report.new:
+        click.echo(f"nothing new: {report.applied_before} files applied before, all up to date")
+    else:
+        arts, dels = sum(f["articles"] for f in report.applied), sum(f["deletions"] for f in report.applied)
+        click.echo(f"{len(report.applied)} of {len(report.new)} new files applied ({arts} articles, {dels} deletions, "
+                   f"{report.downloaded_bytes / 1e6:.1f} MB downloaded, {report.index.get('embedded', 0)} chunks "
+                   f"embedded) in {report.seconds} s")
+    if report.failed:
+        click.echo(f"error: {report.failed['error']}", err=True)
+        click.echo(f"error: {report.failed['file']} refused; {len(report.waiting)} later files wait", err=True)
+        sys.exit(1)
+
+
+COMMANDS = [ingest_group, stats_cmd, article_cmd, sync_cmd]

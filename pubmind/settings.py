@@ -81,6 +81,26 @@ class EutilsSettings(BaseModel):
     timeout_seconds: float = Field(60.0, gt=0, description="Per-request timeout.")
 
 
+class SyncSettings(BaseModel):
+    mirror: str = Field(
+        "https://ftp.ncbi.nlm.nih.gov/pubmed/",
+        description="PubMed distribution folder that 'pubmind sync' mirrors: it holds baseline/ and "
+        "updatefiles/ (HTML index listings of pubmedYYnNNNN.xml.gz files with .md5 sidecars).",
+    )
+    concurrency: int = Field(3, ge=1, le=16, description="Files downloaded at the same time.")
+    keep_downloads: bool = Field(
+        False, description="Keep downloaded files under $PUBMIND_HOME/ingest/downloads once applied "
+        "(False: each file is deleted after it is applied)."
+    )
+    max_retries: int = Field(
+        5, ge=0, le=20, description="Retries per request on 429/5xx/network errors; an interrupted "
+        "download resumes with an HTTP Range request."
+    )
+    backoff_seconds: float = Field(2.0, ge=0, description="First retry delay; doubles each retry.")
+    max_backoff_seconds: float = Field(60.0, ge=0, description="Longest delay between two retries.")
+    timeout_seconds: float = Field(120.0, gt=0, description="Connect/read timeout of one request (seconds).")
+
+
 class RetrievalSettings(BaseModel):
     mode: Literal["dense", "lexical", "hybrid"] = Field("hybrid", description="Default search mode.")
     k: int = Field(10, ge=1, description="Default number of hits.")
@@ -169,6 +189,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "chunking": {"max_tokens": 128},
         "index": {"train_min": 1000, "save_every": 2000},
         "eutils": {"max_retries": 2, "backoff_seconds": 0.01, "timeout_seconds": 10.0},
+        "sync": {"max_retries": 2, "backoff_seconds": 0.01, "max_backoff_seconds": 0.1, "timeout_seconds": 10.0},
         "llm": {"max_model_len": 1024, "max_tokens": 64, "startup_timeout_seconds": 300.0, "cpu_kvcache_gib": 1,
                 "max_lora_rank": 8, "request_timeout_seconds": 60.0},
         # Values that make the tiny random model memorise its corrections in ~20 s on one core.
@@ -242,6 +263,7 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings, description="Chunking.")
     index: IndexSettings = Field(default_factory=IndexSettings, description="FAISS index.")
     eutils: EutilsSettings = Field(default_factory=EutilsSettings, description="NCBI E-utilities client.")
+    sync: SyncSettings = Field(default_factory=SyncSettings, description="'pubmind sync' from NLM's PubMed mirror.")
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings, description="Search.")
     llm: LLMSettings = Field(default_factory=LLMSettings, description="Generation through vLLM.")
     server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP API.")
@@ -288,6 +310,11 @@ class Settings(BaseSettings):
     def ingest_dir(self) -> Path:
         """Spool files and resumable E-utilities progress."""
         return self.home / "ingest"
+
+    @property
+    def downloads_dir(self) -> Path:
+        """Files 'pubmind sync' downloads (baseline/, updatefiles/), partial ones as ``*.part``."""
+        return self.ingest_dir / "downloads"
 
     @property
     def logs_dir(self) -> Path:
