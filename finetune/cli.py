@@ -14,14 +14,6 @@ from pubmind.cliutil import emit_json, get_settings, handle_errors
 from pubmind.errors import InvalidInput, PubmindError
 
 
-def _stores() -> tuple[Any, Any]:
-    from finetune.store import FeedbackStore
-    from retrieval.store import CorpusStore
-
-    s = get_settings()
-    return FeedbackStore(s.app_db), CorpusStore(s.corpus_db)
-
-
 @click.group("feedback")
 def feedback_group() -> None:
     """Curator corrections: list, accept/reject, bulk import."""
@@ -34,9 +26,10 @@ def feedback_list(status: str | None) -> None:
     """Print corrections as JSON."""
     import msgspec
 
-    from finetune.store import FeedbackStore
+    from finetune.store import CorrectionStore
 
-    emit_json(msgspec.to_builtins(FeedbackStore(get_settings().app_db).list_feedback(status)))
+    with CorrectionStore(get_settings().app_db) as store:
+        emit_json(msgspec.to_builtins(store.find(status)))
 
 
 @feedback_group.command("review")
@@ -46,12 +39,12 @@ def feedback_list(status: str | None) -> None:
 @handle_errors
 def feedback_review(feedback_ids: tuple[str, ...], status: str, reviewer: str) -> None:
     """Accept or reject corrections by id."""
-    from finetune.store import FeedbackStore
+    from finetune.store import CorrectionStore
 
-    store = FeedbackStore(get_settings().app_db)
-    for fid in feedback_ids:
-        store.set_status(fid, status, reviewer)
-        click.echo(f"{fid}: {status}")
+    with CorrectionStore(get_settings().app_db) as store:
+        for fid in feedback_ids:
+            store.set_status(fid, status, reviewer)
+            click.echo(f"{fid}: {status}")
 
 
 @feedback_group.command("import")
@@ -70,10 +63,13 @@ def feedback_import(path: Path, curator: str, accept: bool) -> None:
        "rating": 1-5 (optional), "note": str (optional), "answer_id": str (optional)}
     """
     from finetune.dataset import validate_correction
+    from finetune.store import Answer, AnswerStore, CorrectionStore
+    from retrieval.store import CorpusStore
 
     settings = get_settings()
-    store, corpus = _stores()
-    rows, errors = [], []
+    corpus, answers = CorpusStore(settings.corpus_db), AnswerStore(settings.app_db)
+    rows: list[tuple[str, str, list[int], Answer | None, dict[str, Any]]] = []
+    errors: list[str] = []
     with path.open() as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -89,19 +85,21 @@ def feedback_import(path: Path, curator: str, accept: bool) -> None:
                     corpus, question=obj.get("question"), corrected_answer=obj.get("corrected_answer"),
                     pmids=obj.get("pmids", []), rating=obj.get("rating"), note=obj.get("note", ""),
                     max_question_chars=settings.server.max_question_chars)
-                rows.append((q, a, pmids, obj))
+                answer = answers.get(obj["answer_id"]) if obj.get("answer_id") is not None else None
+                rows.append((q, a, pmids, answer, obj))
             except json.JSONDecodeError as e:
                 errors.append(f"{path}:{n}: invalid JSON: {e}")
             except PubmindError as e:
                 errors.append(f"{path}:{n}: {e.message}")
     if errors:
-        for e in errors[:50]:
-            click.echo(f"error: {e}", err=True)
+        for err in errors[:50]:
+            click.echo(f"error: {err}", err=True)
         raise InvalidInput(f"{len(errors)} invalid lines in {path}; nothing imported")
-    for q, a, pmids, obj in rows:
-        store.add_feedback(question=q, corrected_answer=a, pmids=pmids, curator=curator,
-                           answer_id=obj.get("answer_id"), rating=obj.get("rating"), note=obj.get("note", ""),
-                           source=f"import:{path.name}", status="accepted" if accept else "pending")
+    with CorrectionStore(settings.app_db) as store:
+        for q, a, pmids, answer, obj in rows:
+            store.add(question=q, corrected_answer=a, pmids=pmids, curator=curator, answer=answer,
+                      rating=obj.get("rating"), note=obj.get("note", ""), source=f"import:{path.name}",
+                      status="accepted" if accept else "pending")
     click.echo(f"imported {len(rows)} corrections from {path} as {'accepted' if accept else 'pending'}")
 
 
@@ -148,10 +146,10 @@ def retune_cmd(adapter: str, overrides: tuple[str, ...], min_examples: int | Non
                wait: bool, threads: int | None) -> None:
     """Start a re-tune job (dataset -> LoRA training -> evaluation gate -> promotion) in its own process."""
     from finetune.jobs import JobRunner, job_view
-    from finetune.store import FeedbackStore
+    from finetune.store import CorrectionStore, JobStore
 
     settings = get_settings()
-    runner = JobRunner(settings, FeedbackStore(settings.app_db), train_threads=threads)
+    runner = JobRunner(settings, JobStore(settings.app_db), CorrectionStore(settings.app_db), train_threads=threads)
     job = runner.submit(adapter, hyperparameters=_parse_overrides(overrides), min_examples=min_examples,
                         created_by=f"cli:{os.environ.get('USER', 'unknown')}",
                         evaluation={"pubmedqa_path": pubmedqa} if pubmedqa else None)

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from finetune.store import Correction
 from generation.citations import cited_pmids
 from generation.prompt import build_messages, evidence_room, render_evidence
 from pubmind.errors import InvalidInput, ServiceUnavailable
@@ -199,14 +200,14 @@ def evidence_budget(settings: Settings, tokenizer: Any, question: str) -> int:
 
 
 def build_dataset(
-    feedback: Sequence[Any],
+    feedback: Sequence[Correction],
     *,
     corpus: CorpusLike,
     retrieve: Retriever,
     tokenizer: Any,
     settings: Settings,
 ) -> Dataset:
-    """Examples from accepted corrections (``finetune.store.Feedback``), split and hashed (not yet written).
+    """Examples from accepted corrections (``finetune.store.Correction``), split and hashed (not yet written).
 
     A correction whose cited articles are no longer in the corpus, or whose cited passages do not fit the
     evidence budget even without distractors, is listed in ``skipped`` with the reason (never dropped

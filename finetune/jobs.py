@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune.registry import check_name
-from finetune.store import ACTIVE_JOB_STATUSES, FeedbackStore, Job, job_process_alive
+from finetune.store import ACTIVE_JOB_STATUSES, CorrectionStore, Job, JobStore, job_process_alive
 from pubmind.errors import Conflict, InvalidInput, PubmindError
 from pubmind.settings import FinetuneSettings, Settings
 
@@ -58,16 +58,17 @@ class JobRunner:
 
     command: tuple[str, ...] = (sys.executable, "-m", "finetune.train")  # + --job_dir DIR --num_threads N
 
-    def __init__(self, settings: Settings, store: FeedbackStore, *, train_threads: int | None = None) -> None:
+    def __init__(self, settings: Settings, jobs: JobStore, corrections: CorrectionStore, *,
+                 train_threads: int | None = None) -> None:
         """``train_threads``: torch CPU threads of job processes (None: ``finetune.threads``; 0: torch's default)."""
-        self.settings, self.store = settings, store
+        self.settings, self.jobs, self.corrections = settings, jobs, corrections
         self.train_threads = settings.finetune.threads if train_threads is None else train_threads
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
 
     def recover(self) -> list[str]:
         """Mark jobs interrupted by a restart as failed; call once at start-up."""
-        failed = self.store.fail_interrupted()
+        failed = self.jobs.fail_interrupted()
         if failed:
             log.warning("re-tune jobs interrupted by a restart, marked failed: %s", failed)
         return failed
@@ -87,12 +88,12 @@ class JobRunner:
         if evaluation.get("pubmedqa_path") and not Path(evaluation["pubmedqa_path"]).is_file():
             raise InvalidInput(f"evaluation.pubmedqa_path {evaluation['pubmedqa_path']!r} is not a file",
                                param="evaluation.pubmedqa_path")
-        have = self.store.count_feedback("accepted")
+        have = self.corrections.count("accepted")
         if have < needed:
             raise Conflict(f"{have} accepted corrections, a re-tune needs min_examples={needed}; accept more "
                            f"(PATCH /v1/feedback/ID) or lower min_examples", param="min_examples")
-        self.store.fail_interrupted()  # a dead job must not block the adapter forever
-        job = self.store.create_job(adapter, hp.model_dump(), needed, created_by)
+        self.jobs.fail_interrupted()  # a dead job must not block the adapter forever
+        job = self.jobs.create(adapter, hp.model_dump(), needed, created_by)
         job_dir = self.settings.jobs_dir / job.id
         job_dir.mkdir(parents=True, exist_ok=True)
         (job_dir / "job.json").write_text(json.dumps({
@@ -108,12 +109,12 @@ class JobRunner:
                     env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
                 )
         except OSError as e:
-            self.store.update_job(job.id, status="failed", finished_at=time.time(),
+            self.jobs.update(job.id, status="failed", finished_at=time.time(),
                                   error=f"could not start the job process: {e}")
             raise
         with self._lock:
             self._procs[job.id] = proc
-        job = self.store.update_job(job.id, pid=proc.pid)
+        job = self.jobs.update(job.id, pid=proc.pid)
         threading.Thread(target=self._watch, args=(job.id, proc), daemon=True, name=f"watch-{job.id}").start()
         return job
 
@@ -122,9 +123,9 @@ class JobRunner:
         with self._lock:
             self._procs.pop(job_id, None)
         try:
-            job = self.store.get_job(job_id)
+            job = self.jobs.get(job_id)
             if job.status in ACTIVE_JOB_STATUSES:  # exited without recording an outcome (killed, crashed)
-                self.store.update_job(job_id, expect=ACTIVE_JOB_STATUSES, status="failed", finished_at=time.time(),
+                self.jobs.update(job_id, expect=ACTIVE_JOB_STATUSES, status="failed", finished_at=time.time(),
                                       error=f"job process exited with code {code} without finishing; see "
                                             f"{self.settings.jobs_dir / job_id / 'log.txt'}")
         except (PubmindError, sqlite3.ProgrammingError) as e:  # e.g. the store closed at server shutdown
@@ -132,19 +133,19 @@ class JobRunner:
                         "reports it if it did not finish", job_id, code, e)
 
     def get(self, job_id: str) -> Job:
-        job = self.store.get_job(job_id)
+        job = self.jobs.get(job_id)
         if job.status in ACTIVE_JOB_STATUSES and job.pid is not None and job_id not in self._procs \
                 and not job_process_alive(job.pid, job_id):
-            self.store.fail_interrupted()
-            job = self.store.get_job(job_id)
+            self.jobs.fail_interrupted()
+            job = self.jobs.get(job_id)
         return job
 
     def cancel(self, job_id: str) -> Job:
         """Kill the job's process group and mark it cancelled. Conflict if the job already finished."""
-        job = self.store.get_job(job_id)
+        job = self.jobs.get(job_id)
         if job.status not in ACTIVE_JOB_STATUSES:
             raise Conflict(f"job {job_id} already finished with status {job.status!r}", param="job_id")
-        job = self.store.update_job(job_id, expect=ACTIVE_JOB_STATUSES, status="cancelled", finished_at=time.time(),
+        job = self.jobs.update(job_id, expect=ACTIVE_JOB_STATUSES, status="cancelled", finished_at=time.time(),
                                     error="cancelled")
         if job.pid is not None and job_process_alive(job.pid, job_id):
             _kill_group(job.pid)
@@ -155,7 +156,7 @@ class JobRunner:
                 proc.wait(CANCEL_GRACE_SECONDS * 2)
             except subprocess.TimeoutExpired:
                 log.error("job %s process %s survived SIGKILL", job_id, proc.pid)
-        return self.store.get_job(job_id)
+        return self.jobs.get(job_id)
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0, on_progress: Any = None) -> Job:
         """Block until the job finishes (``on_progress(job)`` on every change)."""

@@ -1,8 +1,10 @@
-"""Feedback store: served answers (with provenance), curator corrections and re-tune jobs.
+"""The app database's stores, one per concern: served answers with provenance (``AnswerStore``), curator
+corrections (``CorrectionStore``) and re-tune jobs (``JobStore``).
 
-Lives in ``settings.app_db`` (SQLite, WAL), the same file the server keeps API keys in; these tables are
-separate and created with CREATE IF NOT EXISTS. Several processes use it at once (the API server and a
-training subprocess writing job progress): every write is one short IMMEDIATE transaction.
+All live in ``settings.app_db`` (SQLite, WAL), the same file the server keeps API keys in; each store owns its
+tables (created with CREATE IF NOT EXISTS through ``pubmind.durable.connect``). Several processes use the file
+at once (the API server and a training subprocess writing job progress): every write is one short IMMEDIATE
+transaction.
 
 Tables:
   answers(id PK, created_at, question, answer, model, adapter_version, index_version, retrieved, citations,
@@ -23,20 +25,21 @@ import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import msgspec
 
 from pubmind.durable import connect, immediate
 from pubmind.errors import Conflict, InvalidInput, NotFound
 
-FeedbackStatus = Literal["pending", "accepted", "rejected"]
-FEEDBACK_STATUSES: tuple[str, ...] = ("pending", "accepted", "rejected")
+CorrectionStatus = Literal["pending", "accepted", "rejected"]
+CORRECTION_STATUSES: tuple[str, ...] = ("pending", "accepted", "rejected")
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE_JOB_STATUSES: tuple[str, ...] = ("queued", "running")
+Row = dict[str, Any]  # one SQLite row by column name (values: str | int | float | None)
 
-_SCHEMA = """
+ANSWERS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     id TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
@@ -49,6 +52,8 @@ CREATE TABLE IF NOT EXISTS answers (
     citations TEXT NOT NULL,
     timings_ms TEXT NOT NULL
 );
+"""
+CORRECTIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
     id TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
@@ -66,6 +71,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     provenance TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_status ON feedback(status, created_at);
+"""
+JOBS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS retune_jobs (
     id TEXT PRIMARY KEY,
     adapter TEXT NOT NULL,
@@ -96,11 +103,11 @@ class Answer(msgspec.Struct, kw_only=True):
     adapter_version: str | None  # the lora_name actually served ("onco@v3"), None for the base model
     index_version: str | None
     retrieved: list[tuple[int, float]]  # (pmid, score) in rank order
-    citations: list[Any]  # as the server reported them (PMIDs or citation objects)
+    citations: list[Any]  # as the server reported them: [{"pmid": int, "supported": bool}, ...]
     timings_ms: dict[str, float]
 
 
-class Feedback(msgspec.Struct, kw_only=True):
+class Correction(msgspec.Struct, kw_only=True):
     """A curator's correction. Only ``accepted`` ones are trained on."""
 
     id: str
@@ -147,36 +154,43 @@ def _check_status(value: str, allowed: Sequence[str], param: str) -> None:
         raise InvalidInput(f"{param} must be one of {list(allowed)}, got {value!r}", param=param)
 
 
-class FeedbackStore:
-    """Answers, feedback and jobs in the app database at ``path``. Thread-safe (one connection behind a
-    lock); safe across processes (WAL + busy timeout)."""
+class _Tables:
+    """One connection to the app database behind a lock, with this store's ``SCHEMA`` created. Thread-safe;
+    safe across processes (WAL + busy timeout)."""
+
+    SCHEMA = ""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
-        self._db = connect(self.path, schema=_SCHEMA)
+        self._db = connect(self.path, schema=self.SCHEMA)
 
     def _txn(self) -> AbstractContextManager[sqlite3.Connection]:
         return immediate(self._db, self._lock)
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         with self._lock:
             cur = self._db.execute(sql, params)
             cols = [c[0] for c in cur.description]
-            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]  # type: ignore[misc]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> FeedbackStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ---- answers --------------------------------------------------------------------------------
-    def record_answer(
+
+class AnswerStore(_Tables):
+    """Served answers with their provenance (model, adapter and index versions, retrieved PMIDs)."""
+
+    SCHEMA = ANSWERS_SCHEMA
+
+    def record(
         self,
         question: str,
         answer: str,
@@ -198,7 +212,7 @@ class FeedbackStore:
             )
         return answer_id
 
-    def get_answer(self, answer_id: str) -> Answer:
+    def get(self, answer_id: str) -> Answer:
         rows = self._query("SELECT * FROM answers WHERE id = ?", (answer_id,))
         if not rows:
             raise NotFound(f"answer_id {answer_id!r} not found", param="answer_id")
@@ -210,34 +224,39 @@ class FeedbackStore:
             citations=json.loads(r["citations"]), timings_ms=json.loads(r["timings_ms"]),
         )
 
-    # ---- feedback -------------------------------------------------------------------------------
-    def add_feedback(
+
+class CorrectionStore(_Tables):
+    """Curator corrections and their review (pending -> accepted | rejected)."""
+
+    SCHEMA = CORRECTIONS_SCHEMA
+
+    def add(
         self,
         *,
         question: str,
         corrected_answer: str,
         pmids: Sequence[int],
         curator: str,
-        answer_id: str | None = None,
+        answer: Answer | None = None,
         rating: int | None = None,
         note: str = "",
         source: str = "api",
-        status: FeedbackStatus = "pending",
-    ) -> Feedback:
-        """Store a correction (validate it first with ``finetune.dataset.validate_correction``). With an
-        ``answer_id`` the original answer's provenance is copied in; an unknown id is NotFound."""
-        _check_status(status, FEEDBACK_STATUSES, "status")
+        status: CorrectionStatus = "pending",
+    ) -> Correction:
+        """Store a correction (validate it first with ``finetune.dataset.validate_correction``). With the
+        corrected ``answer`` (``AnswerStore.get``) its id and provenance are copied in."""
+        _check_status(status, CORRECTION_STATUSES, "status")
         provenance: dict[str, Any] = {}
-        if answer_id is not None:
-            a = self.get_answer(answer_id)
+        if answer is not None:
             provenance = {
-                "original_question": a.question, "original_answer": a.answer, "model": a.model,
-                "adapter_version": a.adapter_version, "index_version": a.index_version,
-                "retrieved_pmids": [p for p, _ in a.retrieved], "answered_at": a.created_at,
+                "original_question": answer.question, "original_answer": answer.answer, "model": answer.model,
+                "adapter_version": answer.adapter_version, "index_version": answer.index_version,
+                "retrieved_pmids": [p for p, _ in answer.retrieved], "answered_at": answer.created_at,
             }
         now = time.time()
-        fb = Feedback(
-            id=_new_id("fb"), created_at=now, curator=curator, answer_id=answer_id, question=question,
+        fb = Correction(
+            id=_new_id("fb"), created_at=now, curator=curator, answer_id=answer.id if answer else None,
+            question=question,
             corrected_answer=corrected_answer, pmids=[int(p) for p in pmids], rating=rating, note=note,
             source=source, status=status, reviewer=curator if status != "pending" else None,
             reviewed_at=now if status != "pending" else None, provenance=provenance,
@@ -252,22 +271,22 @@ class FeedbackStore:
         return fb
 
     @staticmethod
-    def _feedback(r: dict[str, Any]) -> Feedback:
-        return Feedback(
+    def _correction(r: Row) -> Correction:
+        return Correction(
             id=r["id"], created_at=r["created_at"], curator=r["curator"], answer_id=r["answer_id"],
             question=r["question"], corrected_answer=r["corrected_answer"], pmids=json.loads(r["pmids"]),
             rating=r["rating"], note=r["note"], source=r["source"], status=r["status"],
             reviewer=r["reviewer"], reviewed_at=r["reviewed_at"], provenance=json.loads(r["provenance"]),
         )
 
-    def get_feedback(self, feedback_id: str) -> Feedback:
-        rows = self._query("SELECT * FROM feedback WHERE id = ?", (feedback_id,))
+    def get(self, correction_id: str) -> Correction:
+        rows = self._query("SELECT * FROM feedback WHERE id = ?", (correction_id,))
         if not rows:
-            raise NotFound(f"feedback id {feedback_id!r} not found", param="id")
-        return self._feedback(rows[0])
+            raise NotFound(f"feedback id {correction_id!r} not found", param="id")
+        return self._correction(rows[0])
 
-    def list_feedback(self, status: str | None = None, limit: int = 1000, offset: int = 0) -> list[Feedback]:
-        """Feedback, oldest first; ``status`` None lists all."""
+    def find(self, status: str | None = None, limit: int = 1000, offset: int = 0) -> list[Correction]:
+        """Corrections, oldest first; ``status`` None lists all."""
         if limit < 1:
             raise InvalidInput(f"limit must be >= 1, got {limit}", param="limit")
         if offset < 0:
@@ -275,39 +294,38 @@ class FeedbackStore:
         if status is None:
             rows = self._query("SELECT * FROM feedback ORDER BY created_at, id LIMIT ? OFFSET ?", (limit, offset))
         else:
-            _check_status(status, FEEDBACK_STATUSES, "status")
+            _check_status(status, CORRECTION_STATUSES, "status")
             rows = self._query("SELECT * FROM feedback WHERE status = ? ORDER BY created_at, id LIMIT ? OFFSET ?",
                                (status, limit, offset))
-        return [self._feedback(r) for r in rows]
+        return [self._correction(r) for r in rows]
 
-    def count_feedback(self, status: str) -> int:
-        _check_status(status, FEEDBACK_STATUSES, "status")
-        return self._query("SELECT COUNT(*) AS n FROM feedback WHERE status = ?", (status,))[0]["n"]
+    def count(self, status: str) -> int:
+        _check_status(status, CORRECTION_STATUSES, "status")
+        n: int = self._query("SELECT COUNT(*) AS n FROM feedback WHERE status = ?", (status,))[0]["n"]
+        return n
 
-    def set_status(self, feedback_id: str, status: str, reviewer: str) -> Feedback:
+    def set_status(self, correction_id: str, status: str, reviewer: str) -> Correction:
         """Accept or reject (or send back to pending) a correction; records who and when."""
-        _check_status(status, FEEDBACK_STATUSES, "status")
+        _check_status(status, CORRECTION_STATUSES, "status")
         with self._txn() as db:
             n = db.execute("UPDATE feedback SET status = ?, reviewer = ?, reviewed_at = ? WHERE id = ?",
-                           (status, reviewer, time.time(), feedback_id)).rowcount
+                           (status, reviewer, time.time(), correction_id)).rowcount
         if not n:
-            raise NotFound(f"feedback id {feedback_id!r} not found", param="id")
-        return self.get_feedback(feedback_id)
+            raise NotFound(f"feedback id {correction_id!r} not found", param="id")
+        return self.get(correction_id)
 
-    def delete_feedback(self, feedback_id: str) -> None:
-        with self._txn() as db:
-            n = db.execute("DELETE FROM feedback WHERE id = ?", (feedback_id,)).rowcount
-        if not n:
-            raise NotFound(f"feedback id {feedback_id!r} not found", param="id")
-
-    def accepted(self) -> list[Feedback]:
+    def accepted(self) -> list[Correction]:
         """Every accepted correction, oldest first: the training material."""
         rows = self._query("SELECT * FROM feedback WHERE status = 'accepted' ORDER BY created_at, id")
-        return [self._feedback(r) for r in rows]
+        return [self._correction(r) for r in rows]
 
-    # ---- jobs -----------------------------------------------------------------------------------
-    def create_job(self, adapter: str, hyperparameters: dict[str, Any], min_examples: int,
-                   created_by: str) -> Job:
+
+class JobStore(_Tables):
+    """Re-tune job state: one active (queued or running) job per adapter."""
+
+    SCHEMA = JOBS_SCHEMA
+
+    def create(self, adapter: str, hyperparameters: dict[str, Any], min_examples: int, created_by: str) -> Job:
         """A queued job; Conflict (409) if the adapter already has a queued or running job."""
         now = time.time()
         job = Job(id=_new_id("job"), adapter=adapter, status="queued", created_at=now, started_at=None,
@@ -328,7 +346,7 @@ class FeedbackStore:
         return job
 
     @staticmethod
-    def _job(r: dict[str, Any]) -> Job:
+    def _job(r: Row) -> Job:
         return Job(
             id=r["id"], adapter=r["adapter"], status=r["status"], created_at=r["created_at"],
             started_at=r["started_at"], finished_at=r["finished_at"], created_by=r["created_by"], pid=r["pid"],
@@ -336,14 +354,15 @@ class FeedbackStore:
             progress=json.loads(r["progress"]), result=json.loads(r["result"]), error=r["error"],
         )
 
-    def get_job(self, job_id: str) -> Job:
+    def get(self, job_id: str) -> Job:
         rows = self._query("SELECT * FROM retune_jobs WHERE id = ?", (job_id,))
         if not rows:
             raise NotFound(f"job_id {job_id!r} not found", param="job_id")
         return self._job(rows[0])
 
-    def list_jobs(self, adapter: str | None = None, status: str | None = None) -> list[Job]:
-        sql, params = "SELECT * FROM retune_jobs WHERE 1=1", []
+    def find(self, adapter: str | None = None, status: str | None = None) -> list[Job]:
+        """Jobs, oldest first, optionally of one adapter and/or in one status."""
+        sql, params = "SELECT * FROM retune_jobs WHERE 1=1", list[str]()
         if adapter is not None:
             sql, params = sql + " AND adapter = ?", [*params, adapter]
         if status is not None:
@@ -351,14 +370,14 @@ class FeedbackStore:
             sql, params = sql + " AND status = ?", [*params, status]
         return [self._job(r) for r in self._query(sql + " ORDER BY created_at, id", params)]
 
-    def update_job(self, job_id: str, *, expect: Sequence[str] | None = None, **fields: Any) -> Job:
+    def update(self, job_id: str, *, expect: Sequence[str] | None = None, **fields: Any) -> Job:
         """Set columns of a job (dicts are stored as JSON; ``progress``/``result`` are MERGED into the
         stored dicts). With ``expect``, only update while the job's status is one of those, else Conflict
         (e.g. a finished job is never moved back to running)."""
         allowed = {"status", "started_at", "finished_at", "pid", "progress", "result", "error"}
         bad = set(fields) - allowed
         if bad:
-            raise InvalidInput(f"update_job: unknown fields {sorted(bad)}", param="fields")
+            raise InvalidInput(f"JobStore.update: unknown fields {sorted(bad)}", param="fields")
         if "status" in fields:
             _check_status(fields["status"], JOB_STATUSES, "status")
         with self._txn() as db:
@@ -375,7 +394,7 @@ class FeedbackStore:
             if values:
                 cols = ", ".join(f"{k} = ?" for k in values)
                 db.execute(f"UPDATE retune_jobs SET {cols} WHERE id = ?", [*values.values(), job_id])
-        return self.get_job(job_id)
+        return self.get(job_id)
 
     def fail_interrupted(self) -> list[str]:
         """Mark every queued/running job whose process is gone as failed, and return their ids. Called at
@@ -383,15 +402,15 @@ class FeedbackStore:
         silently lost. A job process that is still alive (it runs in its own session) is left alone: it
         finishes and records its own result."""
         failed = []
-        for job in self.list_jobs():
+        for job in self.find():
             if job.status not in ACTIVE_JOB_STATUSES or job_process_alive(job.pid, job.id):
                 continue
             if job.status == "queued" and job.pid is None and time.time() - job.created_at < 60:
                 continue  # being launched right now
             try:
-                self.update_job(job.id, expect=ACTIVE_JOB_STATUSES, status="failed", finished_at=time.time(),
-                                error="interrupted: the job process stopped before the job finished (server "
-                                      "restart, crash or kill); the served adapter is unchanged")
+                self.update(job.id, expect=ACTIVE_JOB_STATUSES, status="failed", finished_at=time.time(),
+                            error="interrupted: the job process stopped before the job finished (server "
+                                  "restart, crash or kill); the served adapter is unchanged")
                 failed.append(job.id)
             except Conflict:
                 continue

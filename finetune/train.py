@@ -82,7 +82,7 @@ def main(args: TrainArguments) -> int:
     from finetune import evaluate
     from finetune.dataset import build_dataset, make_retriever, tokenize_example, write_dataset
     from finetune.registry import AdapterRegistry
-    from finetune.store import FeedbackStore
+    from finetune.store import CorrectionStore, JobStore
     from generation.deploy import run_with_deployer
 
     if args.num_threads:
@@ -93,8 +93,9 @@ def main(args: TrainArguments) -> int:
     spec = json.loads((job_dir / "job.json").read_text())
     settings = load_settings(**spec["settings"])
     hp = FinetuneSettings.model_validate(spec["hyperparameters"])
-    store, registry, name, job_id = FeedbackStore(settings.app_db), AdapterRegistry(settings.adapters_dir), \
-        spec["adapter"], spec["job_id"]
+    store, corrections, registry = JobStore(settings.app_db), CorrectionStore(settings.app_db), \
+        AdapterRegistry(settings.adapters_dir)
+    name, job_id = spec["adapter"], spec["job_id"]
 
     started: dict[str, float] = {}  # stage -> wall-clock start, kept in the result ("stages")
 
@@ -102,16 +103,16 @@ def main(args: TrainArguments) -> int:
         log.info("stage %s %s", name_, extra or "")
         fresh = name_ not in started
         started.setdefault(name_, time.time())
-        store.update_job(job_id, expect=("running",), progress={"stage": name_, **extra},
+        store.update(job_id, expect=("running",), progress={"stage": name_, **extra},
                          **({"result": {"stages": started}} if fresh else {}))
 
-    store.update_job(job_id, expect=("queued", "running"), status="running", pid=os.getpid(),
+    store.update(job_id, expect=("queued", "running"), status="running", pid=os.getpid(),
                      started_at=time.time())
     try:
         stage("dataset")
         from transformers import AutoTokenizer
 
-        accepted = store.accepted()
+        accepted = corrections.accepted()
         if len(accepted) < spec["min_examples"]:
             raise InvalidInput(f"{len(accepted)} accepted corrections, min_examples={spec['min_examples']}",
                                param="min_examples")
@@ -125,12 +126,12 @@ def main(args: TrainArguments) -> int:
         if len(rows) < 1:
             raise InvalidInput(f"no trainable examples: {len(ds.train)} in the train split, {too_long} longer "
                                f"than max_seq_len={hp.max_seq_len}, skipped: {ds.skipped}", param="min_examples")
-        store.update_job(job_id, result={"dataset": {**ds.summary(), "too_long": too_long}})
+        store.update(job_id, result={"dataset": {**ds.summary(), "too_long": too_long}})
 
         stage("training", step=0, total_steps=None, loss=None)
         metrics = train_lora(settings, hp, rows, job_dir / "adapter", on_log=lambda s, t, loss, ep: stage(
             "training", step=s, total_steps=t, loss=round(loss, 4), epoch=round(ep, 2)))
-        store.update_job(job_id, result={"training": metrics})
+        store.update(job_id, result={"training": metrics})
 
         stage("register")
         parent = registry.current(name) if name in registry.names() else None
@@ -138,24 +139,24 @@ def main(args: TrainArguments) -> int:
             "base_model": settings.llm.model, "dataset_hash": ds.hash, "dataset": ds.summary(),
             "hyperparameters": hp.model_dump(), "metrics": metrics, "parent_version": parent and parent.version,
             "job_id": job_id})
-        store.update_job(job_id, result={"version": version.version, "lora_name": version.lora_name})
+        store.update(job_id, result={"version": version.version, "lora_name": version.lora_name})
 
         stage("evaluating", version=version.lora_name)
         report = evaluate.run_gate(settings, version, parent, ds, spec.get("eval") or {})
         registry.update_manifest(name, version.version, evaluation=report, promoted=report["promote"])
-        store.update_job(job_id, result={"evaluation": report, "promoted": False})
+        store.update(job_id, result={"evaluation": report, "promoted": False})
 
         served: dict[str, Any] = {}
         if report["promote"]:
             stage("promoting")
             # vLLM must take the new version before the alias moves to it
             run_with_deployer(settings, registry, lambda d: d.preload(version))
-            store.update_job(job_id, expect=("running",))  # a cancel that won the race stops us here
+            store.update(job_id, expect=("running",))  # a cancel that won the race stops us here
             registry.promote(name, version.version, by=f"job:{job_id}", reason="passed the evaluation gate")
             served = run_with_deployer(settings, registry, lambda d: d.deploy(name))
         else:
             served = run_with_deployer(settings, registry, lambda d: d.unload_unless_kept(name, version.lora_name))
-        store.update_job(job_id, expect=("running",), status="succeeded", finished_at=time.time(),
+        store.update(job_id, expect=("running",), status="succeeded", finished_at=time.time(),
                          progress={"stage": "done"},
                          result={"promoted": report["promote"], "served": served, "stages": started})
         return 0
@@ -163,7 +164,7 @@ def main(args: TrainArguments) -> int:
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
         msg = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
         try:
-            store.update_job(job_id, expect=("running",), status="failed", finished_at=time.time(), error=msg)
+            store.update(job_id, expect=("running",), status="failed", finished_at=time.time(), error=msg)
         except Exception:  # cancelled meanwhile: the cancel already recorded the outcome
             log.exception("could not record the failure of job %s", job_id)
         return 1

@@ -3,7 +3,7 @@
 retrieve (Searcher) -> fit evidence into the context (``generation.prompt``, the same code training uses) ->
 pick the model/adapter (registry; loaded into vLLM on demand) -> generate (vLLM, whole or streamed) ->
 verify citations (``generation.citations``; PMIDs not in the prompt are reported, never presented as sources)
--> record provenance (``FeedbackStore.record_answer``) -> metrics.
+-> record provenance (``AnswerStore.record``) -> metrics.
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ class RagService:
         timings["total"] = (time.perf_counter() - prep.started) * 1000
         supported = set(report.supported)
         cited = [{"pmid": p, "supported": p in supported} for p in report.cited]
-        answer_id = await anyio.to_thread.run_sync(lambda: self.res.feedback.record_answer(
+        answer_id = await anyio.to_thread.run_sync(lambda: self.res.answers.record(
             question=prep.question, answer=text, model=prep.model, adapter_version=prep.adapter,
             index_version=prep.index_version, retrieved=[(int(h.pmid), float(h.score)) for h in prep.hits],
             citations=cited, timings_ms=timings))

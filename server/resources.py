@@ -1,7 +1,8 @@
 """Heavy resources, created once per app in its lifespan and injected into handlers.
 
 Dependencies available to every handler (and to routers mounted from ``server/routes``) by parameter name:
-``resources`` (this ``Resources``), ``settings``, ``feedback_store`` (FeedbackStore), ``registry``
+``resources`` (this ``Resources``), ``settings``, ``answer_store`` (AnswerStore), ``correction_store``
+(CorrectionStore), ``job_store`` (JobStore), ``registry``
 (AdapterRegistry), ``vllm`` (generation.vllm_client.VllmClient), ``rag`` (server.rag.RagService) and
 ``key_store`` (KeyStore, None when auth is off). The caller is ``request.user`` (a ``server.auth.Principal``).
 """
@@ -20,7 +21,7 @@ import anyio
 from litestar import Litestar
 
 from finetune.registry import AdapterRegistry
-from finetune.store import FeedbackStore
+from finetune.store import AnswerStore, CorrectionStore, JobStore
 from generation.deploy import AdapterDeployer
 from generation.vllm_client import VllmClient
 from pubmind.errors import ConfigError, PubmindError, ServiceUnavailable
@@ -55,7 +56,8 @@ class Resources:
     """Everything handlers share; one per app (a plain class: Litestar injects it as is)."""
 
     def __init__(self, *, settings: Settings, metrics: Metrics, limiter: RateLimiter, keys: KeyStore | None,
-                 vllm: VllmClient, store: CorpusStore, feedback: FeedbackStore, registry: AdapterRegistry,
+                 vllm: VllmClient, store: CorpusStore, answers: AnswerStore, corrections: CorrectionStore,
+                 jobs: JobStore, registry: AdapterRegistry,
                  tokenizer: Any, supervisor: VllmSupervisor | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -63,7 +65,7 @@ class Resources:
         self.keys = keys
         self.vllm = vllm
         self.store = store
-        self.feedback = feedback
+        self.answers, self.corrections, self.jobs = answers, corrections, jobs
         self.registry = registry
         self.tokenizer = tokenizer
         self.supervisor = supervisor
@@ -131,7 +133,7 @@ class Resources:
         return f"{self.index.created_at}#g{self.index.generation}"
 
     def close(self) -> None:
-        closers = [self.store.close, self.feedback.close] + ([self.keys.close] if self.keys else [])
+        closers = [self.store.close, self.answers.close, self.corrections.close, self.jobs.close] + ([self.keys.close] if self.keys else [])
         for closer in closers:
             try:
                 closer()
@@ -155,7 +157,9 @@ def build_resources(settings: Settings, supervisor: VllmSupervisor | None = None
         keys=KeyStore(settings.app_db) if settings.server.auth else None,
         vllm=VllmClient(url, timeout_seconds=settings.llm.request_timeout_seconds),
         store=CorpusStore(settings.corpus_db),
-        feedback=FeedbackStore(settings.app_db),
+        answers=AnswerStore(settings.app_db),
+        corrections=CorrectionStore(settings.app_db),
+        jobs=JobStore(settings.app_db),
         registry=AdapterRegistry(settings.adapters_dir),
         tokenizer=load_llm_tokenizer(settings.llm.model),
         supervisor=supervisor,
@@ -179,7 +183,7 @@ def make_lifespan(settings: Settings, supervisor: VllmSupervisor | None,
             supervisor.on_restart = res.metrics.vllm_restarts.inc
         from server.routes.retune import job_runner
 
-        job_runner(app.state, settings, res.feedback)  # re-tune jobs cut off by a restart are marked failed now
+        job_runner(app.state, settings, res.jobs, res.corrections)  # re-tune jobs cut off by a restart are marked failed now
         try:
             yield
         finally:

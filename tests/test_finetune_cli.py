@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from finetune.registry import AdapterRegistry
-from finetune.store import FeedbackStore
+from finetune.store import CorrectionStore
 from pubmind.records import Article
 from pubmind.settings import Settings
 from retrieval.store import CorpusStore
@@ -46,7 +46,7 @@ def test_pubmedqa_conversion_and_import(cli: CliRunner, settings: Settings, shar
     assert rows[0]["corrected_answer"].split(".")[0] in ("Yes", "No", "Maybe")
     code, stdout, _ = run(cli, settings, "feedback", "import", str(out), "--accept", "--curator", "alice")
     assert code == 0 and "imported 3 corrections" in stdout
-    accepted = FeedbackStore(settings.app_db).accepted()
+    accepted = CorrectionStore(settings.app_db).accepted()
     assert len(accepted) == 3 and {f.curator for f in accepted} == {"alice"}
     assert accepted[0].source == "import:pqa.jsonl"
 
@@ -66,13 +66,13 @@ def test_import_is_all_or_nothing(cli: CliRunner, settings: Settings, ft_article
     assert "bad.jsonl:2: corrected_answer cites PMIDs not in the corpus: [5555]" in stderr
     assert "bad.jsonl:3: invalid JSON" in stderr and "bad.jsonl:4: unknown fields ['colour']" in stderr
     assert "3 invalid lines" in stderr
-    assert FeedbackStore(settings.app_db).list_feedback() == []
+    assert CorrectionStore(settings.app_db).find() == []
 
 
 def test_review_and_adapters_promote_rollback(cli: CliRunner, settings: Settings, tmp_path: Path) -> None:
-    fb = FeedbackStore(settings.app_db).add_feedback(question="Q?", corrected_answer="A", pmids=[], curator="c")
+    fb = CorrectionStore(settings.app_db).add(question="Q?", corrected_answer="A", pmids=[], curator="c")
     code, stdout, _ = run(cli, settings, "feedback", "review", fb.id, "--status", "accepted")
-    assert code == 0 and FeedbackStore(settings.app_db).get_feedback(fb.id).status == "accepted"
+    assert code == 0 and CorrectionStore(settings.app_db).get(fb.id).status == "accepted"
     src = tmp_path / "src"
     src.mkdir()
     (src / "adapter_config.json").write_text("{}")

@@ -21,15 +21,15 @@ from finetune.dataset import (
     validate_correction,
     write_dataset,
 )
-from finetune.store import Feedback
+from finetune.store import Correction
 from generation.prompt import SYSTEM_PROMPT, build_messages, render_evidence
 from pubmind.errors import InvalidInput
 from pubmind.records import Article
 from pubmind.settings import Settings
 
 
-def fb(question: str, answer: str, pmids: list[int], created_at: float | None = None, fid: str = "") -> Feedback:
-    return Feedback(id=fid or f"fb_{abs(hash((question, answer))) % 10**8}", created_at=created_at or time.time(),
+def fb(question: str, answer: str, pmids: list[int], created_at: float | None = None, fid: str = "") -> Correction:
+    return Correction(id=fid or f"fb_{abs(hash((question, answer))) % 10**8}", created_at=created_at or time.time(),
                     curator="cur", answer_id=None, question=question, corrected_answer=answer, pmids=pmids,
                     rating=None, note="", source="test", status="accepted", reviewer="cur", reviewed_at=None,
                     provenance={})

@@ -14,7 +14,7 @@ import pytest
 from finetune.dataset import read_dataset
 from finetune.jobs import JobRunner
 from finetune.registry import AdapterRegistry
-from finetune.store import FeedbackStore
+from finetune.store import CorrectionStore, JobStore
 from tests.fixtures_finetune import private_home
 from tests.fixtures_server import closed_url, make_settings
 
@@ -30,12 +30,12 @@ def env(server_home: Path, tiny_model_dir: Path, shared_data: Path,
     home = private_home(server_home, tmp_path_factory.mktemp("ft-job") / "home")
     settings = make_settings(home, llm={"model": str(tiny_model_dir), "vllm_url": closed_url()},
                              retrieval={"context_tokens": 96})
-    store = FeedbackStore(settings.app_db)
+    store = CorrectionStore(settings.app_db)
     data = json.loads((shared_data / "pubmedqa/data/ori_pqal.json").read_text())
     for pmid, v in list(data.items())[:4]:
-        store.add_feedback(question=v["QUESTION"], corrected_answer=f"{v['final_decision']} [PMID:{pmid}]",
+        store.add(question=v["QUESTION"], corrected_answer=f"{v['final_decision']} [PMID:{pmid}]",
                            pmids=[int(pmid)], curator="cur", status="accepted")
-    return {"settings": settings, "runner": JobRunner(settings, store, train_threads=1)}
+    return {"settings": settings, "runner": JobRunner(settings, JobStore(settings.app_db), store, train_threads=1)}
 
 
 def test_job_trains_registers_and_gates_locally_when_vllm_is_down(env: dict[str, Any]) -> None:

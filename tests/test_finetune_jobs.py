@@ -11,7 +11,7 @@ import pytest
 
 from finetune.jobs import JobRunner, resolve_hyperparameters
 from finetune.registry import AdapterRegistry
-from finetune.store import FeedbackStore, job_process_alive
+from finetune.store import CorrectionStore, JobStore, job_process_alive
 from generation.deploy import DeployPlan, plan_deploy
 from pubmind.errors import Conflict, InvalidInput
 from pubmind.settings import Settings
@@ -21,10 +21,10 @@ SLEEPER = (sys.executable, "-c", "import time; time.sleep(120)")
 
 @pytest.fixture()
 def runner(settings: Settings) -> JobRunner:
-    store = FeedbackStore(settings.app_db)
+    corrections = CorrectionStore(settings.app_db)
     for i in range(2):
-        store.add_feedback(question=f"Q{i}?", corrected_answer=f"A{i}", pmids=[], curator="c", status="accepted")
-    r = JobRunner(settings, store)
+        corrections.add(question=f"Q{i}?", corrected_answer=f"A{i}", pmids=[], curator="c", status="accepted")
+    r = JobRunner(settings, JobStore(settings.app_db), corrections)
     r.command = SLEEPER
     return r
 
@@ -75,13 +75,13 @@ def test_a_crashed_job_process_is_reported_failed(runner: JobRunner) -> None:
 def test_restart_reports_a_running_job_whose_process_died_as_failed(settings: Settings) -> None:
     import subprocess
 
-    store = FeedbackStore(settings.app_db)
-    job = store.create_job("onco", {}, 1, "admin")
+    store = JobStore(settings.app_db)
+    job = store.create("onco", {}, 1, "admin")
     proc = subprocess.Popen([*SLEEPER, job.id])
-    store.update_job(job.id, status="running", pid=proc.pid)
+    store.update(job.id, status="running", pid=proc.pid)
     proc.kill()  # the server and its job process die; nobody records it
     proc.wait()
-    restarted = JobRunner(settings, FeedbackStore(settings.app_db))
+    restarted = JobRunner(settings, JobStore(settings.app_db), CorrectionStore(settings.app_db))
     assert restarted.recover() == [job.id]
     failed = restarted.get(job.id)
     assert failed.status == "failed" and "interrupted" in failed.error

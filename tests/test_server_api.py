@@ -68,7 +68,7 @@ def test_health_ready(live: dict[str, Any]) -> None:
 
 
 def test_query_answer_records_provenance(live: dict[str, Any]) -> None:
-    from finetune.store import FeedbackStore
+    from finetune.store import AnswerStore
 
     with client(live) as c:
         r = c.post("/v1/query", json={"question": QUESTION, "k": 5})
@@ -85,8 +85,8 @@ def test_query_answer_records_provenance(live: dict[str, Any]) -> None:
     assert not set(body["unsupported_citations"]) & in_prompt
     assert {"retrieval", "prompt", "generation", "verify", "total"} <= set(body["timings_ms"])
     assert body["usage"]["completion_tokens"] > 0
-    fs = FeedbackStore(live["settings"].app_db)
-    stored = fs.get_answer(body["id"])
+    fs = AnswerStore(live["settings"].app_db)
+    stored = fs.get(body["id"])
     fs.close()
     assert stored.question == QUESTION and stored.answer == body["answer"] and stored.model == "base"
     assert [p for p, _ in stored.retrieved] == [e["pmid"] for e in ev]
@@ -135,10 +135,10 @@ def test_citation_verification_end_to_end(live: dict[str, Any]) -> None:
 
     cited, ans = asyncio.run(run())
     assert [c.pmid for c in ans.citations] == [cited] and ans.unsupported == [outside]
-    from finetune.store import FeedbackStore
+    from finetune.store import AnswerStore
 
-    fs = FeedbackStore(live["settings"].app_db)
-    stored = fs.get_answer(ans.id)
+    fs = AnswerStore(live["settings"].app_db)
+    stored = fs.get(ans.id)
     fs.close()
     assert stored.citations == [{"pmid": cited, "supported": True}, {"pmid": outside, "supported": False}]
 

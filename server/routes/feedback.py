@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from finetune.dataset import validate_correction
-from finetune.store import Feedback, FeedbackStore
+from finetune.store import AnswerStore, Correction, CorrectionStore
 from pubmind.errors import InvalidInput
 from pubmind.settings import Settings
 from server.auth import require_role
@@ -39,47 +39,48 @@ class StatusIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class FeedbackList(msgspec.Struct, kw_only=True):
-    data: list[Feedback]
+    data: list[Correction]
     count: int
 
 
 @post("/", status_code=201, summary="Submit a correction of an answer (or a curated question/answer)")
 async def create(request: Request[Any, Any, Any], data: JSONBody[FeedbackIn], settings: NamedDependency[Settings],
-                 feedback_store: NamedDependency[FeedbackStore], resources: NamedDependency[Resources]) -> Feedback:
-    def work() -> Feedback:
+                 correction_store: NamedDependency[CorrectionStore], answer_store: NamedDependency[AnswerStore],
+                 resources: NamedDependency[Resources]) -> Correction:
+    def work() -> Correction:
+        answer = None if data.answer_id is None else answer_store.get(data.answer_id)
         question = data.question
         if question is None:
-            if data.answer_id is None:
+            if answer is None:
                 raise InvalidInput("question is required when answer_id is not given", param="question")
-            question = feedback_store.get_answer(data.answer_id).question
-        q, answer, pmids = validate_correction(
+            question = answer.question
+        q, corrected, pmids = validate_correction(
             resources.store, question=question, corrected_answer=data.corrected_answer, pmids=data.pmids,
             rating=data.rating, note=data.note, max_question_chars=settings.server.max_question_chars)
-        return feedback_store.add_feedback(question=q, corrected_answer=answer, pmids=pmids,
-                                           curator=request.user.name, answer_id=data.answer_id,
-                                           rating=data.rating, note=data.note, source="api")
+        return correction_store.add(question=q, corrected_answer=corrected, pmids=pmids, curator=request.user.name,
+                                    answer=answer, rating=data.rating, note=data.note, source="api")
 
     return await anyio.to_thread.run_sync(work)
 
 
 @get("/", summary="List corrections, oldest first (filter by status)")
-async def list_feedback(feedback_store: NamedDependency[FeedbackStore],
+async def list_feedback(correction_store: NamedDependency[CorrectionStore],
                         status: Annotated[str | None, QueryParameter()] = None,
                         limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
                         offset: Annotated[int, QueryParameter(ge=0)] = 0) -> FeedbackList:
-    items = await anyio.to_thread.run_sync(lambda: feedback_store.list_feedback(status, limit=limit, offset=offset))
+    items = await anyio.to_thread.run_sync(lambda: correction_store.find(status, limit=limit, offset=offset))
     return FeedbackList(data=items, count=len(items))
 
 
 @get("/{feedback_id:str}", summary="One correction with its provenance")
-async def get_one(feedback_id: FromPath[str], feedback_store: NamedDependency[FeedbackStore]) -> Feedback:
-    return await anyio.to_thread.run_sync(feedback_store.get_feedback, feedback_id)
+async def get_one(feedback_id: FromPath[str], correction_store: NamedDependency[CorrectionStore]) -> Correction:
+    return await anyio.to_thread.run_sync(correction_store.get, feedback_id)
 
 
 @patch("/{feedback_id:str}", summary="Accept or reject a correction (only accepted ones are trained on)")
 async def set_status(request: Request[Any, Any, Any], feedback_id: FromPath[str], data: JSONBody[StatusIn],
-                     feedback_store: NamedDependency[FeedbackStore]) -> Feedback:
-    return await anyio.to_thread.run_sync(feedback_store.set_status, feedback_id, data.status, request.user.name)
+                     correction_store: NamedDependency[CorrectionStore]) -> Correction:
+    return await anyio.to_thread.run_sync(correction_store.set_status, feedback_id, data.status, request.user.name)
 
 
 router = Router("/v1/feedback", route_handlers=[create, list_feedback, get_one, set_status],

@@ -15,19 +15,19 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from finetune.jobs import JobRunner, job_view
-from finetune.store import FeedbackStore
+from finetune.store import CorrectionStore, JobStore
 from pubmind.settings import Settings
 from server.auth import require_role
 
 _lock = threading.Lock()
 
 
-def job_runner(state: State, settings: Settings, store: FeedbackStore) -> JobRunner:
+def job_runner(state: State, settings: Settings, jobs: JobStore, corrections: CorrectionStore) -> JobRunner:
     """The app's JobRunner (created on first use; jobs interrupted by a restart are marked failed then)."""
     with _lock:
         runner = getattr(state, "retune_runner", None)
-        if runner is None or runner.store is not store:
-            runner = JobRunner(settings, store)
+        if runner is None or runner.jobs is not jobs:
+            runner = JobRunner(settings, jobs, corrections)
             runner.recover()
             state.retune_runner = runner
         return runner
@@ -49,8 +49,8 @@ class RetuneIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 @post("/", status_code=202, summary="Start a re-tune job on the accepted corrections")
 async def start(request: Request[Any, Any, Any], data: JSONBody[RetuneIn], settings: NamedDependency[Settings],
-                feedback_store: NamedDependency[FeedbackStore]) -> dict[str, Any]:
-    runner = job_runner(request.app.state, settings, feedback_store)
+                job_store: NamedDependency[JobStore], correction_store: NamedDependency[CorrectionStore]) -> dict[str, Any]:
+    runner = job_runner(request.app.state, settings, job_store, correction_store)
     job = await anyio.to_thread.run_sync(lambda: runner.submit(
         data.adapter, hyperparameters=data.hyperparameters, min_examples=data.min_examples,
         created_by=request.user.name, evaluation=data.evaluation))
@@ -59,24 +59,24 @@ async def start(request: Request[Any, Any, Any], data: JSONBody[RetuneIn], setti
 
 @get("/", summary="Re-tune jobs, oldest first")
 async def list_jobs(request: Request[Any, Any, Any], settings: NamedDependency[Settings],
-                    feedback_store: NamedDependency[FeedbackStore],
+                    job_store: NamedDependency[JobStore], correction_store: NamedDependency[CorrectionStore],
                     adapter: Annotated[str | None, QueryParameter()] = None) -> dict[str, Any]:
-    job_runner(request.app.state, settings, feedback_store)  # recovers interrupted jobs on first use
-    jobs = await anyio.to_thread.run_sync(lambda: feedback_store.list_jobs(adapter=adapter))
+    job_runner(request.app.state, settings, job_store, correction_store)  # recovers interrupted jobs on first use
+    jobs = await anyio.to_thread.run_sync(lambda: job_store.find(adapter=adapter))
     return {"data": [job_view(j) for j in jobs]}
 
 
 @get("/{job_id:str}", summary="A job: status, progress (step, loss), new version, evaluation, promoted")
 async def get_job(request: Request[Any, Any, Any], job_id: FromPath[str], settings: NamedDependency[Settings],
-                  feedback_store: NamedDependency[FeedbackStore]) -> dict[str, Any]:
-    runner = job_runner(request.app.state, settings, feedback_store)
+                  job_store: NamedDependency[JobStore], correction_store: NamedDependency[CorrectionStore]) -> dict[str, Any]:
+    runner = job_runner(request.app.state, settings, job_store, correction_store)
     return job_view(await anyio.to_thread.run_sync(runner.get, job_id))
 
 
 @delete("/{job_id:str}", status_code=200, summary="Cancel a job (kills its process; the served adapter is unchanged)")
 async def cancel(request: Request[Any, Any, Any], job_id: FromPath[str], settings: NamedDependency[Settings],
-                 feedback_store: NamedDependency[FeedbackStore]) -> dict[str, Any]:
-    runner = job_runner(request.app.state, settings, feedback_store)
+                 job_store: NamedDependency[JobStore], correction_store: NamedDependency[CorrectionStore]) -> dict[str, Any]:
+    runner = job_runner(request.app.state, settings, job_store, correction_store)
     return job_view(await anyio.to_thread.run_sync(runner.cancel, job_id))
 
 
