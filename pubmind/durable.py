@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
+
+from pubmind.errors import ServiceUnavailable
 
 
 def fsync_dir(path: Path) -> None:
@@ -76,3 +79,66 @@ def immediate(db: sqlite3.Connection, lock: threading.Lock | threading.RLock) ->
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+
+class ReaderPool:
+    """At most ``size`` read connections to the SQLite file at ``path``, shared by any number of threads.
+
+    A connection per thread would leak: servers run reads on worker threads that come and go (anyio retires
+    idle ones), and a thread-local connection outlives nothing but its thread's slot. Here a reading thread
+    borrows a connection for one query and returns it; when all ``size`` are out, it waits for one.
+    WAL mode: readers never block the writer, nor it them."""
+
+    def __init__(self, path: Path, size: int = 8, *, cache_kib: int = 16384, timeout_s: float = 60.0) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.path, self.size, self._cache_kib, self._timeout_s = path, size, cache_kib, timeout_s
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()  # most recently used first: warm cache
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self._timeout_s)
+        db.execute(f"PRAGMA cache_size=-{self._cache_kib}")
+        return db
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a connection (opened on demand up to ``size``, else wait for a free one)."""
+        try:
+            db = self._idle.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                if self._closed:
+                    raise sqlite3.ProgrammingError(f"reader pool of {self.path} is closed") from None
+                grow = len(self._all) < self.size
+                if grow:
+                    db = self._open()
+                    self._all.append(db)
+            if not grow:
+                try:
+                    db = self._idle.get(timeout=self._timeout_s)
+                except queue.Empty:
+                    raise ServiceUnavailable(f"all {self.size} readers of {self.path} stayed busy for "
+                                             f"{self._timeout_s:g} s") from None
+        try:
+            yield db
+        finally:
+            self._idle.put(db)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.connection() as db:
+            return db.execute(sql, params).fetchall()
+
+    @property
+    def opened(self) -> int:
+        """Connections open now (never more than ``size``)."""
+        return len(self._all)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for db in self._all:
+                db.close()
+            self._all.clear()

@@ -176,7 +176,3 @@ class Chunker:
 
     def __call__(self, article: Article) -> list[Chunk]:
         return self.chunk_many([article])[0]
-
-
-def chunk_article(article: Article, tokenizer: Tokenizer, settings: ChunkingSettings) -> list[Chunk]:
-    return Chunker(tokenizer, settings)(article)

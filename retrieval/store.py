@@ -9,13 +9,13 @@ Tables (schema version 1):
   removed_chunks(chunk_id)  chunk ids deleted from the store that may still be in the vector index
   files(path, md5, counts, done_at)  ingest bookkeeping for resumable file ingest
   meta(key, value)  e.g. the chunking configuration the chunks were made with
-One writer at a time (the Indexer); any number of readers (WAL).
+One writer at a time (the Indexer); any number of readers (WAL) through a bounded pool of connections.
+Schema: ``retrieval.schema``; filter SQL: ``retrieval.filters``; BM25 SQL: ``retrieval.fts``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
 import time
@@ -27,91 +27,16 @@ from typing import Any, Protocol
 import msgspec
 import numpy as np
 
-from pubmind.durable import connect, immediate
+from pubmind.durable import ReaderPool, connect, immediate
 from pubmind.errors import ConfigError, InvalidInput
 from pubmind.records import Article, Deletion, article_from_json, article_to_json
+from retrieval import fts
 from retrieval.chunking import Chunk
+from retrieval.filters import Filters, filter_sql
+from retrieval.fts import fts_query
+from retrieval.schema import MIGRATIONS, SCHEMA_VERSION, split_sql
 
-SCHEMA_VERSION = 1
-
-_MIGRATIONS: dict[int, str] = {
-    1: """
-CREATE TABLE articles (
-    pmid INTEGER PRIMARY KEY,
-    version INTEGER NOT NULL,
-    year INTEGER,
-    journal TEXT COLLATE NOCASE,
-    journal_iso TEXT COLLATE NOCASE,
-    language TEXT COLLATE NOCASE,
-    retracted INTEGER NOT NULL,
-    doi TEXT,
-    pmc TEXT,
-    record BLOB NOT NULL
-);
-CREATE INDEX articles_year ON articles(year);
-CREATE INDEX articles_journal ON articles(journal);
-CREATE INDEX articles_journal_iso ON articles(journal_iso);
-CREATE INDEX articles_retracted ON articles(retracted);
-CREATE INDEX articles_doi ON articles(doi);
-CREATE TABLE article_mesh (
-    pmid INTEGER NOT NULL, descriptor TEXT NOT NULL COLLATE NOCASE, major INTEGER NOT NULL,
-    PRIMARY KEY (pmid, descriptor)
-) WITHOUT ROWID;
-CREATE INDEX article_mesh_descriptor ON article_mesh(descriptor, major, pmid);
-CREATE TABLE article_pubtypes (
-    pmid INTEGER NOT NULL, ptype TEXT NOT NULL COLLATE NOCASE, PRIMARY KEY (pmid, ptype)
-) WITHOUT ROWID;
-CREATE INDEX article_pubtypes_ptype ON article_pubtypes(ptype, pmid);
-CREATE TABLE article_languages (
-    pmid INTEGER NOT NULL, language TEXT NOT NULL COLLATE NOCASE, PRIMARY KEY (pmid, language)
-) WITHOUT ROWID;
-CREATE INDEX article_languages_language ON article_languages(language, pmid);
-CREATE TABLE chunks (
-    chunk_id INTEGER PRIMARY KEY,
-    pmid INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    state INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX chunks_pmid ON chunks(pmid);
-CREATE INDEX chunks_pending ON chunks(chunk_id) WHERE state = 0;
-CREATE VIRTUAL TABLE chunks_fts USING fts5(
-    text, content='chunks', content_rowid='chunk_id', tokenize='porter unicode61 remove_diacritics 2'
-);
-CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN
-    INSERT INTO chunks_fts(rowid, text) VALUES (new.chunk_id, new.text);
-END;
-CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN
-    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.chunk_id, old.text);
-END;
-CREATE TRIGGER chunks_au AFTER UPDATE OF text ON chunks BEGIN
-    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.chunk_id, old.text);
-    INSERT INTO chunks_fts(rowid, text) VALUES (new.chunk_id, new.text);
-END;
-CREATE TABLE removed_chunks (chunk_id INTEGER PRIMARY KEY);
-CREATE TABLE files (path TEXT PRIMARY KEY, md5 TEXT NOT NULL, counts TEXT NOT NULL, done_at REAL NOT NULL);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-""",
-}
-
-
-class Filters(msgspec.Struct, kw_only=True, frozen=True):
-    """Metadata filters; list fields match ANY of their values, fields combine with AND.
-    Names are matched case-insensitively (ASCII)."""
-
-    year_from: int | None = None
-    year_to: int | None = None
-    journals: tuple[str, ...] = ()  # full title or ISO abbreviation
-    mesh: tuple[str, ...] = ()  # MeSH descriptor names
-    mesh_major_only: bool = False  # only articles where a listed descriptor is a major topic
-    publication_types: tuple[str, ...] = ()
-    languages: tuple[str, ...] = ()  # ISO 639-2 codes, e.g. "eng"
-    exclude_retracted: bool = False
-
-    @property
-    def empty(self) -> bool:
-        return self == Filters()
-
+__all__ = ["ApplyResult", "CorpusStore", "Filters", "fts_query"]  # Filters, fts_query: re-exported
 
 class ApplyResult(msgspec.Struct, kw_only=True):
     inserted: int = 0  # new PMIDs
@@ -136,46 +61,22 @@ class ChunkerLike(Protocol):
     def chunk_many(self, articles: Sequence[Article]) -> list[list[Chunk]]: ...
 
 
-_FTS_WORD = re.compile(r"\w+", re.UNICODE)
-_STOPWORDS = frozenset(
-    str.split(
-    "a an and are as at be been but by can could did do does for from had has have how in into is it its "
-    "may might of on or over than that the their there these this those to under was were what when where "
-    "which while who whom why will with within would")
-)
-
-
-def fts_query(text: str, max_terms: int = 32) -> str | None:
-    """User text -> a safe FTS5 MATCH expression: every word becomes a quoted term, OR-ed (BM25 ranks
-    documents matching more terms higher). Operators, quotes and brackets in the input are plain text.
-    None if nothing searchable remains."""
-    seen: dict[str, None] = {}
-    for w in _FTS_WORD.findall(text.lower()):
-        w = w.replace("_", " ").strip()
-        if w and w not in _STOPWORDS:
-            seen.setdefault(w, None)
-    terms = list(seen)[:max_terms]
-    if not terms:
-        return None
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-
-
 def _json_ids(ids: Iterable[int]) -> str:
     return json.dumps([int(i) for i in ids])
 
 
 class CorpusStore:
     """The corpus store at ``path``. Thread-safe: writes go through one connection behind a lock, reads
-    through one connection per thread (WAL: readers never block the single writer, nor it them)."""
+    through at most ``readers`` pooled connections, whatever the number of threads (WAL: readers never
+    block the single writer, nor it them)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readers: int = 8) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
         self._db = connect(self.path)
         self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
         self._db.execute("PRAGMA temp_store=MEMORY")
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers = ReaderPool(self.path, readers, cache_kib=16384)  # 16 MiB page cache each
         self._migrate()
 
     # ---- plumbing -------------------------------------------------------------------------------
@@ -194,7 +95,7 @@ class CorpusStore:
                     f"{SCHEMA_VERSION}; upgrade pubmind"
                 )
             for v in range(current + 1, SCHEMA_VERSION + 1):
-                for stmt in _split_sql(_MIGRATIONS[v]):
+                for stmt in split_sql(MIGRATIONS[v]):
                     db.execute(stmt)
                 db.execute("INSERT INTO schema_version VALUES (?, ?)", (v, time.time()))
 
@@ -202,20 +103,12 @@ class CorpusStore:
         return immediate(self._db, self._lock)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60.0)
-            db.execute("PRAGMA cache_size=-16384")  # 16 MiB per reading thread
-            self._local.db = db
-            with self._lock:
-                self._readers.append(db)
-        return db.execute(sql, params).fetchall()
+        return self._readers.query(sql, params)
 
     def close(self) -> None:
         with self._lock:
-            for db in [*self._readers, self._db]:
-                db.close()
-            self._readers.clear()
+            self._readers.close()
+            self._db.close()
 
     def __enter__(self) -> CorpusStore:
         return self
@@ -269,13 +162,9 @@ class CorpusStore:
                 self._write(db, final, chunker, res)
         return res
 
-    def _write(
-        self,
-        db: sqlite3.Connection,
-        final: dict[int, tuple[Article, bytes] | None],
-        chunker: ChunkerLike,
-        res: ApplyResult,
-    ) -> None:
+    def _write(self, db: sqlite3.Connection, final: dict[int, tuple[Article, bytes] | None], chunker: ChunkerLike,
+               res: ApplyResult) -> None:
+        """Write the final state of every touched PMID (None = delete): articles, filter rows, chunks."""
         touched = _json_ids(final)
         old_chunks: dict[int, str] = dict(
             db.execute("SELECT chunk_id, text FROM chunks WHERE pmid IN (SELECT value FROM json_each(?))", (touched,))
@@ -288,42 +177,9 @@ class CorpusStore:
         upserts = [v for v in final.values() if v is not None]
         new_chunks: dict[int, str] = {}
         if upserts:
-            for chunks in chunker.chunk_many([a for a, _ in upserts]):
-                for c in chunks:
-                    new_chunks[c.chunk_id] = c.text
-            db.executemany(
-                "INSERT INTO articles VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(pmid) DO UPDATE SET "
-                "version=excluded.version, year=excluded.year, journal=excluded.journal, "
-                "journal_iso=excluded.journal_iso, language=excluded.language, retracted=excluded.retracted, "
-                "doi=excluded.doi, pmc=excluded.pmc, record=excluded.record",
-                [
-                    (a.pmid, a.version, a.year, a.journal or None, a.journal_iso,
-                     a.languages[0] if a.languages else None, int(a.retracted), a.doi, a.pmc, blob)
-                    for a, blob in upserts
-                ],
-            )
-            mesh_rows: dict[tuple[int, str], bool] = {}
-            for a, _ in upserts:
-                for m in a.mesh:
-                    key = (a.pmid, m.descriptor)
-                    mesh_rows[key] = mesh_rows.get(key, False) or m.any_major
-            db.executemany("INSERT OR IGNORE INTO article_mesh VALUES (?,?,?)",
-                           [(p, d, int(mj)) for (p, d), mj in mesh_rows.items()])
-            db.executemany("INSERT OR IGNORE INTO article_pubtypes VALUES (?,?)",
-                           [(a.pmid, t) for a, _ in upserts for t in a.publication_types])
-            db.executemany("INSERT OR IGNORE INTO article_languages VALUES (?,?)",
-                           [(a.pmid, lang) for a, _ in upserts for lang in a.languages])
-        removed = [cid for cid in old_chunks if cid not in new_chunks]
-        changed = [(t, cid) for cid, t in new_chunks.items() if cid in old_chunks and old_chunks[cid] != t]
-        added = [(cid, cid // 1000, cid % 1000, t) for cid, t in new_chunks.items() if cid not in old_chunks]
-        if removed:
-            ids = _json_ids(removed)
-            db.execute("DELETE FROM chunks WHERE chunk_id IN (SELECT value FROM json_each(?))", (ids,))
-            db.execute("INSERT OR IGNORE INTO removed_chunks SELECT value FROM json_each(?)", (ids,))
-        db.executemany("UPDATE chunks SET text = ?, state = 0 WHERE chunk_id = ?", changed)
-        db.executemany("INSERT INTO chunks (chunk_id, pmid, seq, text, state) VALUES (?,?,?,?,0)", added)
-        res.chunks_added += len(changed) + len(added)
-        res.chunks_removed += len(removed)
+            new_chunks = {c.chunk_id: c.text for cs in chunker.chunk_many([a for a, _ in upserts]) for c in cs}
+            _write_articles(db, upserts)
+        _write_chunks(db, old_chunks, new_chunks, res)
 
     def mark_indexed(self, chunk_ids: Sequence[int] | np.ndarray, removed_done: Sequence[int] | np.ndarray = ()) -> None:
         """After an index save: these chunks are in it, and these removed ids are out of it. One transaction."""
@@ -398,8 +254,6 @@ class CorpusStore:
         rows = self._query("SELECT chunk_id FROM removed_chunks ORDER BY chunk_id")
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
-    deleted_chunk_ids_pending = removed_pending
-
     def chunk_text(self, chunk_ids: Iterable[int]) -> dict[int, str]:
         return dict(self._query("SELECT chunk_id, text FROM chunks WHERE chunk_id IN (SELECT value FROM json_each(?))",
                                 (_json_ids(chunk_ids),)))
@@ -424,61 +278,22 @@ class CorpusStore:
         }
 
     # ---- filters and lexical search -------------------------------------------------------------
-    @staticmethod
-    def filter_sql(filters: Filters | None) -> tuple[str, list[Any]] | None:
-        """``(sql, params)`` of ``SELECT a.pmid FROM articles a WHERE ...`` for these filters, or None
-        if they filter nothing. Every condition is served by an index."""
-        if filters is None or filters.empty:
-            return None
-        f = filters
-        if f.year_from is not None and f.year_to is not None and f.year_from > f.year_to:
-            raise InvalidInput(f"filters.year_from={f.year_from} is after filters.year_to={f.year_to}",
-                               param="filters.year_from")
-        if f.mesh_major_only and not f.mesh:
-            raise InvalidInput("filters.mesh_major_only=true needs filters.mesh descriptors",
-                               param="filters.mesh_major_only")
-        conds: list[str] = []
-        params: list[Any] = []
-
-        def ph(values: Sequence[str]) -> str:
-            params.extend(values)
-            return ",".join("?" * len(values))
-
-        if f.year_from is not None:
-            conds.append("a.year >= ?")
-            params.append(f.year_from)
-        if f.year_to is not None:
-            conds.append("a.year <= ?")
-            params.append(f.year_to)
-        if f.journals:
-            conds.append(f"(a.journal IN ({ph(f.journals)}) OR a.journal_iso IN ({ph(f.journals)}))")
-        if f.mesh:
-            major = " AND major = 1" if f.mesh_major_only else ""
-            conds.append(f"a.pmid IN (SELECT pmid FROM article_mesh WHERE descriptor IN ({ph(f.mesh)}){major})")
-        if f.publication_types:
-            conds.append(f"a.pmid IN (SELECT pmid FROM article_pubtypes WHERE ptype IN ({ph(f.publication_types)}))")
-        if f.languages:
-            conds.append(f"a.pmid IN (SELECT pmid FROM article_languages WHERE language IN ({ph(f.languages)}))")
-        if f.exclude_retracted:
-            conds.append("a.retracted = 0")
-        return "SELECT a.pmid FROM articles a WHERE " + " AND ".join(conds), params
-
     def allowed_pmids(self, filters: Filters) -> np.ndarray:
         """(n,) int64 sorted PMIDs passing the filters (all stored PMIDs if the filters are empty)."""
-        fs = self.filter_sql(filters) or ("SELECT a.pmid FROM articles a", [])
+        fs = filter_sql(filters) or ("SELECT a.pmid FROM articles a", [])
         rows = self._query(fs[0] + " ORDER BY a.pmid", fs[1])
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def allowed_chunk_ids(self, filters: Filters) -> np.ndarray:
         """(n,) int64 sorted chunk ids of articles passing the filters (for ``VectorIndex.search(allowed=)``)."""
-        fs = self.filter_sql(filters)
+        fs = filter_sql(filters)
         sql = "SELECT chunk_id FROM chunks" + (f" WHERE pmid IN ({fs[0]})" if fs else "") + " ORDER BY chunk_id"
         rows = self._query(sql, fs[1] if fs else [])
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def filter_pmids(self, pmids: Iterable[int], filters: Filters | None) -> set[int]:
         """The subset of ``pmids`` that is stored and passes the filters (post-filtering candidates)."""
-        fs = self.filter_sql(filters)
+        fs = filter_sql(filters)
         sql = "SELECT a.pmid FROM articles a WHERE a.pmid IN (SELECT value FROM json_each(?))"
         params: list[Any] = [_json_ids(pmids)]
         if fs:
@@ -494,26 +309,44 @@ class CorpusStore:
         match = fts_query(query)
         if match is None:
             return []
-        fs = self.filter_sql(filters)
-        if fs is None:
-            sql = ("SELECT rowid, -bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? "
-                   "ORDER BY bm25(chunks_fts) LIMIT ?")
-            params: list[Any] = [match, limit]
-        else:
-            sql = (f"SELECT f.rowid, -bm25(chunks_fts) FROM chunks_fts f JOIN chunks c ON c.chunk_id = f.rowid "
-                   f"WHERE chunks_fts MATCH ? AND c.pmid IN ({fs[0]}) ORDER BY bm25(chunks_fts) LIMIT ?")
-            params = [match, *fs[1], limit]
+        sql, params = fts.search_sql(match, limit, filter_sql(filters))
         return [(int(r[0]), float(r[1])) for r in self._query(sql, params)]
 
 
-def _split_sql(script: str) -> list[str]:
-    """Split a migration script into statements (triggers contain ';' inside BEGIN ... END)."""
-    out, buf = [], []
-    for line in script.strip().splitlines():
-        buf.append(line)
-        stmt = "\n".join(buf).strip()
-        if stmt.endswith(";") and (not stmt.upper().startswith("CREATE TRIGGER") or stmt.upper().endswith("END;")):
-            out.append(stmt)
-            buf = []
-    assert not "".join(buf).strip(), f"unterminated SQL in migration: {buf}"
-    return out
+def _write_articles(db: sqlite3.Connection, upserts: list[tuple[Article, bytes]]) -> None:
+    """Upsert articles (record = their msgspec JSON) and their filter rows (old filter rows already gone)."""
+    db.executemany(
+        "INSERT INTO articles VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(pmid) DO UPDATE SET "
+        "version=excluded.version, year=excluded.year, journal=excluded.journal, "
+        "journal_iso=excluded.journal_iso, language=excluded.language, retracted=excluded.retracted, "
+        "doi=excluded.doi, pmc=excluded.pmc, record=excluded.record",
+        [(a.pmid, a.version, a.year, a.journal or None, a.journal_iso, a.languages[0] if a.languages else None,
+          int(a.retracted), a.doi, a.pmc, blob) for a, blob in upserts],
+    )
+    mesh_rows: dict[tuple[int, str], bool] = {}  # (pmid, descriptor) -> major through any heading
+    for a, _ in upserts:
+        for m in a.mesh:
+            mesh_rows[a.pmid, m.descriptor] = mesh_rows.get((a.pmid, m.descriptor), False) or m.any_major
+    db.executemany("INSERT OR IGNORE INTO article_mesh VALUES (?,?,?)",
+                   [(p, d, int(mj)) for (p, d), mj in mesh_rows.items()])
+    db.executemany("INSERT OR IGNORE INTO article_pubtypes VALUES (?,?)",
+                   [(a.pmid, t) for a, _ in upserts for t in a.publication_types])
+    db.executemany("INSERT OR IGNORE INTO article_languages VALUES (?,?)",
+                   [(a.pmid, lang) for a, _ in upserts for lang in a.languages])
+
+
+def _write_chunks(db: sqlite3.Connection, old: dict[int, str], new: dict[int, str], res: ApplyResult) -> None:
+    """Replace the chunks ``old`` (chunk_id -> text) of the touched PMIDs by ``new``: unchanged texts keep
+    their state (no re-embedding), changed and added ones become pending, removed ids are queued for the
+    vector index."""
+    removed = [cid for cid in old if cid not in new]
+    changed = [(t, cid) for cid, t in new.items() if cid in old and old[cid] != t]
+    added = [(cid, cid // 1000, cid % 1000, t) for cid, t in new.items() if cid not in old]
+    if removed:
+        ids = _json_ids(removed)
+        db.execute("DELETE FROM chunks WHERE chunk_id IN (SELECT value FROM json_each(?))", (ids,))
+        db.execute("INSERT OR IGNORE INTO removed_chunks SELECT value FROM json_each(?)", (ids,))
+    db.executemany("UPDATE chunks SET text = ?, state = 0 WHERE chunk_id = ?", changed)
+    db.executemany("INSERT INTO chunks (chunk_id, pmid, seq, text, state) VALUES (?,?,?,?,0)", added)
+    res.chunks_added += len(changed) + len(added)
+    res.chunks_removed += len(removed)

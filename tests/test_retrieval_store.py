@@ -1,19 +1,21 @@
-"""CorpusStore: upsert/version/delete semantics, chunks and removal queue, filters, FTS5, bookkeeping;
-and the chunker (token budget, overlap, stable ids)."""
+"""CorpusStore: upsert/version/delete semantics, chunks and removal queue, filters, FTS5, bookkeeping,
+concurrent readers and their bounded connections."""
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import os
 import sqlite3
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pubmind.errors import InvalidInput
-from pubmind.records import AbstractSection, Article, Deletion
-from pubmind.settings import ChunkingSettings
-from retrieval.chunking import Chunker, make_chunk_id, pmid_of, split_sentences
+from pubmind.records import Deletion
+from retrieval.chunking import Chunker, make_chunk_id, pmid_of
+from retrieval.filters import filter_sql
 from retrieval.store import CorpusStore, Filters, fts_query
 from tests.fixtures_retrieval import make_article, mesh, retraction
 
@@ -164,7 +166,7 @@ def test_filters(store: CorpusStore, chunker: Chunker) -> None:
     with pytest.raises(InvalidInput, match="mesh_major_only"):
         pm(mesh_major_only=True)
     # every filter column is served by an index (no full scan of articles)
-    sql, params = store.filter_sql(Filters(year_from=2000, journals=("x",), mesh=("y",), languages=("eng",),
+    sql, params = filter_sql(Filters(year_from=2000, journals=("x",), mesh=("y",), languages=("eng",),
                                            publication_types=("Review",), exclude_retracted=True))
     plan = " ".join(r[3] for r in store._query("EXPLAIN QUERY PLAN " + sql, params))
     assert "SCAN a" not in plan and "SCAN articles" not in plan, plan
@@ -242,58 +244,27 @@ def test_readers_see_committed_data_only(store: CorpusStore, chunker: Chunker, s
     reader.close()
 
 
-# ---- chunking ---------------------------------------------------------------------------------------
-def test_split_sentences() -> None:
-    text = ("Smith et al. Reported results. Doses were 5 mg (e.g. Daily) in 2 groups! Was it safe? "
-            "Yes (p < 0.05). 10 mice died.")
-    assert split_sentences(text) == [
-        "Smith et al. Reported results.", "Doses were 5 mg (e.g. Daily) in 2 groups!", "Was it safe?",
-        "Yes (p < 0.05).", "10 mice died."]
+def open_fds(path) -> int:
+    """File descriptors of this process open on ``path`` (the database file itself)."""
+    fd_dir = Path("/proc/self/fd")
+    target = str(Path(path).resolve())
+    n = 0
+    for fd in fd_dir.iterdir():
+        with contextlib.suppress(OSError):
+            n += os.readlink(fd) == target
+    return n
 
 
-def test_short_article_is_one_chunk(chunker: Chunker) -> None:
-    a = make_article(42, sentences=2)
-    (c,) = chunker(a)
-    assert (c.chunk_id, c.pmid, c.seq) == (42_000, 42, 0)
-    assert c.text == a.title + "\n" + " ".join(
-        f"{s.label}: {s.text}" for s in a.abstract)
-
-
-def test_title_only_and_empty(chunker: Chunker) -> None:
-    assert [c.text for c in chunker(make_article(1, sentences=0, title="Only a title"))] == ["Only a title"]
-    assert chunker(Article(pmid=2)) == []
-
-
-def test_long_abstract_split_with_overlap_and_budget(minilm_tokenizer) -> None:
-    cs = ChunkingSettings(max_tokens=64, overlap_sentences=1)
-    ch = Chunker(minilm_tokenizer, cs)
-    a = make_article(77, sentences=30)
-    chunks = ch(a)
-    assert len(chunks) > 3
-    assert [c.chunk_id for c in chunks] == [77_000 + i for i in range(len(chunks))]
-    lens = [len(minilm_tokenizer(c.text)["input_ids"]) for c in chunks]  # with [CLS]/[SEP]
-    assert max(lens) <= 64, lens
-    sents = [split_sentences(c.text.split("\n", 1)[1]) for c in chunks]
-    for prev, nxt in itertools.pairwise(sents):
-        assert prev[-1] == nxt[0]  # one sentence overlap
-    assert all(c.text.startswith(a.title + "\n") for c in chunks)
-    covered = {s.removeprefix("BACKGROUND: ").removeprefix("RESULTS: ") for ss in sents for s in ss}
-    original = {s for sec in a.abstract for s in split_sentences(sec.text)}
-    assert covered == original  # nothing lost
-    assert ch(a) == chunks  # deterministic: stable ids and texts
-    no_overlap = Chunker(minilm_tokenizer, ChunkingSettings(max_tokens=64, overlap_sentences=0))(a)
-    assert sum(len(split_sentences(c.text.split("\n", 1)[1])) for c in no_overlap) == len(original)
-
-
-def test_overlong_sentence_and_title_are_cut(minilm_tokenizer) -> None:
-    ch = Chunker(minilm_tokenizer, ChunkingSettings(max_tokens=32, overlap_sentences=1))
-    a = Article(pmid=5, title="word " * 40, abstract=(AbstractSection("gene " * 200 + "end."),))
-    chunks = ch(a)
-    assert len(chunks) > 5
-    assert max(len(minilm_tokenizer(c.text)["input_ids"]) for c in chunks) <= 32
-    assert chunks[-1].text.endswith("end.")
-
-
-def test_chunk_id_bounds() -> None:
-    with pytest.raises(AssertionError, match="seq"):
-        make_chunk_id(1, 1000)
+def test_readers_on_short_lived_threads_do_not_leak_connections(store: CorpusStore, chunker: Chunker,
+                                                                 settings) -> None:
+    """Servers read on worker threads that come and go (anyio retires idle ones): bursts of fresh threads
+    must not leave one connection (one open file) each behind."""
+    store.apply([make_article(1)], chunker)
+    before = open_fds(settings.corpus_db)
+    for _burst in range(5):
+        threads = [threading.Thread(target=store.get, args=(1,)) for _ in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert open_fds(settings.corpus_db) - before <= 8  # the pool's bound, not 5 x 40 connections

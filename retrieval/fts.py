@@ -1,0 +1,115 @@
+"""Lexical search over the store's FTS5 table ``chunks_fts`` (BM25): safe MATCH expressions from user text,
+the BM25 query, and term statistics to keep a query's cost bounded."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
+
+# BM25 cost is the number of postings FTS5 scores: an OR query with a word found in most chunks scores
+# most of the corpus (~300 ms at 100k chunks, minutes at PubMed scale). Query words are kept rarest first
+# while their summed document frequency stays under this; dropped words are the most common ones, whose
+# IDF (hence BM25 contribution) is smallest. Small corpora (all postings under the budget) are unaffected.
+LEX_POSTINGS_BUDGET = 10_000
+_TERM = re.compile(r'"((?:[^"]|"")*)"')
+_FTS_WORD = re.compile(r"\w+", re.UNICODE)
+_STOPWORDS = frozenset(
+    str.split(
+    "a an and are as at be been but by can could did do does for from had has have how in into is it its "
+    "may might of on or over than that the their there these this those to under was were what when where "
+    "which while who whom why will with within would")
+)
+
+
+def fts_query(text: str, max_terms: int = 32) -> str | None:
+    """User text -> a safe FTS5 MATCH expression: every word becomes a quoted term, OR-ed (BM25 ranks
+    documents matching more terms higher). Operators, quotes and brackets in the input are plain text.
+    None if nothing searchable remains."""
+    seen: dict[str, None] = {}
+    for w in _FTS_WORD.findall(text.lower()):
+        w = w.replace("_", " ").strip()
+        if w and w not in _STOPWORDS:
+            seen.setdefault(w, None)
+    terms = list(seen)[:max_terms]
+    if not terms:
+        return None
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+def search_sql(match: str, limit: int, filters: tuple[str, list[Any]] | None) -> tuple[str, list[Any]]:
+    """``(sql, params)``: BM25 top-``limit`` rows (chunk_id, -bm25) for a MATCH expression, best first;
+    ``filters``: a ``filter_sql`` pair restricting the articles (applied before the limit)."""
+    if filters is None:
+        return ("SELECT rowid, -bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? "
+                "ORDER BY bm25(chunks_fts) LIMIT ?", [match, limit])
+    return (f"SELECT f.rowid, -bm25(chunks_fts) FROM chunks_fts f JOIN chunks c ON c.chunk_id = f.rowid "
+            f"WHERE chunks_fts MATCH ? AND c.pmid IN ({filters[0]}) ORDER BY bm25(chunks_fts) LIMIT ?",
+            [match, *filters[1], limit])
+
+
+class TermStats:
+    """Document frequencies of the store's FTS5 terms (an ``fts5vocab`` table in the temp schema of a
+    private read-only connection: nothing is written to the store). Cached; counts may lag the corpus."""
+
+    CACHE_MAX = 200_000
+
+    def __init__(self, db_path: str | Path) -> None:
+        self._db = sqlite3.connect(f"file:{Path(db_path).absolute()}?mode=ro", uri=True, check_same_thread=False)
+        self._db.execute("CREATE VIRTUAL TABLE temp.fts_vocab USING fts5vocab(main, 'chunks_fts', 'row')")
+        self._lock = threading.Lock()
+        self._cache: dict[str, int | None] = {}
+
+    _shared: ClassVar[dict[str, TermStats]] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def for_store(cls, db_path: str | Path) -> TermStats:
+        """One instance per store file and process (Searchers are re-created on every index reload)."""
+        key = str(Path(db_path).absolute())
+        with cls._shared_lock:
+            if key not in cls._shared:
+                cls._shared[key] = cls(key)
+            return cls._shared[key]
+
+    def df(self, word: str) -> int | None:
+        """Chunks containing ``word``'s stem (porter stems are prefixes of the word, or end in i for y);
+        None when no stem is found."""
+        if word in self._cache:
+            return self._cache[word]
+        cands = ([word[:-1] + "i"] if word.endswith("y") else []) + [word[:n] for n in range(len(word), 2, -1)]
+        out = None
+        with self._lock:
+            for c in cands:
+                row = self._db.execute("SELECT doc FROM temp.fts_vocab WHERE term = ?", (c,)).fetchone()
+                if row:
+                    out = int(row[0])
+                    break
+            if len(self._cache) >= self.CACHE_MAX:
+                self._cache.clear()
+            self._cache[word] = out
+        return out
+
+    def prune(self, query: str, budget: int = LEX_POSTINGS_BUDGET) -> str:
+        """The query's BM25 terms, rarest first, while their summed document frequency fits ``budget``
+        (the rarest term is always kept); the query unchanged if all fit."""
+        expr = fts_query(query)
+        if expr is None:
+            return query
+        terms = [t.replace('""', '"') for t in _TERM.findall(expr)]
+        dfs = [self.df(t) or 0 for t in terms]
+        if sum(dfs) <= budget:
+            return query
+        kept: list[str] = []
+        total = 0
+        for df, t in sorted(zip(dfs, terms, strict=True)):
+            if kept and total + df > budget:
+                break
+            kept.append(t)
+            total += df
+        return " ".join(kept)
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,82 @@
+"""Corpus store schema: the migrations that build one SQLite file (see ``retrieval.store`` for the tables).
+
+FTS5 (``chunks_fts``) is external-content over ``chunks.text``: row-at-a-time triggers keep it in sync
+for small writes; a bulk load (``retrieval.fts.bulk``) drops them for the duration of one transaction.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE articles (
+    pmid INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL,
+    year INTEGER,
+    journal TEXT COLLATE NOCASE,
+    journal_iso TEXT COLLATE NOCASE,
+    language TEXT COLLATE NOCASE,
+    retracted INTEGER NOT NULL,
+    doi TEXT,
+    pmc TEXT,
+    record BLOB NOT NULL
+);
+CREATE INDEX articles_year ON articles(year);
+CREATE INDEX articles_journal ON articles(journal);
+CREATE INDEX articles_journal_iso ON articles(journal_iso);
+CREATE INDEX articles_retracted ON articles(retracted);
+CREATE INDEX articles_doi ON articles(doi);
+CREATE TABLE article_mesh (
+    pmid INTEGER NOT NULL, descriptor TEXT NOT NULL COLLATE NOCASE, major INTEGER NOT NULL,
+    PRIMARY KEY (pmid, descriptor)
+) WITHOUT ROWID;
+CREATE INDEX article_mesh_descriptor ON article_mesh(descriptor, major, pmid);
+CREATE TABLE article_pubtypes (
+    pmid INTEGER NOT NULL, ptype TEXT NOT NULL COLLATE NOCASE, PRIMARY KEY (pmid, ptype)
+) WITHOUT ROWID;
+CREATE INDEX article_pubtypes_ptype ON article_pubtypes(ptype, pmid);
+CREATE TABLE article_languages (
+    pmid INTEGER NOT NULL, language TEXT NOT NULL COLLATE NOCASE, PRIMARY KEY (pmid, language)
+) WITHOUT ROWID;
+CREATE INDEX article_languages_language ON article_languages(language, pmid);
+CREATE TABLE chunks (
+    chunk_id INTEGER PRIMARY KEY,
+    pmid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX chunks_pmid ON chunks(pmid);
+CREATE INDEX chunks_pending ON chunks(chunk_id) WHERE state = 0;
+CREATE VIRTUAL TABLE chunks_fts USING fts5(
+    text, content='chunks', content_rowid='chunk_id', tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts(rowid, text) VALUES (new.chunk_id, new.text);
+END;
+CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.chunk_id, old.text);
+END;
+CREATE TRIGGER chunks_au AFTER UPDATE OF text ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.chunk_id, old.text);
+    INSERT INTO chunks_fts(rowid, text) VALUES (new.chunk_id, new.text);
+END;
+CREATE TABLE removed_chunks (chunk_id INTEGER PRIMARY KEY);
+CREATE TABLE files (path TEXT PRIMARY KEY, md5 TEXT NOT NULL, counts TEXT NOT NULL, done_at REAL NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+""",
+}
+
+
+def split_sql(script: str) -> list[str]:
+    """Split a migration script into statements (triggers contain ';' inside BEGIN ... END)."""
+    out, buf = [], []
+    for line in script.strip().splitlines():
+        buf.append(line)
+        stmt = "\n".join(buf).strip()
+        if stmt.endswith(";") and (not stmt.upper().startswith("CREATE TRIGGER") or stmt.upper().endswith("END;")):
+            out.append(stmt)
+            buf = []
+    assert not "".join(buf).strip(), f"unterminated SQL in migration: {buf}"
+    return out
