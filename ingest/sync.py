@@ -233,6 +233,9 @@ class Syncer:
                      f"update files listed, {len(state.applied)} applied before, {len(todo)} to apply now")
             if not todo:
                 self.log("nothing new: this home is up to date with the mirror")
+                if _unindexed(self.settings):  # a run that crashed between applying and embedding
+                    self.log("embedding the chunks an interrupted run left pending")
+                    self._index(report)
             else:
                 self._apply_all(todo, state, report)
             report.seconds = round(time.perf_counter() - t0, 3)
@@ -265,7 +268,7 @@ class Syncer:
 
         def submit(i: int) -> None:
             if i < len(todo):
-                futures[i] = pool.submit(self._fetch, todo[i], bytes_bar.update)
+                futures[i] = pool.submit(self.fetch, todo[i], bytes_bar.update)
 
         try:
             for i in range(ahead):
@@ -288,9 +291,8 @@ class Syncer:
                 except PubmindError as e:
                     report.failed = {"file": rf.label, "error": e.message}
                     report.waiting = [f.label for f in todo[i + 1:]]
-                    self.log(f"error: {e.message}")
-                    if report.waiting:
-                        self.log(f"{len(report.waiting)} later files wait for the next run (order matters)")
+                    self.log(f"refused {rf.label}; {len(report.waiting)} later files wait for the next run "
+                             f"(order matters)")
                     break
                 state.year = rf.year
                 state.applied[rf.label] = {"md5": res.md5, "articles": res.articles, "deletions": res.deletions,
@@ -324,7 +326,7 @@ class Syncer:
                 report.index[k] = report.index.get(k, 0) + v
 
     # ---------------------------------------------------------------------------------------- HTTP
-    def _fetch(self, rf: RemoteFile, on_bytes: Callable[[int], object]) -> Download:
+    def fetch(self, rf: RemoteFile, on_bytes: Callable[[int], object] = lambda _n: None) -> Download:
         """Download ``rf`` and its ``.md5`` into the downloads folder and verify it (worker thread)."""
         t0 = time.perf_counter()
         dest = self.settings.downloads_dir / rf.folder / rf.name
@@ -455,6 +457,16 @@ def read_state(settings: Settings) -> SyncState:
     with CorpusStore(settings.corpus_db) as store:
         raw = store.get_meta(STATE_KEY)
     return msgspec.json.decode(raw, type=SyncState) if raw else SyncState()
+
+
+def _unindexed(settings: Settings) -> bool:
+    """True if the store holds chunks not yet embedded (or removals not yet applied to the index)."""
+    if not settings.corpus_db.exists():
+        return False
+    from retrieval.store import CorpusStore
+
+    with CorpusStore(settings.corpus_db) as store:
+        return store.count_pending() > 0 or len(store.removed_pending()) > 0
 
 
 def _label_key(label: str) -> tuple[int, int]:

@@ -282,3 +282,24 @@ def test_max_files_and_the_folder_options(sync_cli, mirror: Mirror, settings) ->
     code, _, err = sync_cli("sync", "--no-progress")
     assert code == 0, err
     assert applied(settings) == ORDER
+
+
+def test_a_run_cut_short_before_embedding_is_finished_by_the_next(make_syncer, settings, indexer,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real = indexer.sync
+
+    def killed(progress: bool = True) -> None:
+        raise RuntimeError("killed while embedding")
+
+    monkeypatch.setattr(indexer, "sync", killed)
+    with pytest.raises(RuntimeError, match="killed while embedding"):
+        make_syncer().run()
+    assert applied(settings) == ORDER  # every file is in the store...
+    assert corpus_stats(settings)["pending_chunks"] > 0  # ...but not embedded
+    monkeypatch.setattr(indexer, "sync", real)
+    logs: list[str] = []
+    again = make_syncer(log=logs.append).run()
+    assert again.new == []
+    assert "embedding the chunks an interrupted run left pending" in logs
+    st = corpus_stats(settings)
+    assert st["vectors"] == st["chunks"]
