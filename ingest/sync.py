@@ -137,7 +137,6 @@ class Syncer:
         self._client = httpx.Client(
             timeout=httpx.Timeout(self.cfg.timeout_seconds), follow_redirects=True, max_redirects=5,
             headers={"User-Agent": "pubmind-sync", "Accept-Encoding": "identity"})
-        self.requests = 0
 
     def close(self) -> None:
         self._client.close()
@@ -368,7 +367,6 @@ class Syncer:
             headers = {"Range": f"bytes={have}-"} if have else {}
             ranged = ranged or bool(have)
             try:
-                self.requests += 1
                 with self._client.stream("GET", url, headers=headers) as r:
                     if r.status_code == 416 and have:  # .part is not a prefix of the file: start over
                         part.unlink()
@@ -404,7 +402,6 @@ class Syncer:
                 self._backoff(attempt, url, last, retry_after)
                 retry_after = None
             try:
-                self.requests += 1
                 r = self._client.get(url)
             except httpx.TransportError as e:
                 last = f"{type(e).__name__}: {e}"

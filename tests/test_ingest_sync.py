@@ -71,8 +71,8 @@ def indexer(settings, hash_embedder: HashEmbedder) -> Iterator[Indexer]:
 def make_syncer(settings, indexer: Indexer, mirror: Mirror) -> Iterator[Callable[..., Syncer]]:
     made: list[Syncer] = []
 
-    def make(settings_=None, **kw: object) -> Syncer:
-        s = Syncer(settings_ or settings, mirror=mirror.url, pipeline=Pipeline(settings, indexer=indexer, progress=False),
+    def make(**kw: object) -> Syncer:
+        s = Syncer(settings, mirror=mirror.url, pipeline=Pipeline(settings, indexer=indexer, progress=False),
                    progress=False, **kw)  # type: ignore[arg-type]
         made.append(s)
         return s
