@@ -44,7 +44,7 @@ from pubmind.settings import Settings
 
 FOLDERS = ("baseline", "updatefiles")  # apply order: every baseline file, then the update files
 STATE_KEY = "pubmed_sync"  # corpus-store meta key holding SyncState (JSON)
-FILE_RE = re.compile(r"^pubmed(\d{2})n(\d{4})\.xml\.gz$")
+FILE_RE = re.compile(r"^pubmed(\d{2})n(\d{4,})\.xml\.gz$")
 _HREF_RE = re.compile(r"""href\s*=\s*["']?([^"'\s>]+)""", re.I)
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 

@@ -7,6 +7,7 @@ real NLM ``.md5`` sidecars), and updatefiles/pubmed26n1336 (the real pmparser up
 
 from __future__ import annotations
 
+import fcntl
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -303,3 +304,13 @@ def test_a_run_cut_short_before_embedding_is_finished_by_the_next(make_syncer, s
     assert "embedding the chunks an interrupted run left pending" in logs
     st = corpus_stats(settings)
     assert st["vectors"] == st["chunks"]
+
+
+def test_one_sync_per_home_at_a_time(make_syncer, settings, mirror: Mirror) -> None:
+    settings.ingest_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.ingest_dir / "sync.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running 'pubmind sync' holds it
+        with pytest.raises(Conflict, match="another 'pubmind sync' is running on"):
+            make_syncer().run()
+    assert mirror.log == []
+    assert applied(settings) == []
