@@ -1,4 +1,5 @@
-"""``pubmind sync`` against a local NLM-style mirror (tests/nlm_mirror.py) of the real files in ../shared/data.
+"""``pubmind sync``. Tests marked ``network`` run against a local NLM-style mirror on 127.0.0.1 (tests/nlm_mirror.py)
+built from the real files in ../shared/data.
 
 The mirror: baseline/pubmed26n1334 and updatefiles/pubmed26n1335 (the real current-DTD samples with their
 real NLM ``.md5`` sidecars), and updatefiles/pubmed26n1336 (the real pmparser update sample pubmed20n1016,
@@ -25,8 +26,6 @@ from retrieval.indexer import Indexer
 from tests.conftest import SHARED_DATA
 from tests.fixtures_ingest import SAMPLE_1334, SAMPLE_1335, HashEmbedder
 from tests.nlm_mirror import Mirror, MirrorServer, add_file, md5_sidecar
-
-pytestmark = pytest.mark.network
 
 UPDATE_26_SAMPLE = SHARED_DATA / "pmparser/inst/extdata/pubmed20n1016.xml.gz"
 FILES = {"baseline/pubmed26n1334.xml.gz": SAMPLE_1334, "updatefiles/pubmed26n1335.xml.gz": SAMPLE_1335,
@@ -141,6 +140,7 @@ def test_plan_refuses_out_of_order_files_and_updates_on_an_unfinished_baseline(s
 
 
 # ------------------------------------------------------------------------------------------ mirror
+@pytest.mark.network
 def test_first_sync_applies_baseline_then_updates_in_order(make_syncer, mirror: Mirror, settings, indexer) -> None:
     mirror.delay["pubmed26n1334.xml.gz"] = 0.5  # the baseline file arrives last; it must still apply first
     report = make_syncer().run()
@@ -158,6 +158,7 @@ def test_first_sync_applies_baseline_then_updates_in_order(make_syncer, mirror: 
     assert not list(settings.downloads_dir.rglob("*.xml.gz*"))  # keep_downloads is off by default
 
 
+@pytest.mark.network
 def test_second_sync_is_a_no_op(make_syncer, mirror: Mirror, settings, indexer, hash_embedder) -> None:
     make_syncer().run()
     state, stats, encoded = indexer.store.get_meta(STATE_KEY), corpus_stats(settings), hash_embedder.encoded
@@ -173,6 +174,7 @@ def test_second_sync_is_a_no_op(make_syncer, mirror: Mirror, settings, indexer, 
     assert len(mirror.file_gets()) == gets  # only the two index pages were fetched
 
 
+@pytest.mark.network
 def test_partial_downloads_resume_with_range(make_syncer, mirror: Mirror, settings, indexer) -> None:
     # an earlier run left 10,000 bytes of the baseline file; the connection drops mid-way through 1335;
     # a .part that is not a prefix of 1336 fails its MD5 and is fetched again from the start
@@ -195,6 +197,7 @@ def test_partial_downloads_resume_with_range(make_syncer, mirror: Mirror, settin
     assert indexer.store.versions(want) == want
 
 
+@pytest.mark.network
 def test_a_corrupt_file_is_refused_and_later_files_wait(sync_cli, mirror: Mirror, settings) -> None:
     side = mirror.root / "updatefiles" / "pubmed26n1335.xml.gz.md5"
     side.write_text("MD5(pubmed26n1335.xml.gz)= 0123456789abcdef0123456789abcdef\n")
@@ -219,6 +222,7 @@ def test_a_corrupt_file_is_refused_and_later_files_wait(sync_cli, mirror: Mirror
     assert [a["file"] for a in json.loads(out)["applied"]] == ORDER[1:]
 
 
+@pytest.mark.network
 def test_a_file_that_does_not_parse_is_refused(make_syncer, mirror: Mirror, settings, indexer, tmp_path: Path) -> None:
     broken = tmp_path / "pubmed26n1335.xml.gz"
     broken.write_bytes(SAMPLE_1335.read_bytes()[:50_000])  # truncated gzip, with a matching .md5
@@ -232,6 +236,7 @@ def test_a_file_that_does_not_parse_is_refused(make_syncer, mirror: Mirror, sett
     assert indexer.store.versions(pmids(SAMPLE_1335) - pmids(SAMPLE_1334)) == {}
 
 
+@pytest.mark.network
 def test_http_503_is_retried_with_backoff_and_retries_are_bounded(make_syncer, mirror: Mirror, settings) -> None:
     mirror.fail["baseline"].extend([503])  # the index page
     mirror.fail["pubmed26n1334.xml.gz"].extend([503, 503])
@@ -248,6 +253,7 @@ def test_http_503_is_retried_with_backoff_and_retries_are_bounded(make_syncer, m
     assert applied(settings) == ORDER[:1]
 
 
+@pytest.mark.network
 def test_a_new_annual_baseline_is_refused(sync_cli, mirror: Mirror, settings) -> None:
     code, _, err = sync_cli("sync", "--no-progress")
     assert code == 0, err
@@ -263,6 +269,7 @@ def test_a_new_annual_baseline_is_refused(sync_cli, mirror: Mirror, settings) ->
     assert applied(settings) == ORDER
 
 
+@pytest.mark.network
 def test_max_files_and_the_folder_options(sync_cli, mirror: Mirror, settings) -> None:
     code, out, err = sync_cli("sync", "--no-progress", "--max-files", "1")
     assert code == 0, err
@@ -285,6 +292,7 @@ def test_max_files_and_the_folder_options(sync_cli, mirror: Mirror, settings) ->
     assert applied(settings) == ORDER
 
 
+@pytest.mark.network
 def test_a_run_cut_short_before_embedding_is_finished_by_the_next(make_syncer, settings, indexer,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     real = indexer.sync
@@ -306,6 +314,7 @@ def test_a_run_cut_short_before_embedding_is_finished_by_the_next(make_syncer, s
     assert st["vectors"] == st["chunks"]
 
 
+@pytest.mark.network
 def test_one_sync_per_home_at_a_time(make_syncer, settings, mirror: Mirror) -> None:
     settings.ingest_dir.mkdir(parents=True, exist_ok=True)
     with open(settings.ingest_dir / "sync.lock", "w") as held:
