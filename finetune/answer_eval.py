@@ -43,9 +43,9 @@ from tqdm import tqdm
 
 from generation.answer import answer_prompt, check_answer, closed_book_messages, parse_decision, prose
 from generation.prompt import DECISIONS
-from generation.vllm_client import VllmClient, served_base_name
+from generation.vllm_client import VllmClient, make_client, served_base_name
 from pubmind.durable import write_json_atomic
-from pubmind.errors import BadSourceFile, InvalidInput, NotFound
+from pubmind.errors import BadSourceFile, ConfigError, InvalidInput, NotFound
 from pubmind.settings import Settings
 
 SETTINGS = ("reasoning-required", "reasoning-free", "no-retrieval")
@@ -384,31 +384,41 @@ def build_prompts(settings: Settings, questions: Sequence[Question], data: dict[
     return out
 
 
-async def _answer(client: VllmClient, model: ModelSpec, p: Prompted, tokenizer: Any, max_tokens: int,
-                  score_gold: bool) -> dict[str, Any]:
+def make_record(p: Prompted, text: str, *, latency_s: float = 0.0, prompt_tokens: int = 0,
+                completion_tokens: int = 0, finish_reason: str | None = None) -> dict[str, Any]:
+    """The per-question record of one generated answer: decision, citations checked against the prompt's
+    evidence (``generation.answer.check_answer``), ROUGE-L; ``nll``/``nll_tokens`` are filled in by scoring."""
+    report = check_answer(text, p.evidence)
+    return {"pmid": p.q.pmid, "gold": p.q.gold, "decision": parse_decision(text), "answer": text,
+            "evidence": p.evidence, "cited": report.cited, "unsupported": report.unsupported,
+            "rouge_l": rouge_l(text, p.q.long_answer), "nll": None, "nll_tokens": 0,
+            "latency_s": round(latency_s, 4), "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens, "finish_reason": finish_reason}
+
+
+async def _answer(client: VllmClient, model: ModelSpec, p: Prompted, max_tokens: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = await client.chat(p.messages, model.served, max_tokens=max_tokens, temperature=0.0)
-    latency = time.perf_counter() - t0
-    report = check_answer(res.text, p.evidence)
-    nll, ntok = None, 0
-    if score_gold and p.q.long_answer:
-        prefix = tokenizer.encode(tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True),
-                                  add_special_tokens=False)
-        ids, lps = await client.prompt_logprobs([*p.messages, {"role": "assistant", "content": p.q.long_answer}],
-                                                model.served)
-        nll, ntok = gold_span_nll(prefix, ids, lps)
-    return {"pmid": p.q.pmid, "gold": p.q.gold, "decision": parse_decision(res.text), "answer": res.text,
-            "evidence": p.evidence, "cited": report.cited, "unsupported": report.unsupported,
-            "rouge_l": rouge_l(res.text, p.q.long_answer), "nll": nll, "nll_tokens": ntok,
-            "latency_s": round(latency, 4), "prompt_tokens": res.prompt_tokens,
-            "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason}
+    return make_record(p, res.text, latency_s=time.perf_counter() - t0, prompt_tokens=res.prompt_tokens,
+                       completion_tokens=res.completion_tokens, finish_reason=res.finish_reason)
+
+
+async def _score_gold(client: VllmClient, model: ModelSpec, p: Prompted, tokenizer: Any) -> tuple[float, int]:
+    """(NLL, tokens) of the gold long answer as ``model``'s reply to ``p``'s prompt."""
+    prefix = tokenizer.encode(tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True),
+                              add_special_tokens=False)
+    ids, lps = await client.prompt_logprobs([*p.messages, {"role": "assistant", "content": p.q.long_answer}],
+                                            model.served)
+    return gold_span_nll(prefix, ids, lps)
 
 
 async def answer_all(client: VllmClient, models: Sequence[ModelSpec], prompts: Sequence[Prompted], tokenizer: Any,
                      max_tokens: int, *, score_gold: bool = True, concurrency: int = CONCURRENCY,
                      progress: bool = False) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
     """Per-question records per model (models one after the other, ``concurrency`` questions in flight) and
-    each model's wall seconds."""
+    each model's wall seconds (generation only). The gold answers are scored afterwards ONE request at a time:
+    vLLM 0.32 with LoRA enabled crashes its engine when a ``prompt_logprobs`` request shares a batch with other
+    requests (the CPU LoRA logits path sizes its indices per request, not per prompt token)."""
     loaded = set(await client.models())
     for m in models:
         if m.adapter_path and m.served not in loaded:
@@ -420,13 +430,20 @@ async def answer_all(client: VllmClient, models: Sequence[ModelSpec], prompts: S
         for m in models:
             async def one(p: Prompted, m: ModelSpec = m) -> dict[str, Any]:
                 async with sem:
-                    r = await _answer(client, m, p, tokenizer, max_tokens, score_gold)
+                    r = await _answer(client, m, p, max_tokens)
                 bar.update(1)
                 return r
 
             t0 = time.perf_counter()
             records[m.name] = list(await asyncio.gather(*(one(p) for p in prompts)))
             walls[m.name] = time.perf_counter() - t0
+    if score_gold:
+        with tqdm(total=len(models) * len(prompts), desc="perplexity", unit="ans", disable=not progress) as bar:
+            for m in models:
+                for p, r in zip(prompts, records[m.name], strict=True):
+                    if p.q.long_answer:
+                        r["nll"], r["nll_tokens"] = await _score_gold(client, m, p, tokenizer)
+                    bar.update(1)
     return records, walls
 
 
@@ -451,8 +468,8 @@ def _open_searcher(settings: Settings, data: dict[int, dict[str, Any]], data_sha
 
 def evaluate_answers(settings: Settings, data_path: str | Path, *, models: Sequence[str], split: str = "test",
                      limit: int | None = None, setting: str = "reasoning-required", vllm_url: str | None = None,
-                     max_tokens: int | None = None, n_boot: int = N_BOOT, store: bool = True,
-                     progress: bool = False) -> dict[str, Any]:
+                     max_tokens: int | None = None, perplexity: bool = True, n_boot: int = N_BOOT,
+                     store: bool = True, progress: bool = False) -> dict[str, Any]:
     """One evaluation run (see the module doc); stored under ``runs_dir`` unless ``store=False``. Without
     ``vllm_url`` (nor ``llm.vllm_url``) a vLLM is launched for the run and stopped after it."""
     from transformers import AutoTokenizer
@@ -471,7 +488,11 @@ def evaluate_answers(settings: Settings, data_path: str | Path, *, models: Seque
     sha = file_sha256(data_path)
     questions = select_questions(data, split, limit, load_test_labels(data_path) if split == "test" else None)
     specs = resolve_models(settings, models)
-    tokenizer = AutoTokenizer.from_pretrained(settings.llm.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(settings.llm.model)
+    except OSError as e:
+        raise ConfigError(f"llm.model={settings.llm.model!r}: cannot load its tokenizer ({e})",
+                          param="llm.model") from None
 
     ix = searcher = index_info = None
     if setting == "reasoning-required":
@@ -482,17 +503,18 @@ def evaluate_answers(settings: Settings, data_path: str | Path, *, models: Seque
         if ix is not None:
             ix.close()
 
-    url = vllm_url or settings.llm.vllm_url
+    if vllm_url:  # a remote vLLM: its key is llm.vllm_api_key (make_client)
+        settings = settings.model_copy(update={"llm": settings.llm.model_copy(update={"vllm_url": vllm_url})})
     sup = None
-    if not url:
+    if not settings.llm.vllm_url:
         from generation.supervisor import VllmSupervisor
 
         adapters = {m.served: m.adapter_path for m in specs if m.adapter_path}
         sup = VllmSupervisor(settings, adapters=lambda: adapters)
         sup.start()
-        url = sup.url
     try:
-        records, walls = asyncio.run(_generate(settings, url, specs, prompts, tokenizer, max_tokens, progress))
+        records, walls = asyncio.run(_generate(settings, specs, prompts, tokenizer, max_tokens, perplexity,
+                                               progress))
     finally:
         if sup is not None:
             sup.stop()
@@ -502,8 +524,8 @@ def evaluate_answers(settings: Settings, data_path: str | Path, *, models: Seque
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "dataset": {"name": "pubmedqa", "path": str(data_path.absolute()), "sha256": sha, "split": split,
                     "limit": limit, "n": len(questions)},
-        "config": {"setting": setting, "max_tokens": max_tokens, "temperature": 0.0, "concurrency": CONCURRENCY,
-                   "n_boot": n_boot, "llm_model": settings.llm.model, "vllm": "launched" if sup else url},
+        "config": {"setting": setting, "max_tokens": max_tokens, "temperature": 0.0, "concurrency": CONCURRENCY, "perplexity": perplexity,
+                   "n_boot": n_boot, "llm_model": settings.llm.model, "vllm": "launched" if sup else settings.llm.vllm_url},
         "index": index_info,
         "models": [asdict(m) for m in specs],
         "metrics": {m.name: summarize(records[m.name], walls[m.name]) for m in specs},
@@ -516,12 +538,38 @@ def evaluate_answers(settings: Settings, data_path: str | Path, *, models: Seque
     return run
 
 
-async def _generate(settings: Settings, url: str, specs: Sequence[ModelSpec], prompts: Sequence[Prompted],
-                    tokenizer: Any, max_tokens: int, progress: bool
+async def _generate(settings: Settings, specs: Sequence[ModelSpec], prompts: Sequence[Prompted], tokenizer: Any,
+                    max_tokens: int, perplexity: bool, progress: bool
                     ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
-    client = VllmClient(url, timeout_seconds=settings.llm.request_timeout_seconds)
+    client = make_client(settings)
     try:
         await client.health()
-        return await answer_all(client, specs, prompts, tokenizer, max_tokens, progress=progress)
+        return await answer_all(client, specs, prompts, tokenizer, max_tokens, score_gold=perplexity,
+                                progress=progress)
     finally:
         await client.aclose()
+
+
+# ---- the re-tune gate ------------------------------------------------------------------------------------
+def gate_prompts(settings: Settings, data_path: str | Path, limit: int, tokenizer: Any
+                 ) -> tuple[list[Prompted], dict[str, Any]]:
+    """The gate's PubMedQA questions (reasoning-free: each question's own abstract is the evidence, so the job
+    builds no index): the official test split when ``test_ground_truth.json`` lies beside ``data_path``, else
+    the file's order; the first ``limit``. Returns the prompts and what was used (recorded in the report)."""
+    from retrieval.pubmedqa import load_pubmedqa
+
+    path = Path(data_path)
+    data = load_pubmedqa(path)
+    split = "test" if (path.parent / TEST_SPLIT_FILE).is_file() else "all"
+    questions = select_questions(data, split, limit, load_test_labels(path) if split == "test" else None)
+    prompts = build_prompts(settings, questions, data, "reasoning-free", tokenizer, settings.llm.max_tokens)
+    return prompts, {"path": str(path), "sha256": file_sha256(path), "split": split, "n": len(prompts),
+                     "setting": "reasoning-free"}
+
+
+def score_texts(prompts: Sequence[Prompted], texts: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(summary, records) of answers generated elsewhere (e.g. by the gate's generator) for ``prompts``."""
+    if len(prompts) != len(texts):
+        raise InvalidInput(f"{len(texts)} answers for {len(prompts)} prompts", param="texts")
+    records = [make_record(p, t) for p, t in zip(prompts, texts, strict=True)]
+    return summarize(records), records

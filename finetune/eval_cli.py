@@ -29,20 +29,24 @@ from retrieval.cli import eval_group
 @click.option("--vllm-url", default=None,
               help="A running vLLM serving llm.model (default: llm.vllm_url, else one is launched for the run).")
 @click.option("--max-tokens", type=int, default=None, help="Max answer tokens (default: llm.max_tokens).")
+@click.option("--perplexity/--no-perplexity", default=True, show_default=True,
+              help="Score the gold long answer's perplexity (vLLM prompt_logprobs, one request at a time: vLLM 0.32 "
+                   "with LoRA crashes when such a request is batched with others, so avoid it on a vLLM that "
+                   "serves users).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON (without per-question records).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the printed report (Markdown, or JSON with --json) to this file.")
 @handle_errors
 def eval_answers(data_path: str, split: str, limit: int | None, models: tuple[str, ...], setting: str,
-                 no_retrieval: bool, vllm_url: str | None, max_tokens: int | None, as_json: bool,
-                 out_path: str | None) -> None:
+                 no_retrieval: bool, vllm_url: str | None, max_tokens: int | None, perplexity: bool,
+                 as_json: bool, out_path: str | None) -> None:
     """Answer PubMedQA questions with one or more models through the serving prompt and citation checks:
     accuracy, macro-F1, citations, ROUGE-L, perplexity, latency; deltas with paired-bootstrap 95% CIs."""
     from finetune.answer_eval import evaluate_answers, markdown
 
     run = evaluate_answers(get_settings(), data_path, models=models or ("base",), split=split, limit=limit,
                            setting="no-retrieval" if no_retrieval else setting, vllm_url=vllm_url,
-                           max_tokens=max_tokens, progress=not as_json)
+                           max_tokens=max_tokens, perplexity=perplexity, progress=not as_json)
     if as_json:
         import json
 

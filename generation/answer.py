@@ -49,13 +49,13 @@ def answer_prompt(question: str, hits: Sequence[Any], tokenizer: Any, settings: 
     """The serving prompt for ``question`` over ``hits`` (search Hits or Articles, best first): the evidence is
     fitted into what ``llm.max_model_len`` leaves after the chat skeleton and ``max_tokens``. ``decision`` adds
     the yes/no/maybe decision-line instruction. InvalidInput when fewer than MIN_EVIDENCE_TOKENS remain."""
-    budget, room = evidence_room(tokenizer, question, history, max_model_len=settings.llm.max_model_len,
+    budget, room = evidence_room(tokenizer, question, history, max_model_len=settings.llm.context_len,
                                  max_tokens=max_tokens, context_tokens=settings.retrieval.context_tokens,
                                  decision=decision)
     if budget < MIN_EVIDENCE_TOKENS:
         raise InvalidInput(
             f"the question and conversation leave {max(room, 0)} tokens for evidence within "
-            f"llm.max_model_len={settings.llm.max_model_len} (max_tokens={max_tokens}); shorten the "
+            f"llm.max_model_len={settings.llm.context_len} (max_tokens={max_tokens}); shorten the "
             f"conversation or ask for fewer max_tokens", param="messages" if history else "question")
     text, used = render_evidence(hits, tokenizer, budget)
     return AnswerPrompt(build_messages(question, text, history, decision=decision), used, budget)
