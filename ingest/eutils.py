@@ -155,8 +155,8 @@ class EutilsClient:
         self.cfg = cfg
         self.base_url = cfg.base_url if cfg.base_url.endswith("/") else cfg.base_url + "/"
         Entrez.tool = cfg.tool
-        Entrez.email = cfg.email or None
-        Entrez.api_key = cfg.api_key or None
+        Entrez.email = cfg.email or None  # type: ignore[assignment]  # Bio declares these as None
+        Entrez.api_key = cfg.api_key or None  # type: ignore[assignment]
         rate = cfg.requests_per_second or (10.0 if cfg.api_key else 3.0)
         self.limiter = RateLimiter(rate, clock=clock, sleep=sleep)
         self._sleep = sleep

@@ -6,7 +6,7 @@ import gzip
 import hashlib
 import re
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from pubmind.errors import BadSourceFile
 
@@ -46,6 +46,9 @@ def verify_md5(path: str | Path) -> str:
 
 
 def open_binary(path: Path) -> IO[bytes]:
+    """``path`` opened for reading bytes, decompressed on the fly if it is gzip (by magic number)."""
     with open(path, "rb") as f:
         magic = f.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+    if magic == b"\x1f\x8b":
+        return cast(IO[bytes], gzip.open(path, "rb"))  # GzipFile reads bytes; typeshed types it apart from IO
+    return open(path, "rb")

@@ -46,7 +46,7 @@ def iter_medline(path: Path) -> Iterator[Record]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     n = 0
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+        with opener(path, "rt", encoding="utf-8") as fh:
             for rec in Medline.parse(lines(fh)):
                 n += 1
                 yield _medline_article(rec, name, state["line"])

@@ -74,8 +74,10 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
             out.append(p)
         else:
             raise BadSourceFile(str(p), "no such file or directory")
-    seen: set[Path] = set()
-    return [f for f in out if not (f.resolve() in seen or seen.add(f.resolve()))]
+    unique: dict[Path, Path] = {}  # resolved -> as given, first occurrence wins
+    for f in out:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values())
 
 
 def spool_records(records: Iterable[Record], spool: Path) -> tuple[int, int]:

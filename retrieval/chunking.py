@@ -81,8 +81,8 @@ class Chunker:
         assert self.budget >= 8, f"chunking.max_tokens={settings.max_tokens} leaves no room for text"
         # A private copy of the Rust tokenizer without padding/truncation (tokenizer.json may configure
         # them; the transformers wrapper toggles them per call, so the shared object is not usable directly).
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._backend = None
+        backend: Any = getattr(tokenizer, "backend_tokenizer", None)  # tokenizers.Tokenizer (untyped here)
+        self._backend: Any = None
         if hasattr(backend, "encode_batch_fast"):
             self._backend = type(backend).from_str(backend.to_str())
             self._backend.no_padding()

@@ -42,8 +42,12 @@ class Embedder:
         if settings.max_seq_length is not None:
             self.model.max_seq_length = settings.max_seq_length
         self.tokenizer = self.model.tokenizer
-        self.dim: int = int(self.model.get_embedding_dimension())
-        self.max_seq_length: int = int(self.model.max_seq_length)
+        dim, max_len = self.model.get_embedding_dimension(), self.model.max_seq_length
+        if dim is None or max_len is None:
+            raise ConfigError(f"embedding.model={settings.model!r}: the model states no embedding dimension "
+                              f"({dim}) or maximum sequence length ({max_len})", param="embedding.model")
+        self.dim: int = int(dim)
+        self.max_seq_length: int = int(max_len)
 
     @property
     def fingerprint(self) -> dict[str, Any]:

@@ -152,10 +152,10 @@ class VectorIndex:
 
     def _configure(self) -> None:
         s = self.settings.index
-        if self.kind == "hnsw":
+        if isinstance(self._index, faiss.IndexHNSW):
             self._index.hnsw.efSearch = s.hnsw_ef_search
         elif self.kind == "ivfpq" and self.trained:
-            self._index.nprobe = s.ivf_nprobe
+            faiss.extract_index_ivf(self._index).nprobe = s.ivf_nprobe
 
     def reload(self) -> bool:
         """Reader: load the newest generation if the writer saved one since; True if reloaded.
@@ -234,7 +234,7 @@ class VectorIndex:
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFPQ(quantizer, self.dim, nlist, s.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
         ivf.own_fields = True
-        quantizer.this.disown()
+        quantizer.this.disown()  # type: ignore[attr-defined]  # SWIG ownership handle, not in faiss's stubs
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(live, size=min(len(live), max(256 * 64, nlist * 64)), replace=False))
         ivf.train(self._vectors(sample))
@@ -296,6 +296,7 @@ class VectorIndex:
         """(m,) slots -> (m, dim) float32 exact vectors (ivfpq: from the float16 side file)."""
         if self.kind == "ivfpq":
             if self._vec_map is None or len(self._vec_map) < self._n:
+                assert self._vec_file is not None, "ivfpq index without its float16 vector file"
                 self._vec_map = np.memmap(self.folder / self._vec_file, np.float16, "r", shape=(self._n, self.dim))
             return np.asarray(self._vec_map[slots], dtype=np.float32)
         return self._index.reconstruct_batch(np.ascontiguousarray(slots, dtype=np.int64))
@@ -372,6 +373,8 @@ class VectorIndex:
         if k < 1:
             raise InvalidInput(f"k must be >= 1, got {k}", param="k")
         nq = len(q)
+        cand: np.ndarray | None
+        mask: np.ndarray | None
         if allowed is not None:
             cand = self._lookup(np.unique(np.asarray(allowed, dtype=np.int64)))
             cand = cand[cand >= 0]
@@ -389,12 +392,8 @@ class VectorIndex:
         s = self.settings.index
         refine = self.kind == "ivfpq" and self.trained and s.pq_refine
         kk = min(max(4 * k, k + 32), n_cand) if refine else min(k, n_cand)
-        if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(s.hnsw_ef_search, kk), sel=sel)
-        elif self.kind == "ivfpq" and self.trained:
-            params = faiss.SearchParametersIVF(nprobe=s.ivf_nprobe, sel=sel)
-        else:
-            params = faiss.SearchParameters(sel=sel)
+        params = _search_params(self.kind, self.trained, sel, ef_search=max(s.hnsw_ef_search, kk),
+                                nprobe=s.ivf_nprobe)
         scores, slots = self._index.search(q, kk, params=params)
         del bitmap  # the selector pointed into it; keep it alive until here
         if refine:
@@ -440,6 +439,17 @@ class VectorIndex:
         return {"kind": self.kind, "dim": self.dim, "count": len(self), "slots": self._n, "tombstones": self._dead,
                 "generation": self.generation, "trained": self.trained, "nlist": self.nlist,
                 "folder": str(self.folder)}
+
+
+def _search_params(kind: str, trained: bool, sel: faiss.IDSelector | None, *, ef_search: int,
+                   nprobe: int) -> faiss.SearchParameters:
+    """Per-search parameters (the selector restricts results to allowed slots). faiss's stubs lack
+    ``SearchParametersHNSW`` and the keyword constructors that its SWIG classes accept."""
+    if kind == "hnsw":
+        return faiss.SearchParametersHNSW(efSearch=ef_search, sel=sel)  # type: ignore[attr-defined]
+    if kind == "ivfpq" and trained:
+        return faiss.SearchParametersIVF(nprobe=nprobe, sel=sel)  # type: ignore[call-arg]
+    return faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

@@ -51,7 +51,7 @@ def to_article(pmid: int, rec: dict[str, Any]) -> Article:
     if rec.get("LONG_ANSWER"):
         secs.append(AbstractSection(rec["LONG_ANSWER"], "CONCLUSIONS"))
     year = rec.get("YEAR")
-    return Article(pmid=pmid, abstract=tuple(secs), year=int(year) if str(year or "").isdigit() else None,
+    return Article(pmid=pmid, abstract=tuple(secs), year=int(str(year)) if str(year or "").isdigit() else None,
                    mesh=tuple(MeshHeading(m) for m in rec.get("MESHES") or ()), languages=("eng",))
 
 

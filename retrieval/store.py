@@ -241,7 +241,7 @@ class CorpusStore:
     def pending_chunks(self, limit: int, after: int = -1) -> list[tuple[int, str]]:
         """Up to ``limit`` (chunk_id, text) waiting for embedding, chunk_id > ``after``, ascending."""
         return self._query("SELECT chunk_id, text FROM chunks WHERE state = 0 AND chunk_id > ? "
-                           "ORDER BY chunk_id LIMIT ?", (after, limit))  # type: ignore[return-value]
+                           "ORDER BY chunk_id LIMIT ?", (after, limit))
 
     def has_chunks(self) -> bool:
         return bool(self._query("SELECT 1 FROM chunks LIMIT 1"))

@@ -40,15 +40,20 @@ def pipeline(settings, hash_embedder) -> Iterator[Pipeline]:
 
 def test_baseline_then_update(pipeline: Pipeline, settings) -> None:
     r1 = pipeline.ingest_files([BASELINE_1015])
-    assert [f.status for f in r1.files] == ["ingested"] and r1.files[0].articles == 756
+    assert [f.status for f in r1.files] == ["ingested"]
+    assert r1.files[0].articles == 756
     st = corpus_stats(settings)
-    assert st["articles"] == 754 and st["chunks"] > 754 and st["vectors"] == st["chunks"]
+    assert st["articles"] == 754
+    assert st["chunks"] > 754
+    assert st["vectors"] == st["chunks"]
     assert pipeline.indexer.store.get(31828225).version == 4
     r2 = pipeline.ingest_files([UPDATE_1016])
     assert r2.files[0].deletions == 218
     want = _expected_pmids(BASELINE_1015, UPDATE_1016)
     st = corpus_stats(settings)
-    assert st["articles"] == len(want) and st["vectors"] == st["chunks"] and st["pending_chunks"] == 0
+    assert st["articles"] == len(want)
+    assert st["vectors"] == st["chunks"]
+    assert st["pending_chunks"] == 0
     stored = pipeline.indexer.store.versions(want)
     assert stored == want
     gone = next(r.pmids for r in iter_records(UPDATE_1016) if isinstance(r, Deletion))
@@ -62,9 +67,13 @@ def test_reingest_is_skipped_and_forcing_changes_nothing(pipeline: Pipeline, set
     assert [f.status for f in again.files] == ["skipped"]
     forced = pipeline.ingest_files([SAMPLE_1334], force=True)
     a = forced.files[0].apply
-    assert forced.files[0].status == "ingested" and a["inserted"] == a["updated"] == a["chunks_added"] == 0
+    assert forced.files[0].status == "ingested"
+    assert a["inserted"] == a["updated"]
+    assert a["updated"] == a["chunks_added"]
+    assert a["chunks_added"] == 0
     assert a["unchanged"] == 30
-    assert corpus_stats(settings) == before and hash_embedder.encoded == encoded  # nothing re-embedded
+    assert corpus_stats(settings) == before
+    assert hash_embedder.encoded == encoded  # nothing re-embedded
 
 
 def test_a_directory_goes_past_bad_files_and_applies_nothing_of_them(pipeline: Pipeline, settings,
@@ -82,9 +91,11 @@ def test_a_directory_goes_past_bad_files_and_applies_nothing_of_them(pipeline: P
         ("d_taxonomy.xml", "failed")]
     errors = [f.error for f in report.failed]
     assert "b_truncated.xml.gz: truncated or corrupt gzip" in errors[0]
-    assert "c_empty.xml:1: empty file" in errors[1] and "<TaxaSet> is not PubMed" in errors[2]
+    assert "c_empty.xml:1: empty file" in errors[1]
+    assert "<TaxaSet> is not PubMed" in errors[2]
     st = corpus_stats(settings)
-    assert st["articles"] == 30 and st["files"] == 1
+    assert st["articles"] == 30
+    assert st["files"] == 1
     truncated = {a.pmid for a in iter_records(BASELINE_1015)}
     assert pipeline.indexer.store.versions(truncated) == {}  # none of the partially parsed records
     assert not list((settings.home / "ingest").glob("spool-*"))  # staging cleaned up
@@ -103,8 +114,10 @@ def test_discover(tmp_path: Path) -> None:
 def test_query_pipeline_against_fake_eutils(eutils_settings, hash_embedder, metapub_corpus) -> None:
     with Indexer(eutils_settings, embedder=hash_embedder) as ix:
         out = Pipeline(eutils_settings, indexer=ix, progress=False).ingest_query("all[sb]", max_records=50)
-        assert out["articles"] == 50 and out["apply"]["inserted"] == 50
-        assert out["sync"]["embedded"] == ix.store.stats()["chunks"] > 0
+        assert out["articles"] == 50
+        assert out["apply"]["inserted"] == 50
+        assert out["sync"]["embedded"] == ix.store.stats()["chunks"]
+        assert ix.store.stats()["chunks"] > 0
         assert set(ix.store.versions(metapub_corpus)) == set(sorted(metapub_corpus, reverse=True)[:50])
 
 
@@ -127,19 +140,26 @@ def test_cli_end_to_end_with_minilm(cli, settings, tmp_path: Path) -> None:
     code, out, err = cli("ingest", "file", "--no-progress", "--json", str(SAMPLE_1334), str(SAMPLE_1335))
     assert code == 0, err
     rep = json.loads(out)
-    assert rep["files"] == {"ingested": 2, "skipped": 0, "failed": 0} and rep["articles"] == 60
+    assert rep["files"] == {"ingested": 2, "skipped": 0, "failed": 0}
+    assert rep["articles"] == 60
     code, out, _ = cli("stats", "--json")
     st = json.loads(out)
     want = _expected_pmids(SAMPLE_1334, SAMPLE_1335)
-    assert code == 0 and st["articles"] == len(want) and st["vectors"] == st["chunks"] == rep["sync"]["embedded"]
+    assert code == 0
+    assert st["articles"] == len(want)
+    assert st["vectors"] == st["chunks"]
+    assert st["chunks"] == rep["sync"]["embedded"]
     pmid = next(r.pmid for r in iter_records(SAMPLE_1334) if isinstance(r, Article))
     code, out, _ = cli("article", str(pmid), "--json")
-    assert code == 0 and json.loads(out)["pmid"] == pmid
+    assert code == 0
+    assert json.loads(out)["pmid"] == pmid
     code, out, err = cli("article", "1", "--json")
-    assert code == 1 and "PMID 1 is not in the corpus" in err
+    assert code == 1
+    assert "PMID 1 is not in the corpus" in err
     code, out, err = cli("ingest", "file", "--no-progress", str(SAMPLE_1334), str(ENTREZ / "esearch8.xml"))
     assert code == 1
-    assert "1 unchanged (skipped), 1 failed" in out and "esearch8.xml:3: E-utilities error response" in err
+    assert "1 unchanged (skipped), 1 failed" in out
+    assert "esearch8.xml:3: E-utilities error response" in err
 
 
 @pytest.mark.integration
@@ -150,8 +170,11 @@ def test_cli_ingest_pubmed(cli, fake_eutils, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("PUBMIND_EUTILS__BATCH_SIZE", "10")
     code, out, err = cli("ingest", "pubmed", "--no-progress", "--json", "--query", "all[sb]", "--max", "25")
     assert code == 0, err
-    assert json.loads(out)["articles"] == 25 and fake_eutils.counts["efetch"] == 3
+    assert json.loads(out)["articles"] == 25
+    assert fake_eutils.counts["efetch"] == 3
     code, out, err = cli("ingest", "pubmed", "--no-progress", "--query", "abcXYZ")
-    assert code == 2 and "PhraseNotFound: abcXYZ" in err
+    assert code == 2
+    assert "PhraseNotFound: abcXYZ" in err
     code, out, err = cli("ingest", "pubmed", "--query", "x", "--mindate", "soon")
-    assert code == 2 and "mindate 'soon' is not a date" in err
+    assert code == 2
+    assert "mindate 'soon' is not a date" in err

@@ -23,26 +23,34 @@ def _pmids(batches) -> list[int]:
 
 def test_search_uses_history_and_sends_identity(eutils_settings, fake_eutils, metapub_corpus) -> None:
     res = EutilsClient(eutils_settings).search("all[sb]", retmax=5)
-    assert res.count == len(metapub_corpus) == 163
-    assert res.webenv and res.webenv.startswith("MCID_fake") and res.query_key == "1"
+    assert res.count == len(metapub_corpus)
+    assert len(metapub_corpus) == 163
+    assert res.webenv
+    assert res.webenv.startswith("MCID_fake")
+    assert res.query_key == "1"
     assert res.ids == sorted(metapub_corpus, reverse=True)[:5]
     util, params = fake_eutils.log[-1]
-    assert util == "esearch" and params["usehistory"] == "y"
-    assert params["tool"] == "pubmind" and params["email"] == "test@example.org"
+    assert util == "esearch"
+    assert params["usehistory"] == "y"
+    assert params["tool"] == "pubmind"
+    assert params["email"] == "test@example.org"
 
 
 def test_iter_query_pages_the_history_in_batches(eutils_settings, fake_eutils, metapub_corpus, tmp_path) -> None:
     batches = list(EutilsClient(eutils_settings).iter_query("all[sb]", state_dir=tmp_path))
     got = _pmids(batches)
-    assert sorted(got) == sorted(metapub_corpus) and len(got) == len(set(got))
+    assert sorted(got) == sorted(metapub_corpus)
+    assert len(got) == len(set(got))
     assert [len(b) for b in batches] == [20] * 8 + [3]
     assert fake_eutils.counts["efetch"] == math.ceil(163 / 20)
     starts = [int(p["retstart"]) for u, p in fake_eutils.log if u == "efetch"]
     assert starts == list(range(0, 163, 20))
-    assert all(p["retmode"] == "xml" and p["WebEnv"].startswith("MCID_fake")
-               for u, p in fake_eutils.log if u == "efetch")
+    efetches = [p for u, p in fake_eutils.log if u == "efetch"]
+    assert {p["retmode"] for p in efetches} == {"xml"}
+    assert all(p["WebEnv"].startswith("MCID_fake") for p in efetches)
     state = json.loads(next(tmp_path.glob("query-*.json")).read_text())
-    assert state["complete"] and state["fetched"] == 163
+    assert state["complete"]
+    assert state["fetched"] == 163
 
 
 def test_date_windows_split_past_the_paging_limit(eutils_settings, fake_eutils, metapub_corpus, tmp_path) -> None:
@@ -51,9 +59,11 @@ def test_date_windows_split_past_the_paging_limit(eutils_settings, fake_eutils, 
     client.window_limit = 10
     batches = list(client.iter_query("all[sb]", mindate="1900", maxdate="2030/12", state_dir=tmp_path))
     got = _pmids(batches)
-    assert sorted(got) == sorted(metapub_corpus) and len(got) == len(set(got))
+    assert sorted(got) == sorted(metapub_corpus)
+    assert len(got) == len(set(got))
     state = QueryProgress.load(next(tmp_path.glob("query-*.json")))
-    assert state is not None and len(state.windows) > 16
+    assert state is not None
+    assert len(state.windows) > 16
     assert all(0 < w.count <= 10 for w in state.windows)
     assert sum(w.count for w in state.windows) == 163
     assert all(p["datetype"] == "pdat" for u, p in fake_eutils.log if u == "esearch")
@@ -73,7 +83,8 @@ def test_max_records_and_resuming_a_capped_run(eutils_settings, fake_eutils, met
     fake_eutils.log.clear()
     more = _pmids(EutilsClient(eutils_settings).iter_query("all[sb]", max_records=100, state_dir=tmp_path))
     assert [int(p["retstart"]) for u, p in fake_eutils.log if u == "efetch"] == [45, 65, 85]
-    assert len(more) == 55 and sorted(got + more) == sorted(metapub_corpus, reverse=True)[:100][::-1]
+    assert len(more) == 55
+    assert sorted(got + more) == sorted(metapub_corpus, reverse=True)[:100][::-1]
 
 
 def test_resume_after_a_crash_refetches_only_the_unapplied_batch(eutils_settings, fake_eutils, metapub_corpus,
@@ -83,7 +94,9 @@ def test_resume_after_a_crash_refetches_only_the_unapplied_batch(eutils_settings
     next(gen)  # batch 2 fetched, then the consumer dies before applying it
     gen.close()
     state = QueryProgress.load(next(tmp_path.glob("query-*.json")))
-    assert state is not None and state.fetched == 20 and not state.complete
+    assert state is not None
+    assert state.fetched == 20
+    assert not state.complete
     fake_eutils.log.clear()
     rest = _pmids(EutilsClient(eutils_settings).iter_query("all[sb]", state_dir=tmp_path))
     assert next(int(p["retstart"]) for u, p in fake_eutils.log if u == "efetch") == 20
@@ -101,14 +114,17 @@ def test_long_id_lists_are_posted(eutils_settings, fake_eutils, metapub_corpus) 
     cfg = eutils_settings.eutils.model_copy(update={"batch_size": 300})
     ids = [*sorted(metapub_corpus), *range(1, 101)]  # 263 ids: biopython POSTs lists of 200+
     recs = EutilsClient(eutils_settings.model_copy(update={"eutils": cfg})).fetch_ids(ids)
-    assert len(recs) == 163 and fake_eutils.counts["POST"] == 1 and fake_eutils.counts["GET"] == 0
+    assert len(recs) == 163
+    assert fake_eutils.counts["POST"] == 1
+    assert fake_eutils.counts["GET"] == 0
 
 
 def test_429_and_500_are_retried(eutils_settings, fake_eutils) -> None:
     fake_eutils.fail_next(429, 500)
     client = EutilsClient(eutils_settings)
     assert client.search("all[sb]").count == 163
-    assert fake_eutils.counts["esearch"] == 3 and client.requests == 3
+    assert fake_eutils.counts["esearch"] == 3
+    assert client.requests == 3
 
 
 def test_exhausted_retries_raise(eutils_settings, fake_eutils) -> None:

@@ -47,7 +47,9 @@ def update() -> tuple[list[Article], list[int]]:
 
 def test_baseline_counts(baseline) -> None:
     arts, dels = baseline
-    assert len(arts) == 756 and len({a.pmid for a in arts}) == 754 and dels == []
+    assert len(arts) == 756
+    assert len({a.pmid for a in arts}) == 754
+    assert dels == []
     assert sum(1 for a in arts if a.abstract) == 697  # PMID 31828225 has an abstract in all 3 versions
     assert len({a.pmid for a in arts if a.abstract}) == 695
     assert [a.version for a in arts if a.pmid == 31828225] == [2, 3, 4]
@@ -66,7 +68,8 @@ def test_baseline_fields(baseline) -> None:
     assert (a.doi, a.pmc) == ("10.11613/BM.2020.011001", "PMC6904971")
     assert [x.display for x in a.authors] == ["Weemaes M", "Hiele M", "Vermeersch P"]
     assert a.authors[0].fore_name == "Matthias"
-    assert a.publication_types == ("Case Reports",) and a.languages == ("eng",)
+    assert a.publication_types == ("Case Reports",)
+    assert a.languages == ("eng",)
     assert a.keywords[:2] == ("D-lactate", "D-lactic acidosis")
     assert [x.collective_name for x in arts[31839962].authors if x.collective_name] == ["Bowell Group"]
     assert (arts[31839731].pub_date, arts[31839731].year) == ("2019 Sep-Oct", 2019)  # MedlineDate
@@ -78,8 +81,10 @@ def test_baseline_fields(baseline) -> None:
 
 def test_update_counts_and_retraction_notice(baseline, update) -> None:
     arts, dels = update
-    assert len(arts) == 735 and len({a.pmid for a in arts}) == 733
-    assert len(dels) == 218 and len(set(dels)) == 218
+    assert len(arts) == 735
+    assert len({a.pmid for a in arts}) == 733
+    assert len(dels) == 218
+    assert len(set(dels)) == 218
     assert len({a.pmid for a in arts} & {a.pmid for a in baseline[0]}) == 361
     notice = next(a for a in arts if a.pmid == 31839707)
     assert "Retraction of Publication" in notice.publication_types
@@ -90,9 +95,12 @@ def test_update_counts_and_retraction_notice(baseline, update) -> None:
 
 def test_medline_citation_set_2016() -> None:
     arts, dels = _split(MEDLINE16)
-    assert len(arts) == 604 and sum(1 for a in arts if a.abstract) == 526 and dels == [26432306]
+    assert len(arts) == 604
+    assert sum(1 for a in arts if a.abstract) == 526
+    assert dels == [26432306]
     a = arts[0]
-    assert a.pmid == 17942999 and a.pmc == "PMC4380289"  # from <OtherID Source="NLM">
+    assert a.pmid == 17942999
+    assert a.pmc == "PMC4380289"  # from <OtherID Source="NLM">
     assert [(s.label, s.category) for s in a.abstract] == [
         ("PURPOSE", "OBJECTIVE"), ("METHODS", "METHODS"), ("RESULTS", "RESULTS"), ("CONCLUSIONS", "CONCLUSIONS")]
     np_ = next(m for m in a.mesh if m.descriptor == "Neuronal Plasticity")
@@ -107,7 +115,8 @@ def test_metapub_efetch_responses() -> None:
     assert len(files) == 164
     arts = [r for f in files for r in iter_records(f)]
     assert all(isinstance(a, Article) for a in arts)
-    assert len(arts) == 163 and sum(1 for a in arts if a.abstract) == 145
+    assert len(arts) == 163
+    assert sum(1 for a in arts if a.abstract) == 145
     assert list(iter_records(METAPUB / "37909814.xml")) == []  # efetch's empty set for a missing PMID
     by = {a.pmid: a for a in arts}
     assert by[38591913].title == "Siderophore-mediated iron acquisition by Klebsiella pneumoniae."  # <i> flattened
@@ -115,7 +124,9 @@ def test_metapub_efetch_responses() -> None:
     assert (algo.ui, algo.major) == ("D000465", True)
     assert by[24449692].doi == "10.1504/IJBRA.2014.058777"
     lit = next(m for m in by[11618220].mesh if m.descriptor == "Literature")
-    assert not lit.major and lit.qualifiers[0].major and lit.qualifiers[0].name == "history"
+    assert not lit.major
+    assert lit.qualifiers[0].major
+    assert lit.qualifiers[0].name == "history"
     assert [s.label for s in by[39345789].abstract][:2] == ["OBJECTIVES", "MATERIAL AND METHODS"]
 
 
@@ -136,13 +147,19 @@ def test_medline_text() -> None:
                                                           "1471-2105")
     x = a.authors[0]
     assert (x.last_name, x.fore_name, x.initials) == ("Casbon", "James A", "JA")
-    assert a.journal == "BMC bioinformatics" and a.journal_iso == "BMC Bioinformatics"
-    assert a.abstract_text.startswith("BACKGROUND: Benchmarking algorithms") and a.status == "MEDLINE"
+    assert a.journal == "BMC bioinformatics"
+    assert a.journal_iso == "BMC Bioinformatics"
+    assert a.abstract_text.startswith("BACKGROUND: Benchmarking algorithms")
+    assert a.status == "MEDLINE"
     dbms = next(m for m in a.mesh if m.descriptor == "Database Management Systems")
     isr = next(m for m in a.mesh if m.descriptor == "Information Storage and Retrieval")
-    assert dbms.major and not isr.major and [(q.name, q.major) for q in isr.qualifiers] == [("methods", True)]
+    assert dbms.major
+    assert not isr.major
+    assert [(q.name, q.major) for q in isr.qualifiers] == [("methods", True)]
     b = next(iter_records(MEDLINE_TXT / "pubmed_result3.txt"))
-    assert isinstance(b, Article) and b.pub_date == "2012-10" and b.doi == "10.1118/1.4748329"
+    assert isinstance(b, Article)
+    assert b.pub_date == "2012-10"
+    assert b.doi == "10.1118/1.4748329"
 
 
 def test_current_dtd_samples_and_md5_sidecars() -> None:
@@ -197,7 +214,8 @@ def test_truncated_and_malformed_xml(tmp_path: Path) -> None:
     cut.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(BadSourceFile, match=r"cut.xml:\d+: malformed or truncated XML") as ei:
         list(iter_records(cut))
-    assert ei.value.line and ei.value.line > 1000
+    assert ei.value.line
+    assert ei.value.line > 1000
     bad = tmp_path / "bad.xml"
     bad.write_text('<?xml version="1.0"?>\n<PubmedArticleSet>\n<PubmedArticle><MedlineCitation><PMID>12</PMID>\n'
                    "</PubmedArticle>\n")

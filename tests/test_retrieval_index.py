@@ -19,7 +19,7 @@ KINDS = ["flat", "hnsw", "ivfpq"]
 
 
 def cfg(settings, kind: str, **index):
-    return load_settings(home=str(settings.home), index={"kind": kind, "pq_m": 8, "hnsw_m": 16, **index})
+    return load_settings(preset="test", home=str(settings.home), index={"kind": kind, "pq_m": 8, "hnsw_m": 16, **index})
 
 
 def data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,9 +44,13 @@ def test_add_search_remove_readd(settings, kind) -> None:
     ids, vecs = data(1500)
     for i in range(0, 1500, 500):  # ivfpq trains when the 1000th vector arrives (test preset)
         ix.add(ids[i : i + 500], vecs[i : i + 500])
-    assert len(ix) == 1500 and ix.trained == (kind == "ivfpq")
+    assert len(ix) == 1500
+    assert ix.trained == (kind == "ivfpq")
     sc, got = ix.search(vecs[:100], 10)
-    assert sc.shape == got.shape == (100, 10) and got.dtype == np.int64 and sc.dtype == np.float32
+    assert sc.shape == got.shape
+    assert got.shape == (100, 10)
+    assert got.dtype == np.int64
+    assert sc.dtype == np.float32
     assert (np.diff(sc, axis=1) <= 1e-5).all()
     self_hit = (got[:, 0] == ids[:100]).mean()
     assert self_hit >= (1.0 if kind == "flat" else 0.95), self_hit
@@ -55,17 +59,21 @@ def test_add_search_remove_readd(settings, kind) -> None:
     assert recall >= (1.0 if kind == "flat" else 0.8), recall
     # remove: never returned again
     gone = ids[:50]
-    assert ix.remove(gone) == 50 and ix.remove(gone) == 0 and len(ix) == 1450
+    assert ix.remove(gone) == 50
+    assert ix.remove(gone) == 0
+    assert len(ix) == 1450
     _, got = ix.search(vecs[:50], 10)
     assert not np.isin(got, gone).any()
-    assert not ix.contains(gone).any() and ix.contains(ids[50:60]).all()
+    assert not ix.contains(gone).any()
+    assert ix.contains(ids[50:60]).all()
     # re-add an id with a new vector: replaced, not duplicated
     new = -vecs[60:61]
     ix.add(ids[60:61], new)
     ix.add(ids[60:61], new)
     assert len(ix) == 1450
     _, got = ix.search(new, 5)
-    assert got[0, 0] == ids[60] and (got[0] == ids[60]).sum() == 1
+    assert got[0, 0] == ids[60]
+    assert (got[0] == ids[60]).sum() == 1
     np.testing.assert_allclose(ix.vectors(ids[60:61]), new, atol=1e-2)
     assert np.array_equal(ix.ids(), np.sort(ids[50:]))
 
@@ -86,7 +94,8 @@ def test_filter_applies_before_topk(settings, kind, exact_max, monkeypatch) -> N
     q = vecs[-5:]
     sc, got = ix.search(q, 10, allowed=allowed)
     live_allowed = allowed[~np.isin(allowed, ids[:3])]
-    assert (got >= 0).all() and np.isin(got, live_allowed).all()
+    assert (got >= 0).all()
+    assert np.isin(got, live_allowed).all()
     truth = exact(ids, vecs, q, 10, live_allowed)
     if kind == "flat" or exact_max:
         assert np.array_equal(np.sort(got, axis=1), np.sort(truth, axis=1))
@@ -94,7 +103,9 @@ def test_filter_applies_before_topk(settings, kind, exact_max, monkeypatch) -> N
         assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth, strict=True)]) >= 0.6
     # fewer allowed than k: all of them, padded with -1
     sc, got = ix.search(q[:1], 10, allowed=np.concatenate([ids[3:7], [123456789]]))
-    assert sorted(got[0, :4]) == sorted(ids[3:7]) and (got[0, 4:] == -1).all() and np.isinf(sc[0, 4:]).all()
+    assert sorted(got[0, :4]) == sorted(ids[3:7])
+    assert (got[0, 4:] == -1).all()
+    assert np.isinf(sc[0, 4:]).all()
     _, got = ix.search(q[:1], 10, allowed=np.array([], np.int64))
     assert (got == -1).all()
 
@@ -110,12 +121,21 @@ def test_save_load_roundtrip_and_manifest(settings, kind) -> None:
     before = ix.search(vecs[:20], 5)
     again = VectorIndex.open(s.index_dir, s, FP)
     after = again.search(vecs[:20], 5)
-    assert np.array_equal(before[1], after[1]) and np.allclose(before[0], after[0])
-    assert len(again) == 1190 and again.generation == 1 == disk_generation(s.index_dir)
+    assert np.array_equal(before[1], after[1])
+    assert np.allclose(before[0], after[0])
+    assert len(again) == 1190
+    assert again.generation == 1
+    assert disk_generation(s.index_dir) == 1
     m = json.loads((s.index_dir / "manifest.json").read_text())
-    assert m["fingerprint"] == FP and m["dim"] == DIM and m["kind"] == kind and m["count"] == 1190
-    assert m["metric"] == "inner_product" and m["normalize"] is True and m["chunking"]["max_tokens"] == 128
-    assert m["generation"] == 1 and m["built_at"]
+    assert m["fingerprint"] == FP
+    assert m["dim"] == DIM
+    assert m["kind"] == kind
+    assert m["count"] == 1190
+    assert m["metric"] == "inner_product"
+    assert m["normalize"] is True
+    assert m["chunking"]["max_tokens"] == 128
+    assert m["generation"] == 1
+    assert m["built_at"]
     assert {p.name for p in s.index_dir.iterdir()} == {"manifest.json", *m["files"].values()}
     again.save()
     assert {p.name for p in s.index_dir.iterdir()} == {"manifest.json", *json.loads(
@@ -131,7 +151,7 @@ def test_mismatch_names_both_values(settings) -> None:
         VectorIndex.open(s.index_dir, s, {**FP, "model": "other"})
     with pytest.raises(IndexMismatch, match=r'kind="flat".*kind="hnsw"'):
         VectorIndex.open(s.index_dir, cfg(settings, "hnsw"), FP)
-    other_chunking = load_settings(home=str(settings.home), chunking={"max_tokens": 200})
+    other_chunking = load_settings(preset="test", home=str(settings.home), chunking={"max_tokens": 200})
     with pytest.raises(IndexMismatch, match="chunking"):
         VectorIndex.open(s.index_dir, other_chunking, FP)
     with pytest.raises(ServiceUnavailable, match="no vector index"):
@@ -159,7 +179,9 @@ def test_crash_during_save_keeps_previous_generation(settings, kind, monkeypatch
         ix.save()
     monkeypatch.undo()
     back = VectorIndex.open(s.index_dir, s, FP)
-    assert back.generation == 1 and len(back) == 600 and not back.trained
+    assert back.generation == 1
+    assert len(back) == 600
+    assert not back.trained
     assert np.array_equal(back.ids(), ids[:600])
     _, got = back.search(vecs[:3], 1)
     assert got[:, 0].tolist() == ids[:3].tolist()
@@ -177,7 +199,9 @@ def test_compaction_drops_tombstones(settings, kind) -> None:
     ix.add(ids, vecs)
     ix.remove(ids[::3])  # 33% tombstones > COMPACT_FRACTION
     ix.save()
-    assert ix.info()["slots"] == len(ix) == 800 and ix.info()["tombstones"] == 0
+    assert ix.info()["slots"] == len(ix)
+    assert len(ix) == 800
+    assert ix.info()["tombstones"] == 0
     keep = np.setdiff1d(ids, ids[::3])
     assert np.array_equal(ix.ids(), keep)
     _, got = ix.search(vecs[1:2], 1)
@@ -192,11 +216,14 @@ def test_reader_reloads_new_generation(settings) -> None:
     w.add(ids[:100], vecs[:100])
     w.save()
     r = VectorIndex.open(s.index_dir, s, FP, readonly=True)
-    assert len(r) == 100 and not r.reload()
+    assert len(r) == 100
+    assert not r.reload()
     w.add(ids[100:], vecs[100:])
     w.remove(ids[:10])
     w.save()
-    assert r.reload() and len(r) == 290 and r.generation == 2
+    assert r.reload()
+    assert len(r) == 290
+    assert r.generation == 2
     with pytest.raises(AssertionError, match="read-only"):
         r.add(ids[:1], vecs[:1])
 
@@ -205,11 +232,13 @@ def test_empty_and_bad_input(settings) -> None:
     s = cfg(settings, "flat")
     ix = VectorIndex.open(s.index_dir, s, FP)
     sc, got = ix.search(np.zeros((2, DIM), np.float32), 3)
-    assert (got == -1).all() and np.isinf(sc).all()
+    assert (got == -1).all()
+    assert np.isinf(sc).all()
     ids, vecs = data(4)
     ix.add(ids, vecs)
     _, got = ix.search(vecs[:1], 10)
-    assert sorted(got[0, :4]) == sorted(ids) and (got[0, 4:] == -1).all()
+    assert sorted(got[0, :4]) == sorted(ids)
+    assert (got[0, 4:] == -1).all()
     with pytest.raises(Exception, match="query dimension 5"):
         ix.search(np.zeros((1, 5), np.float32), 3)
     with pytest.raises(Exception, match="k must be"):

@@ -19,13 +19,8 @@ from retrieval.store import CorpusStore, Filters
 from tests.fixtures_retrieval import HashEmbedder, make_article
 
 
-@pytest.fixture(autouse=True)
-def _test_preset(settings) -> None:
-    """The conftest ``settings`` fixture sets PUBMIND_PRESET=test for load_settings() below."""
-
-
 def cfg(home: Path, **index):
-    return load_settings(home=str(home), index={"save_every": 7, **index})
+    return load_settings(preset="test", home=str(home), index={"save_every": 7, **index})
 
 
 def corpus(n: int = 30, start: int = 100) -> list[Article]:
@@ -49,7 +44,8 @@ def snapshot(s) -> dict:
 def assert_consistent(s) -> dict:
     snap = snapshot(s)
     assert {c for c, _, _ in snap["chunks"]} == set(snap["ids"]), "index ids != store chunk ids"
-    assert {st for _, _, st in snap["chunks"]} <= {1} and snap["removed"] == []
+    assert {st for _, _, st in snap["chunks"]} <= {1}
+    assert snap["removed"] == []
     return snap
 
 
@@ -83,8 +79,10 @@ def test_apply_update_delete_and_search(tmp_path, hash_embedder) -> None:
     s = cfg(tmp_path / "home")
     with Indexer(s, hash_embedder) as ix:
         stats = ix.apply(corpus(30), progress=False, batch_size=8)
-        assert stats.records == 30 and stats.apply.inserted == 30
-        assert stats.sync.embedded == stats.apply.chunks_added > 30  # some articles need several chunks
+        assert stats.records == 30
+        assert stats.apply.inserted == 30
+        assert stats.sync.embedded == stats.apply.chunks_added
+        assert stats.apply.chunks_added > 30  # some articles need several chunks
         assert stats.sync.saves >= stats.sync.embedded // 7
         snap = assert_consistent(s)
         target = ix.store.get(117)
@@ -93,16 +91,22 @@ def test_apply_update_delete_and_search(tmp_path, hash_embedder) -> None:
         # re-applying the same records embeds nothing and saves nothing
         before, gen = hash_embedder.encoded, ix.index.generation
         again = ix.apply(corpus(30), progress=False)
-        assert again.apply.unchanged == 30 and again.sync.embedded == 0 and hash_embedder.encoded == before
+        assert again.apply.unchanged == 30
+        assert again.sync.embedded == 0
+        assert hash_embedder.encoded == before
         assert ix.index.generation == gen
         same(snap, snapshot(s))
         # a newer version with fewer chunks; a deletion
         n_old = len(ix.store.chunk_ids_of([104])[104])
         assert n_old > 1
         r = ix.apply([make_article(104, version=2, sentences=1), Deletion((117,))], progress=False)
-        assert r.apply.updated == 1 and r.apply.deleted == 1 and r.sync.removed >= n_old - 1
-        assert ix.store.get(117) is None and ix.store.get(104) == make_article(104, version=2, sentences=1)
-        assert not ix.index.contains(np.array([117_000])).any() and target is not None
+        assert r.apply.updated == 1
+        assert r.apply.deleted == 1
+        assert r.sync.removed >= n_old - 1
+        assert ix.store.get(117) is None
+        assert ix.store.get(104) == make_article(104, version=2, sentences=1)
+        assert not ix.index.contains(np.array([117_000])).any()
+        assert target is not None
         assert_consistent(s)
         assert ix.stats()["index"]["count"] == ix.stats()["chunks"]
 
@@ -131,7 +135,8 @@ def test_marks_indexed_only_after_a_save_containing_them(tmp_path, hash_embedder
     with Indexer(s, hash_embedder) as ix:
         for batch in history():
             ix.apply(batch, progress=False)
-    assert len(calls) > 5 and max(calls) <= max(7, 0.1 * len(ix.index))  # save_every=7, or 10% of the index
+    assert len(calls) > 5
+    assert max(calls) <= max(7, 0.1 * len(ix.index))  # save_every=7, or 10% of the index
     assert_consistent(s)
 
 
@@ -194,7 +199,7 @@ def test_chunking_change_and_index_reset(tmp_path, hash_embedder) -> None:
     with Indexer(s, hash_embedder) as ix:
         ix.apply(corpus(12), progress=False)
     before_text = {c: t for c, t, _ in snapshot(s)["chunks"]}
-    other = load_settings(home=str(s.home), index={"save_every": 7}, chunking={"max_tokens": 64})
+    other = load_settings(preset="test", home=str(s.home), index={"save_every": 7}, chunking={"max_tokens": 64})
     with pytest.raises(IndexMismatch, match="chunk"):
         Indexer(other, hash_embedder)
     with Indexer(other, hash_embedder, allow_rechunk=True) as ix:
@@ -203,7 +208,8 @@ def test_chunking_change_and_index_reset(tmp_path, hash_embedder) -> None:
         old_ids = {c for c, _, _ in snapshot(s)["chunks"]}
         st = ix.rechunk(progress=False)
         now = ix.store._query("SELECT chunk_id, text FROM chunks")
-        assert st.records == 12 and 0 < st.sync.embedded < len(now)  # unchanged chunks keep their vectors
+        assert st.records == 12
+        assert 0 < st.sync.embedded < len(now)  # unchanged chunks keep their vectors
         assert st.sync.embedded == sum(1 for c, t in now if c not in old_ids or t != before_text[c])
     assert_consistent(other)
     VectorIndex.open(other.index_dir, other, hash_embedder.fingerprint, readonly=True)  # manifest updated
@@ -250,7 +256,9 @@ def test_embedder(embedder) -> None:
     from retrieval.embed import Embedder
 
     v = embedder.encode_passages(["Insulin resistance in type 2 diabetes.", "Tumour growth in mice."])
-    assert v.shape == (2, 384) and v.dtype == np.float32 and v.flags.c_contiguous
+    assert v.shape == (2, 384)
+    assert v.dtype == np.float32
+    assert v.flags.c_contiguous
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     q = embedder.encode_queries(["diabetes insulin"])
     assert (q @ v.T)[0, 0] > (q @ v.T)[0, 1]
@@ -290,10 +298,11 @@ def test_real_articles_title_search_rank1(tmp_path, shared_data, embedder) -> No
     path = shared_data / "pmparser/history_991ec7d/tests/testthat/data/baseline/pubmed20n1015.xml.gz"
     arts = {a.pmid: a for a in _parse(path, 200)}  # last version of each PMID wins
     assert len(arts) >= 150
-    s = load_settings(home=str(tmp_path / "home"))
+    s = load_settings(preset="test", home=str(tmp_path / "home"))
     with Indexer(s, embedder) as ix:
         stats = ix.apply(arts.values(), progress=False)
-        assert stats.sync.embedded == ix.store.stats()["chunks"] >= len(arts)
+        assert stats.sync.embedded == ix.store.stats()["chunks"]
+        assert ix.store.stats()["chunks"] >= len(arts)
         sample = list(arts.values())[::10]
         _, got = ix.index.search(embedder.encode_queries([a.title for a in sample]), 5)
         hits = [int(g[0]) // 1000 == a.pmid for g, a in zip(got, sample, strict=True)]
@@ -306,4 +315,5 @@ def test_real_articles_title_search_rank1(tmp_path, shared_data, embedder) -> No
         allowed = ix.store.allowed_chunk_ids(Filters(journals=(a.journal,), year_from=a.year, year_to=a.year))
         _, got = ix.index.search(embedder.encode_queries(["a completely unrelated question about rocks"]), 5,
                                  allowed=allowed)
-        assert np.isin(got[got >= 0], allowed).all() and (got >= 0).sum() == min(5, len(allowed))
+        assert np.isin(got[got >= 0], allowed).all()
+        assert (got >= 0).sum() == min(5, len(allowed))

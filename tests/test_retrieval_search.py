@@ -4,11 +4,9 @@ reranking, bad input; the ``search`` and ``eval retrieval`` commands."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from pubmind.errors import InvalidInput
 from pubmind.records import AbstractSection, Article, CommentCorrection, MeshHeading
@@ -84,10 +82,7 @@ def corpus_settings(tmp_path_factory: pytest.TempPathFactory, embedder):
     from retrieval.indexer import Indexer
 
     home = tmp_path_factory.mktemp("search") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PUBMIND_PRESET", "test")
-        mp.delenv("PUBMIND_CONFIG", raising=False)
-        s = load_settings(home=str(home))
+    s = load_settings(preset="test", home=str(home))
     with Indexer(s, embedder) as ix:
         ix.apply(articles(), progress=False)
     return s
@@ -121,9 +116,12 @@ def test_modes_find_the_topical_article(searcher: Searcher, mode: str, query: st
     hits = searcher.search(query, k=3, mode=mode)
     assert hits[0].pmid == pmid
     h = hits[0]
-    assert h.title == TOPICS[pmid][0] and h.journal == TOPICS[pmid][2] and h.year == TOPICS[pmid][3]
+    assert h.title == TOPICS[pmid][0]
+    assert h.journal == TOPICS[pmid][2]
+    assert h.year == TOPICS[pmid][3]
     assert h.snippet == TOPICS[pmid][1]  # chunk text without the title prefix
-    assert (h.dense is not None) == (mode != "lexical") and (h.lexical is not None) == (mode != "dense")
+    assert (h.dense is not None) == (mode != "lexical")
+    assert (h.lexical is not None) == (mode != "dense")
     assert [x.score for x in hits] == sorted((x.score for x in hits), reverse=True)
 
 
@@ -131,8 +129,12 @@ def test_hybrid_keeps_component_scores(searcher: Searcher) -> None:
     for fusion in ("convex", "rrf"):
         hits = with_retrieval(searcher, fusion=fusion).search("statins lower LDL cholesterol", k=5, mode="hybrid")
         top = hits[0]
-        assert top.pmid == 1001 and top.fused == top.score
-        assert top.dense_rank == 1 and top.lexical_rank == 1 and top.dense > 0.3 and top.lexical > 0
+        assert top.pmid == 1001
+        assert top.fused == top.score
+        assert top.dense_rank == 1
+        assert top.lexical_rank == 1
+        assert top.dense > 0.3
+        assert top.lexical > 0
         # exact dense score for every candidate, even lexical-only ones
         assert all(h.dense is not None for h in hits)
     rrf = with_retrieval(searcher, fusion="rrf").search("statins lower LDL cholesterol", k=1, mode="hybrid")[0]
@@ -146,7 +148,8 @@ def test_one_hit_per_pmid_is_its_best_chunk(searcher: Searcher) -> None:
     for mode in ("dense", "lexical", "hybrid"):
         hits = searcher.search("serum phosphate vascular calcification haemodialysis", k=10, mode=mode)
         pmids = [h.pmid for h in hits]
-        assert pmids[0] == 1100 and len(pmids) == len(set(pmids))
+        assert pmids[0] == 1100
+        assert len(pmids) == len(set(pmids))
     per_chunk = with_retrieval(searcher, one_per_pmid=False).search(
         "serum phosphate vascular calcification haemodialysis", k=10, mode="dense")
     assert [h.pmid for h in per_chunk[:n_chunks]] == [1100] * n_chunks
@@ -159,7 +162,8 @@ def test_filter_applies_before_top_k(searcher: Searcher, mode: str) -> None:
     # the six 1990 articles are off-topic: none is in the unfiltered top 10
     assert all(h.year != 1990 for h in searcher.search(q, k=10, mode=mode))
     hits = searcher.search(q, k=5, mode=mode, filters={"year_from": 1990, "year_to": 1990})
-    assert len(hits) == 5 and {h.year for h in hits} == {1990}
+    assert len(hits) == 5
+    assert {h.year for h in hits} == {1990}
     assert len(searcher.search(q, k=10, mode=mode, filters={"year_to": 1990})) == 6  # only 6 exist
 
 
@@ -181,7 +185,8 @@ def test_exclude_retracted(searcher: Searcher) -> None:
     q = "stem cells for heart failure"
     assert searcher.search(q, k=1)[0].pmid == 1007
     hits = searcher.search(q, k=50, filters=Filters(exclude_retracted=True))
-    assert hits and 1007 not in {h.pmid for h in hits}
+    assert hits
+    assert 1007 not in {h.pmid for h in hits}
 
 
 def test_filter_matching_nothing_returns_empty(searcher: Searcher) -> None:
@@ -226,9 +231,14 @@ def test_reranker_reorders(searcher: Searcher) -> None:
     plain = searcher.search(q, k=10)
     rr = KeywordReranker()
     hits = Searcher(searcher.settings, searcher.store, searcher.index, searcher.embedder, rr).search(q, k=10)
-    assert rr.calls == 1 and plain[0].pmid == 1001
-    assert hits[0].pmid == 1005 and hits[0].rerank == 1.0 and hits[0].score == 1.0
-    assert hits[1].pmid == 1001 and hits[1].rerank == 0.0 and hits[1].fused is not None
+    assert rr.calls == 1
+    assert plain[0].pmid == 1001
+    assert hits[0].pmid == 1005
+    assert hits[0].rerank == 1.0
+    assert hits[0].score == 1.0
+    assert hits[1].pmid == 1001
+    assert hits[1].rerank == 0.0
+    assert hits[1].fused is not None
 
 
 @pytest.fixture(scope="module")
@@ -266,89 +276,16 @@ def test_cross_encoder_reranking(searcher: Searcher, tiny_cross_encoder, corpus_
 def test_hit_is_json_ready(searcher: Searcher) -> None:
     h = searcher.search("flu shots for hospital staff", k=1)[0]
     d = json.loads(json.dumps(h.to_dict()))
-    assert d["pmid"] == 1003 and set(Hit.__struct_fields__) == set(d)
-
-
-# ---- CLI -----------------------------------------------------------------------------------------
-def pubmind(args: list[str], monkeypatch: pytest.MonkeyPatch):
-    from pubmind.cli import main
-
-    for var in ("PUBMIND_HOME", "PUBMIND_PRESET", "PUBMIND_CONFIG"):
-        monkeypatch.delenv(var, raising=False)  # restored after the test (main() sets them)
-    monkeypatch.setenv("PUBMIND_PRESET", "test")
-    return CliRunner().invoke(main, args, catch_exceptions=False)
-
-
-def test_search_cli_json(corpus_settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = str(corpus_settings.home)
-    r = pubmind(["--home", home, "search", "type 2 diabetes insulin", "--k", "3", "--year-from", "2003",
-                 "--year-to", "2004", "--journal", "Diabetologia", "--json"], monkeypatch)
-    assert r.exit_code == 0, r.output
-    hits = json.loads(r.stdout)
-    assert [h["year"] for h in sorted(hits, key=lambda h: h["year"])] == [2003, 2004]
-    assert {"pmid", "title", "journal", "year", "score", "snippet"} <= set(hits[0])
-    r = pubmind(["--home", home, "search", "flu shots for hospital staff", "--mode", "lexical"], monkeypatch)
-    assert r.exit_code == 0 and "[PMID:1003] Influenza vaccination" in r.stdout.splitlines()[0]
-    r = pubmind(["--home", home, "search", "x", "--year-from", "2010", "--year-to", "2000"], monkeypatch)
-    assert r.exit_code == 2 and "year_from=2010" in r.output
-
-
-@pytest.fixture(scope="module")
-def mini_pubmedqa(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 25 PubMedQA records (written to tmp, not the repo)."""
-    data = json.loads((shared_data / "pubmedqa" / "data" / "ori_pqal.json").read_text())
-    path = tmp_path_factory.mktemp("pqa") / "mini.json"
-    path.write_text(json.dumps(dict(list(data.items())[:25])))
-    return path
-
-
-def test_eval_retrieval_cli(mini_pubmedqa: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = json.loads(mini_pubmedqa.read_text())
-    pmids = list(data)
-    tsv = tmp_path / "q.tsv"
-    tsv.write_text("pmid\tquery\n" + f"{pmids[0]}\tmitochondrial dynamics in perforation formation of leaves\n"
-                   f"{pmids[1]}\toptotype comparison for amblyopic eyes\n")
-    work = tmp_path / "work"
-    r = pubmind(["--home", str(tmp_path / "h"), "eval", "retrieval", "--data", str(mini_pubmedqa),
-                 "--workdir", str(work), "--json"], monkeypatch)
-    assert r.exit_code == 0, r.output
-    res = json.loads(r.stdout)
-    assert set(res) == {"dense", "lexical", "hybrid"}
-    for m in res.values():
-        assert m["queries"] == 25 and m["recall@10"] >= 0.95 and m["recall@1"] <= m["recall@5"] <= m["recall@10"]
-        assert 0 < m["ndcg@10"] <= 1 and m["mrr"] >= m["recall@1"]
-    # documents carry no question text: the first article's chunks do not contain its question
-    from retrieval.store import CorpusStore
-
-    st = CorpusStore(work / "corpus.sqlite")
-    chunk_texts = st.chunk_text(st.chunk_ids_of([int(pmids[0])])[int(pmids[0])])
-    st.close()
-    assert data[pmids[0]]["QUESTION"] not in " ".join(chunk_texts.values())
-    assert "CONCLUSIONS: " in " ".join(chunk_texts.values())
-    r = pubmind(["--home", str(tmp_path / "h"), "eval", "retrieval", "--data", str(mini_pubmedqa),
-                 "--queries", str(tsv), "--mode", "hybrid", "--workdir", str(work), "--json"], monkeypatch)
-    assert r.exit_code == 0, r.output
-    res = json.loads(r.stdout)
-    assert list(res) == ["hybrid"] and res["hybrid"]["queries"] == 2 and res["hybrid"]["recall@5"] == 1.0
-
-
-@pytest.mark.parametrize(("content", "msg"), [
-    ("query\tpmid\n1\tx\n", "header"),
-    ("pmid\tquery\n99999999\tsomething\n", "PMID 99999999 is not in the dataset"),
-    ("pmid\tquery\nabc\tsomething\n", ":2:"),
-])
-def test_eval_rejects_bad_queries_file(mini_pubmedqa: Path, tmp_path: Path, monkeypatch, content: str,
-                                       msg: str) -> None:
-    tsv = tmp_path / "q.tsv"
-    tsv.write_text(content)
-    r = pubmind(["--home", str(tmp_path / "h"), "eval", "retrieval", "--data", str(mini_pubmedqa),
-                 "--queries", str(tsv), "--json"], monkeypatch)
-    assert r.exit_code == 1 and msg in r.output
+    assert d["pmid"] == 1003
+    assert set(Hit.__struct_fields__) == set(d)
 
 
 def test_common_terms_are_pruned_from_bm25_queries(searcher: Searcher, monkeypatch: pytest.MonkeyPatch) -> None:
     ts = searcher.terms
-    assert ts.df("diabetes") >= 12 and ts.df("cefazolin") == 1 and ts.df("studies") == ts.df("study") == 6
+    assert ts.df("diabetes") >= 12
+    assert ts.df("cefazolin") == 1
+    assert ts.df("studies") == ts.df("study")
+    assert ts.df("study") == 6
     assert ts.df("xylophone") is None
     q = "diabetes insulin cefazolin"
     assert ts.prune(q) == q  # everything fits the default budget: unchanged
@@ -357,3 +294,19 @@ def test_common_terms_are_pruned_from_bm25_queries(searcher: Searcher, monkeypat
     monkeypatch.setattr(type(ts).prune, "__defaults__", (5,))  # budget 5 postings
     hits = searcher.search(q, k=5, mode="lexical")
     assert [h.pmid for h in hits] == [1005]  # only the rare term was searched
+
+
+def test_search_cli_json(corpus_settings, cli) -> None:
+    home = corpus_settings.home
+    r = cli("search", "type 2 diabetes insulin", "--k", "3", "--year-from", "2003",
+            "--year-to", "2004", "--journal", "Diabetologia", "--json", home=home)
+    assert r.code == 0, r.err
+    hits = json.loads(r.out)
+    assert [h["year"] for h in sorted(hits, key=lambda h: h["year"])] == [2003, 2004]
+    assert {"pmid", "title", "journal", "year", "score", "snippet"} <= set(hits[0])
+    r = cli("search", "flu shots for hospital staff", "--mode", "lexical", home=home)
+    assert r.code == 0
+    assert "[PMID:1003] Influenza vaccination" in r.out.splitlines()[0]
+    r = cli("search", "x", "--year-from", "2010", "--year-to", "2000", home=home)
+    assert r.code == 2
+    assert "year_from=2010" in r.err

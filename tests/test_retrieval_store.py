@@ -53,10 +53,14 @@ def test_insert_get_and_chunks(store: CorpusStore, chunker: Chunker) -> None:
     assert store.get(999) is None
     assert set(store.get_many([101, 102, 999])) == {101, 102}
     chunks = store.chunk_ids_of([101])[101]
-    assert chunks[0] == make_chunk_id(101, 0) == 101_000
+    assert chunks[0] == make_chunk_id(101, 0)
+    assert make_chunk_id(101, 0) == 101_000
     text = store.chunk_text(chunks)[chunks[0]]
-    assert text.startswith(a.title + "\n") and "BACKGROUND: " in text and "RESULTS: " in text
-    assert store.count_pending() == r.chunks_added > 0
+    assert text.startswith(a.title + "\n")
+    assert "BACKGROUND: " in text
+    assert "RESULTS: " in text
+    assert store.count_pending() == r.chunks_added
+    assert r.chunks_added > 0
     assert store._query("SELECT doi, pmc FROM articles WHERE pmid = 101")[0] == ("10.1/x", "PMC1")
 
 
@@ -70,18 +74,21 @@ def test_version_semantics(store: CorpusStore, chunker: Chunker) -> None:
     assert set(states(store).values()) == {1}
     # older version: ignored
     r = store.apply([make_article(7, version=1, title="old")], chunker)
-    assert r.older == 1 and store.get(7) == v2
+    assert r.older == 1
+    assert store.get(7) == v2
     # newer version with another text: replaces article and its (changed) chunks -> pending
     v3 = make_article(7, version=3, title="Completely new title", sentences=4)
     r = store.apply([v3], chunker)
-    assert r.updated == 1 and store.get(7) == v3
+    assert r.updated == 1
+    assert store.get(7) == v3
     assert set(states(store).values()) == {0}
     # same version, revised record (e.g. MeSH added in an update file), same text: chunks keep state
     store.mark_indexed(list(states(store)))
     v3b = make_article(7, version=3, title="Completely new title", sentences=4, mesh=mesh("Humans"))
     assert v3b.abstract == v3.abstract
     r = store.apply([v3b], chunker)
-    assert (r.updated, r.chunks_added) == (1, 0) and store.get(7) == v3b
+    assert (r.updated, r.chunks_added) == (1, 0)
+    assert store.get(7) == v3b
     assert set(states(store).values()) == {1}
 
 
@@ -108,10 +115,12 @@ def test_deletion(store: CorpusStore, chunker: Chunker) -> None:
     ids1 = store.chunk_ids_of([1])[1]
     r = store.apply([Deletion((1, 3))], chunker)
     assert (r.deleted, r.missing_deletes, r.chunks_removed) == (1, 1, len(ids1))
-    assert store.get(1) is None and store.chunk_ids_of([1]) == {}
+    assert store.get(1) is None
+    assert store.chunk_ids_of([1]) == {}
     assert store.removed_pending().tolist() == ids1
     assert store._query("SELECT COUNT(*) FROM article_mesh")[0][0] == 0
-    assert store.fts_search("study", 10) and all(pmid_of(c) == 2 for c, _ in store.fts_search("study", 10))
+    assert store.fts_search("study", 10)
+    assert all(pmid_of(c) == 2 for c, _ in store.fts_search("study", 10))
     # delete then re-add in one batch: the article is back
     r = store.apply([Deletion((2,)), make_article(2, title="Back again")], chunker)
     assert store.get(2).title == "Back again"
@@ -126,7 +135,9 @@ def test_apply_is_one_transaction(store: CorpusStore, chunker: Chunker) -> None:
     before = store.stats()
     with pytest.raises(RuntimeError, match="chunker crashed"):
         store.apply([Deletion((1,)), make_article(2)], Boom())
-    assert store.stats() == before and store.get(1) is not None and store.get(2) is None
+    assert store.stats() == before
+    assert store.get(1) is not None
+    assert store.get(2) is None
 
 
 def test_filters(store: CorpusStore, chunker: Chunker) -> None:
@@ -159,7 +170,8 @@ def test_filters(store: CorpusStore, chunker: Chunker) -> None:
     assert pm(journals=("Nat Med",), mesh=("Mice",), year_from=2015) == [3]
     assert pm(journals=("Nat Med",), exclude_retracted=True, languages=("eng",)) == [1]
     chunk_ids = store.allowed_chunk_ids(Filters(mesh=("Mice",)))
-    assert chunk_ids.dtype == np.int64 and sorted({pmid_of(c) for c in chunk_ids}) == [2, 3]
+    assert chunk_ids.dtype == np.int64
+    assert sorted({pmid_of(c) for c in chunk_ids}) == [2, 3]
     assert store.filter_pmids([1, 2, 3, 99], Filters(exclude_retracted=True)) == {1, 2}
     with pytest.raises(InvalidInput, match="year_from=2020"):
         pm(year_from=2020, year_to=2000)
@@ -169,7 +181,8 @@ def test_filters(store: CorpusStore, chunker: Chunker) -> None:
     sql, params = filter_sql(Filters(year_from=2000, journals=("x",), mesh=("y",), languages=("eng",),
                                            publication_types=("Review",), exclude_retracted=True))
     plan = " ".join(r[3] for r in store._query("EXPLAIN QUERY PLAN " + sql, params))
-    assert "SCAN a" not in plan and "SCAN articles" not in plan, plan
+    assert "SCAN a" not in plan, plan
+    assert "SCAN articles" not in plan, plan
 
 
 def test_fts_search_ranking_filters_and_nasty_input(store: CorpusStore, chunker: Chunker) -> None:
@@ -179,14 +192,17 @@ def test_fts_search_ranking_filters_and_nasty_input(store: CorpusStore, chunker:
         make_article(3, title="Glucagon signalling in hepatic tissue", year=2015),
     ], chunker)
     top = store.fts_search("mitochondrial cell death", 5)
-    assert pmid_of(top[0][0]) == 1 and top[0][1] > 0 and top == sorted(top, key=lambda x: -x[1])
+    assert pmid_of(top[0][0]) == 1
+    assert top[0][1] > 0
+    assert top == sorted(top, key=lambda x: -x[1])
     assert pmid_of(store.fts_search("COVID-19 vaccine", 5)[0][0]) == 2
     nasty = ['COVID-19 "AND" NEAR(', 'a" OR "b', "NOT", "*", "^foo", "col:umn", "(((", "AND OR NOT", "'", "",
              "   ", "é ß ∑ 🧬", "x" * 5000, "NEAR(a b, 3)", '""', "-", "the of and"]
     for q in nasty:
         assert isinstance(store.fts_search(q, 5), list)
         assert isinstance(store.fts_search(q, 5, Filters(year_from=2000)), list)
-    assert fts_query("the of and") is None and fts_query("") is None
+    assert fts_query("the of and") is None
+    assert fts_query("") is None
     assert store.fts_search("glucagon", 5, Filters(year_to=2012)) == []
     assert pmid_of(store.fts_search("glucagon hepatic", 5, Filters(year_from=2012))[0][0]) == 3
     with pytest.raises(InvalidInput, match="limit"):
@@ -197,9 +213,11 @@ def test_fts_follows_updates_and_deletes(store: CorpusStore, chunker: Chunker) -
     store.apply([make_article(1, title="Zebrafish heart regeneration")], chunker)
     assert store.fts_search("zebrafish", 5)
     store.apply([make_article(1, version=2, title="Axolotl limb regeneration")], chunker)
-    assert store.fts_search("zebrafish", 5) == [] and store.fts_search("axolotl", 5)
+    assert store.fts_search("zebrafish", 5) == []
+    assert store.fts_search("axolotl", 5)
     store.apply([Deletion((1,))], chunker)
-    assert store.fts_search("axolotl", 5) == [] and store.fts_search("regeneration", 5) == []
+    assert store.fts_search("axolotl", 5) == []
+    assert store.fts_search("regeneration", 5) == []
     # the FTS index is consistent with its content table
     store._query("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
 
@@ -234,7 +252,8 @@ def test_concurrent_readers_while_writing(store: CorpusStore, chunker: Chunker) 
     stop.set()
     for t in threads:
         t.join()
-    assert errors == [] and store.get(49).version == 5
+    assert errors == []
+    assert store.get(49).version == 5
 
 
 def test_readers_see_committed_data_only(store: CorpusStore, chunker: Chunker, settings) -> None:
