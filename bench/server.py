@@ -115,7 +115,7 @@ def start_api(settings: Settings, vllm_url: str, port: int, log: Path) -> subpro
 
 async def bench(args: argparse.Namespace, settings: Settings, vllm_url: str, questions: list[str]) -> dict[str, Any]:
     from server.auth import KeyStore
-    from server.resources import build_resources
+    from server.services import build_services
 
     ks = KeyStore(settings.app_db)
     name = f"bench-{os.getpid()}-{int(time.time())}"
@@ -148,9 +148,8 @@ async def bench(args: argparse.Namespace, settings: Settings, vllm_url: str, que
     errors = [r for r in res_s if r["status"] != 200]
 
     # the same prompts, built by the server's own code in this process, sent straight to vLLM
-    res = build_resources(settings.model_copy(update={"llm": settings.llm.model_copy(update={"vllm_url": vllm_url})}))
-    rag = res.rag
-    assert rag is not None
+    services = build_services(settings.model_copy(update={"llm": settings.llm.model_copy(update={"vllm_url": vllm_url})}))
+    rag = services.rag
     prompts = []
     for q in qs:
         prep = await rag.prepare(q, k=args.k, mode=None, filters=None, model="base", max_tokens=args.max_tokens)
@@ -167,8 +166,7 @@ async def bench(args: argparse.Namespace, settings: Settings, vllm_url: str, que
             await direct(i)
         print(f"direct vLLM: {args.requests} requests, {args.clients} clients ...", flush=True)
         lat_d, res_d, wall_d = await run_load(args.requests, args.clients, direct)
-    await res.vllm.aclose()
-    res.close()
+    await services.aclose()
     errors_d = [r for r in res_d if r["status"] != 200]
 
     ok = [r["body"] for r in res_s if r["status"] == 200]

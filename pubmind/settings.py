@@ -153,6 +153,14 @@ class ServerSettings(BaseModel):
     auth: bool = Field(True, description="Require API keys. Turn off only for a trusted single-user setup.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
     max_question_chars: int = Field(2000, ge=1, description="Longest accepted question.")
+    max_messages: int = Field(100, ge=1, description="Most messages in one chat request (the history included).")
+    max_conversation_chars: int = Field(
+        100_000, ge=1, description="Most characters in all messages of one chat request together."
+    )
+    evidence_consulted: bool = Field(
+        True, description="Chat answers end with an 'Evidence consulted' list of the retrieved articles that were "
+        "in the prompt (Markdown links with title, journal and year)."
+    )
     rate_limit_per_minute: int = Field(120, ge=1, description="Requests per minute per API key.")
 
 

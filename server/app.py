@@ -1,86 +1,56 @@
 """``create_app(settings)``: the Litestar application.
 
-Routers: ``/v1/query`` (server.query), ``/v1/chat/completions`` + ``/v1/models`` (server.chat),
-``/health``, ``/metrics``, ``/v1/articles/{pmid}`` (server.system), and the fine-tuning routers
-``server/routes/{feedback,retune,adapters}.py`` (each exports ``router``; mounted as they are).
+One shape per endpoint family, ``server/<family>/{protocol,service,routes}.py``: query (``/v1/query``), chat
+(``/v1/chat/completions``, ``/v1/models``), system (``/health``, ``/metrics``, ``/v1/articles/{pmid}``),
+feedback, retune, adapters. Services are built in the lifespan (``server.services``) and injected by name.
 OpenAPI docs at ``/schema`` (``/schema/swagger``, ``/schema/redoc``, ``/schema/openapi.json``).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from litestar import Litestar, Router
+from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from generation.supervisor import VllmSupervisor
 from pubmind.settings import Settings
+from server.adapters.routes import router as adapters_router
 from server.auth import OPEN_PATHS, AuthMiddleware
+from server.chat.routes import router as chat_router
 from server.errors import EXCEPTION_HANDLERS
+from server.feedback.routes import router as feedback_router
 from server.metrics import Metrics, MetricsMiddleware
-from server.resources import Resources, make_lifespan
+from server.query.routes import router as query_router
+from server.retune.routes import router as retune_router
+from server.services import SERVICE_NAMES, make_lifespan
+from server.system.routes import router as system_router
 
-if TYPE_CHECKING:
-    from generation.supervisor import VllmSupervisor
-
-FINETUNE_ROUTERS = ("server.routes.feedback", "server.routes.retune", "server.routes.adapters")
+ROUTERS = [system_router, query_router, chat_router, feedback_router, retune_router, adapters_router]
 
 
-def _dep(attr: str) -> Provide:
+def _provider(name: str) -> Provide:
     def provide(state: State) -> Any:
-        return getattr(state.resources, attr)
+        return state[name]
 
-    provide.__name__ = f"provide_{attr}"
+    provide.__name__ = f"provide_{name}"
     return Provide(provide, sync_to_thread=False)
 
 
-def _resources(state: State) -> Resources:
-    return state.resources
-
-
-DEPENDENCIES = {
-    "resources": Provide(_resources, sync_to_thread=False),
-    "settings": _dep("settings"),
-    "rag": _dep("rag"),
-    "answer_store": _dep("answers"),
-    "correction_store": _dep("corrections"),
-    "job_store": _dep("jobs"),
-    "registry": _dep("registry"),
-    "vllm": _dep("vllm"),
-    "deployer": _dep("deployer"),
-    "key_store": _dep("keys"),
-}
-
-
-def extra_routers() -> list[Router]:
-    """The fine-tuning engineer's routers that exist (a missing module is skipped; a broken one raises)."""
-    out = []
-    for mod in FINETUNE_ROUTERS:
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue
-            raise
-        out.append(m.router)
-    return out
+DEPENDENCIES = {name: _provider(name) for name in SERVICE_NAMES}
 
 
 def create_app(settings: Settings, *, supervisor: VllmSupervisor | None = None) -> Litestar:
     """The API for ``settings``. vLLM is reached at ``supervisor.url`` when a supervisor is given, else at
-    ``settings.llm.vllm_url``. Resources (stores, index, embedder, tokenizer, vLLM client) are built in the
-    lifespan, so creating the app is cheap and tests pass their own settings."""
-    from server.chat.routes import router as chat_router
-    from server.query.routes import router as query_router
-    from server.system.routes import router as system_router
-
+    ``settings.llm.vllm_url``. Services are built in the lifespan, so creating the app is cheap and tests pass
+    their own settings."""
     metrics = Metrics()
     return Litestar(
-        route_handlers=[system_router, query_router, chat_router, *extra_routers()],
+        route_handlers=ROUTERS,
         lifespan=[make_lifespan(settings, supervisor, metrics)],
         dependencies=DEPENDENCIES,
         middleware=[
@@ -96,5 +66,4 @@ def create_app(settings: Settings, *, supervisor: VllmSupervisor | None = None) 
             components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
             security=[{"bearer": []}],
         ),
-        state=State({"settings": settings}),
     )

@@ -32,6 +32,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 
 from pubmind.durable import connect, immediate
 from pubmind.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from server.ratelimit import RateLimiter
 
 Role = Literal["reader", "curator", "admin"]
 ROLES: tuple[Role, ...] = ("reader", "curator", "admin")
@@ -74,7 +75,7 @@ class KeyInfo(msgspec.Struct, frozen=True):
 def check_role(role: str) -> Role:
     if role not in _RANK:
         raise InvalidInput(f"role must be one of {list(ROLES)}, got {role!r}", param="role")
-    return role  # type: ignore[return-value]
+    return role
 
 
 def hash_key(key: str) -> str:
@@ -87,7 +88,7 @@ class KeyStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._db = connect(self.path, schema=_SCHEMA)
+        self._db = connect(self.path, schema=_SCHEMA, synchronous="FULL")  # a revoked key stays revoked after a power cut
 
     def _txn(self) -> AbstractContextManager[sqlite3.Connection]:
         return immediate(self._db, self._lock)
@@ -138,29 +139,36 @@ class KeyStore:
 ANONYMOUS = Principal("anonymous", "admin")  # the caller when settings.server.auth is false
 
 
+def principal_from_header(header: str, keys: KeyStore | None) -> Principal:
+    """The caller named by an ``Authorization`` header (ANONYMOUS when auth is off); Unauthorized otherwise."""
+    if keys is None:
+        return ANONYMOUS
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' "
+                           "(create one with 'pubmind keys create')")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
+    found = keys.authenticate(token.strip())
+    if found is None:
+        raise Unauthorized(f"invalid or revoked API key {token.strip()[:8]}...")
+    return found
+
+
 class AuthMiddleware(AbstractAuthenticationMiddleware):
-    """Bearer-key authentication + per-key rate limit. Reads ``app.state.auth_keys`` (KeyStore or None when
-    auth is off) and ``app.state.limiter``."""
+    """Bearer-key authentication + per-key rate limit. Reads ``app.state.key_store`` (KeyStore, or None when
+    auth is off) and ``app.state.limiter`` (RateLimiter)."""
 
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         state = connection.app.state
-        keys: KeyStore | None = state.auth_keys
+        keys: KeyStore | None = state["key_store"]
+        principal = principal_from_header(connection.headers.get("authorization", ""), keys)
         if keys is None:
-            principal = ANONYMOUS
             limit_key = f"ip:{connection.client.host if connection.client else '?'}"
         else:
-            header = connection.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if not header:
-                raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' "
-                                   "(create one with 'pubmind keys create')")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
-            found = keys.authenticate(token.strip())
-            if found is None:
-                raise Unauthorized(f"invalid or revoked API key {token.strip()[:8]}...")
-            principal, limit_key = found, found.name
-        state.limiter.check(limit_key)
+            limit_key = principal.name
+        limiter: RateLimiter = state["limiter"]
+        limiter.check(limit_key)
         return AuthenticationResult(user=principal, auth=None)
 
 
@@ -174,7 +182,7 @@ def require_role(role: str) -> Callable[[ASGIConnection[Any, Any, Any, Any], Bas
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         if not principal.allows(needed):
             raise Forbidden(f"API key {principal.name!r} has role {principal.role!r}; "
-                            f"{connection.method} {connection.url.path} needs role {needed!r} or higher")
+                            f"{connection.scope.get('method', '')} {connection.url.path} needs role {needed!r} or higher")
 
     guard.__name__ = f"require_role_{needed}"
     return guard

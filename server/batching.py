@@ -46,7 +46,8 @@ class QueryBatcher:
         with self._cond:
             while not self._pending:
                 self._cond.wait()
-            batch, n = [], 0
+            batch: list[tuple[list[str], Future[np.ndarray]]] = []
+            n = 0
             while self._pending and (not batch or n + len(self._pending[0][0]) <= self.max_batch):
                 item = self._pending.pop(0)
                 batch.append(item)

@@ -52,8 +52,9 @@ def _pubmind(_: Request, exc: PubmindError) -> Response[dict[str, Any]]:
     if exc.status >= 500:
         log.warning("%s %s: %s", exc.status, type(exc).__name__, exc.message)
     headers = None
-    if isinstance(exc, RateLimited) and getattr(exc, "retry_after", None) is not None:
-        headers = {"Retry-After": str(exc.retry_after)}
+    retry_after = getattr(exc, "retry_after", None) if isinstance(exc, RateLimited) else None
+    if retry_after is not None:
+        headers = {"Retry-After": str(retry_after)}
     return error_response(exc.message, exc.status, param=exc.param, code=exc.code, headers=headers)
 
 

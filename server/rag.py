@@ -1,9 +1,9 @@
 """The answer pipeline shared by ``/v1/query`` and ``/v1/chat/completions``:
 
-retrieve (Searcher) -> fit evidence into the context (``generation.prompt``, the same code training uses) ->
-pick the model/adapter (registry; loaded into vLLM on demand) -> generate (vLLM, whole or streamed) ->
-verify citations (``generation.citations``; PMIDs not in the prompt are reported, never presented as sources)
--> record provenance (``AnswerStore.record``) -> metrics.
+retrieve (``IndexHolder`` -> Searcher) -> fit evidence into the context (``generation.prompt``, the same code
+training uses) -> pick the model/adapter (registry; loaded into vLLM by ``AdapterDeployer`` on demand) ->
+generate (vLLM, whole or streamed) -> verify citations (``generation.citations``; PMIDs not in the prompt are
+reported, never presented as sources) -> record provenance (``AnswerStore.record``) -> metrics.
 """
 
 from __future__ import annotations
@@ -12,21 +12,23 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
-from generation.citations import verify
-from generation.prompt import build_messages, evidence_room, render_evidence
-from generation.vllm_client import ChatDelta, ChatResult, served_base_name
+from finetune.registry import AdapterRegistry
+from finetune.store import AnswerStore
+from generation.answer import answer_prompt, check_answer
+from generation.deploy import AdapterDeployer
+from generation.vllm_client import ChatDelta, VllmClient, served_base_name
 from pubmind.errors import ConfigError, InvalidInput, NotFound
+from pubmind.settings import Settings
+from retrieval.search import Hit
 from retrieval.store import Filters
+from server.index_holder import IndexHolder
+from server.metrics import Metrics
 from server.query.protocol import Citation, Evidence
 
-if TYPE_CHECKING:
-    from server.resources import Resources
-
-MIN_EVIDENCE_TOKENS = 32
 SEARCH_THREADS = 32  # concurrent searches in worker threads (their query embeddings are batched together)
 PROMPT_THREADS = 2  # prompt building (tokenizer counting) in worker threads
 
@@ -35,16 +37,23 @@ def pubmed_url(pmid: int) -> str:
     return f"https://pubmed.ncbi.nlm.nih.gov/{pmid}/"
 
 
-def hit_citation(hit: Any) -> Citation:
+def hit_citation(hit: Hit) -> Citation:
     return Citation(pmid=int(hit.pmid), title=hit.title or "", journal=hit.journal or "", year=hit.year,
                     url=pubmed_url(int(hit.pmid)), snippet=hit.snippet or "", score=float(hit.score))
 
 
-def evidence_of(hits: Sequence[Any], in_prompt: Sequence[int] = ()) -> list[Evidence]:
+def evidence_of(hits: Sequence[Hit], in_prompt: Sequence[int] = ()) -> list[Evidence]:
     used = set(in_prompt)
     return [Evidence(pmid=c.pmid, title=c.title, journal=c.journal, year=c.year, url=c.url, snippet=c.snippet,
                      score=c.score, rank=i + 1, in_prompt=c.pmid in used)
             for i, c in enumerate(hit_citation(h) for h in hits)]
+
+
+@dataclass
+class Searched:
+    hits: list[Hit]
+    retrieval_ms: float
+    index_version: str  # of the generation the hits came from
 
 
 @dataclass
@@ -55,7 +64,7 @@ class Prepared:
     model: str  # what the client asked for
     served: str  # the model name sent to vLLM (base name or NAME@vN)
     adapter: str | None  # NAME@vN, None for the base model
-    hits: list[Any]
+    hits: list[Hit]
     messages: list[dict[str, str]]
     in_prompt: list[int]
     max_tokens: int
@@ -66,6 +75,15 @@ class Prepared:
     @property
     def evidence(self) -> list[Evidence]:
         return evidence_of(self.hits, self.in_prompt)
+
+
+@dataclass
+class Sampling:
+    """Generation parameters sent to vLLM: ``temperature`` (None: llm.temperature) and any other OpenAI
+    sampling fields vLLM honours (top_p, stop, seed, penalties, response_format, logprobs, ...)."""
+
+    temperature: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,29 +98,18 @@ class Answered:
     timings_ms: dict[str, float]
 
 
-def references_text(citations: Sequence[Citation], unsupported: Sequence[int]) -> str:
-    """Readable references appended to chat answers (only PMIDs that were in the evidence)."""
-    out = ""
-    if citations:
-        out += "\n\nReferences:\n" + "\n".join(
-            f"[PMID:{c.pmid}] {c.title}" + (f" {c.journal}" if c.journal else "")
-            + (f" ({c.year})" if c.year else "") + f". {c.url}" for c in citations)
-    if unsupported:
-        out += ("\n\nWarning: the answer cites PMIDs that were not in the retrieved evidence; they are not "
-                "sources: " + ", ".join(str(p) for p in unsupported))
-    return out
-
-
 class RagService:
-    def __init__(self, res: Resources) -> None:
-        self.res = res
-        self.settings = res.settings
-        self.base_name = served_base_name(res.settings.llm)
+    def __init__(self, *, settings: Settings, index: IndexHolder, registry: AdapterRegistry,
+                 deployer: AdapterDeployer, vllm: VllmClient, answers: AnswerStore, metrics: Metrics,
+                 tokenizer: Any) -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(f"llm.model={settings.llm.model!r}: its tokenizer has no chat template",
+                              param="llm.model")
+        self.settings, self.index, self.registry, self.deployer = settings, index, registry, deployer
+        self.vllm, self.answers, self.metrics, self.tokenizer = vllm, answers, metrics, tokenizer
+        self.base_name = served_base_name(settings.llm)
         self._search_limiter = anyio.CapacityLimiter(SEARCH_THREADS)
         self._prompt_limiter = anyio.CapacityLimiter(PROMPT_THREADS)
-        if not getattr(res.tokenizer, "chat_template", None):
-            raise ConfigError(f"llm.model={res.settings.llm.model!r}: its tokenizer has no chat template",
-                              param="llm.model")
 
     # ---- validation -----------------------------------------------------------------------------
     def check_question(self, question: str, param: str = "question") -> str:
@@ -132,16 +139,15 @@ class RagService:
         return max_tokens
 
     # ---- retrieval ------------------------------------------------------------------------------
-    async def search(self, question: str, k: int, mode: str | None, filters: Filters | None) -> tuple[list[Any], float]:
-        """Hits and retrieval milliseconds (the index version they come from is ``res.index_version``)."""
-        searcher = await self.res.ensure_index()
+    async def search(self, question: str, k: int, mode: str | None, filters: Filters | None) -> Searched:
+        gen = await self.index.generation()
         mode = mode or self.settings.retrieval.mode
         t0 = time.perf_counter()
         hits = await anyio.to_thread.run_sync(
-            lambda: searcher.search(question, k=k, mode=mode, filters=filters), limiter=self._search_limiter)
+            lambda: gen.searcher.search(question, k=k, mode=mode, filters=filters), limiter=self._search_limiter)
         dt = time.perf_counter() - t0
-        self.res.metrics.retrieval.observe(dt)
-        return list(hits), dt * 1000
+        self.metrics.retrieval.observe(dt)
+        return Searched(list(hits), dt * 1000, gen.version)
 
     # ---- model / adapter ------------------------------------------------------------------------
     async def resolve_model(self, model: str | None) -> tuple[str, str | None]:
@@ -149,31 +155,19 @@ class RagService:
         if not model or model in (self.base_name, "base"):
             return self.base_name, None
         try:
-            version = await anyio.to_thread.run_sync(self.res.registry.resolve, model)
+            version = await anyio.to_thread.run_sync(self.registry.resolve, model)
         except NotFound as e:
             err = NotFound(f"model {model!r} does not exist: {e.message}; GET /v1/models lists the models",
                            param="model")
             err.code = "model_not_found"
             raise err from None
-        await self.ensure_loaded(version.lora_name, version.path)
+        await self.deployer.ensure_loaded(version.lora_name, version.path)
         return version.lora_name, version.lora_name
 
-    async def ensure_loaded(self, lora_name: str, path: str, *, refresh: bool = False) -> None:
-        await self.res.deployer.ensure_loaded(lora_name, path, refresh=refresh)
-
-    # ---- prompt ---------------------------------------------------------------------------------
-    def evidence_budget(self, question: str, history: Sequence[dict[str, str]], max_tokens: int) -> int:
-        """Evidence tokens that fit: retrieval.context_tokens, capped by what the context window leaves after
-        the system prompt, history, question and the answer's max_tokens."""
-        budget, room = evidence_room(self.res.tokenizer, question, history, max_tokens=max_tokens,
-                                     max_model_len=self.settings.llm.max_model_len,
-                                     context_tokens=self.settings.retrieval.context_tokens)
-        if budget < MIN_EVIDENCE_TOKENS:
-            raise InvalidInput(
-                f"the question and conversation leave {max(room, 0)} tokens for evidence within "
-                f"llm.max_model_len={self.settings.llm.max_model_len} (max_tokens={max_tokens}); shorten the "
-                f"conversation or ask for fewer max_tokens", param="messages" if history else "question")
-        return budget
+    async def _reload(self, adapter: str) -> None:
+        """vLLM restarted or unloaded the adapter meanwhile: load it again."""
+        version = await anyio.to_thread.run_sync(self.registry.resolve, adapter)
+        await self.deployer.ensure_loaded(version.lora_name, version.path, refresh=True)
 
     async def prepare(self, question: str, *, k: int | None, mode: str | None, filters: Filters | None,
                       model: str | None, max_tokens: int | None,
@@ -183,92 +177,91 @@ class RagService:
         k = self.check_k(k)
         max_tokens = self.check_max_tokens(max_tokens)
         served, adapter = await self.resolve_model(model)  # 404 for unknown models before any work
-        hits, retrieval_ms = await self.search(question, k, mode, filters)
-        index_version = self.res.index_version
+        found = await self.search(question, k, mode, filters)
         t0 = time.perf_counter()
 
-        def build() -> tuple[list[dict[str, str]], list[int]]:
-            budget = self.evidence_budget(question, history, max_tokens)
-            text, used = render_evidence(hits, self.res.tokenizer, budget)
-            return build_messages(question, text, history), used
-
-        messages, used = await anyio.to_thread.run_sync(build, limiter=self._prompt_limiter)
+        prompt = await anyio.to_thread.run_sync(
+            lambda: answer_prompt(question, found.hits, self.tokenizer, self.settings, max_tokens, history),
+            limiter=self._prompt_limiter)
         prep = Prepared(question=question, model=model or self.base_name, served=served, adapter=adapter,
-                        hits=hits, messages=messages, in_prompt=used, max_tokens=max_tokens, started=started,
-                        index_version=index_version)
-        prep.timings_ms.update(retrieval=retrieval_ms, prompt=(time.perf_counter() - t0) * 1000)
+                        hits=found.hits, messages=prompt.messages, in_prompt=prompt.in_prompt, max_tokens=max_tokens,
+                        started=started, index_version=found.index_version)
+        prep.timings_ms.update(retrieval=found.retrieval_ms, prompt=(time.perf_counter() - t0) * 1000)
         return prep
 
     # ---- generation -----------------------------------------------------------------------------
-    async def generate(self, prep: Prepared, *, temperature: float | None = None,
-                       extra: dict[str, Any] | None = None) -> Answered:
+    def _temperature(self, sampling: Sampling) -> float:
+        return self.settings.llm.temperature if sampling.temperature is None else sampling.temperature
+
+    async def generate(self, prep: Prepared, sampling: Sampling | None = None) -> Answered:
+        sampling = sampling or Sampling()
         t0 = time.perf_counter()
-        temp = self.settings.llm.temperature if temperature is None else temperature
+
+        async def call() -> Any:
+            return await self.vllm.chat(prep.messages, prep.served, max_tokens=prep.max_tokens,
+                                        temperature=self._temperature(sampling), extra=sampling.extra)
+
         try:
-            result: ChatResult = await self.res.vllm.chat(prep.messages, prep.served, max_tokens=prep.max_tokens,
-                                                          temperature=temp, extra=extra)
+            result = await call()
         except NotFound:
             if prep.adapter is None:
                 raise
-            await self._reload(prep)  # vLLM restarted or the adapter was unloaded meanwhile
-            result = await self.res.vllm.chat(prep.messages, prep.served, max_tokens=prep.max_tokens,
-                                              temperature=temp, extra=extra)
+            await self._reload(prep.adapter)
+            result = await call()
         gen_ms = (time.perf_counter() - t0) * 1000
         return await self.finish(prep, result.text, result.finish_reason, result.prompt_tokens,
                                  result.completion_tokens, gen_ms)
 
-    async def _reload(self, prep: Prepared) -> None:
-        version = await anyio.to_thread.run_sync(self.res.registry.resolve, prep.adapter)
-        await self.ensure_loaded(version.lora_name, version.path, refresh=True)
-
-    async def stream(self, prep: Prepared, *, temperature: float | None = None,
-                     extra: dict[str, Any] | None = None) -> AsyncIterator[ChatDelta]:
+    async def stream(self, prep: Prepared, sampling: Sampling | None = None) -> AsyncIterator[ChatDelta]:
         """vLLM's deltas (retried once after reloading the adapter if vLLM no longer knows it); the caller then
-        calls ``finish`` with the joined text."""
-        temp = self.settings.llm.temperature if temperature is None else temperature
+        calls ``finish`` with the joined text (``StreamRelay``)."""
+        sampling = sampling or Sampling()
         for attempt in (0, 1):
             started = False
             try:
-                async for d in self.res.vllm.chat_stream(prep.messages, prep.served, max_tokens=prep.max_tokens,
-                                                         temperature=temp, extra=extra):
+                async for d in self.vllm.chat_stream(prep.messages, prep.served, max_tokens=prep.max_tokens,
+                                                     temperature=self._temperature(sampling),
+                                                     extra=sampling.extra):
                     started = True
                     yield d
                 return
             except NotFound:
                 if prep.adapter is None or started or attempt:
                     raise
-                await self._reload(prep)
+                await self._reload(prep.adapter)
 
     async def finish(self, prep: Prepared, text: str, finish_reason: str | None, prompt_tokens: int,
                      completion_tokens: int, gen_ms: float) -> Answered:
         """Verify citations against the evidence in the prompt, record provenance, count metrics."""
         t0 = time.perf_counter()
-        report = verify(text, prep.in_prompt)
+        report = check_answer(text, prep.in_prompt)
         by_pmid = {int(h.pmid): h for h in prep.hits}
         citations = [hit_citation(by_pmid[p]) for p in report.supported]
         timings = dict(prep.timings_ms, generation=gen_ms, verify=(time.perf_counter() - t0) * 1000)
         timings["total"] = (time.perf_counter() - prep.started) * 1000
         supported = set(report.supported)
         cited = [{"pmid": p, "supported": p in supported} for p in report.cited]
-        answer_id = await anyio.to_thread.run_sync(lambda: self.res.answers.record(
+        answer_id = await anyio.to_thread.run_sync(lambda: self.answers.record(
             question=prep.question, answer=text, model=prep.model, adapter_version=prep.adapter,
             index_version=prep.index_version, retrieved=[(int(h.pmid), float(h.score)) for h in prep.hits],
             citations=cited, timings_ms=timings))
-        m = self.res.metrics
-        m.generation.labels(prep.served).observe(gen_ms / 1000)
-        m.tokens.labels("prompt", prep.served).inc(prompt_tokens)
-        m.tokens.labels("completion", prep.served).inc(completion_tokens)
-        m.unsupported.inc(len(report.unsupported))
+        self.count(prep.served, gen_ms, prompt_tokens, completion_tokens)
+        self.metrics.unsupported.inc(len(report.unsupported))
         return Answered(id=answer_id, text=text, citations=citations, unsupported=list(report.unsupported),
                         finish_reason=finish_reason, prompt_tokens=prompt_tokens,
                         completion_tokens=completion_tokens, timings_ms=timings)
+
+    def count(self, served: str, gen_ms: float, prompt_tokens: int, completion_tokens: int) -> None:
+        self.metrics.generation.labels(served).observe(gen_ms / 1000)
+        self.metrics.tokens.labels("prompt", served).inc(prompt_tokens)
+        self.metrics.tokens.labels("completion", served).inc(completion_tokens)
 
 
 async def primed(agen: AsyncIterator[ChatDelta]) -> AsyncIterator[ChatDelta]:
     """Wait for the first delta before the response starts, so vLLM being down or rejecting the request is an
     HTTP error (503/4xx) instead of a 200 stream that fails."""
     try:
-        first = await agen.__anext__()
+        first: ChatDelta | None = await agen.__anext__()
     except StopAsyncIteration:
         first = None
 
@@ -291,11 +284,17 @@ class StreamRelay:
     ``finish()`` then verifies and records the answer (``RagService.finish``). Shared by /v1/query (SSE) and
     /v1/chat/completions (OpenAI chunks), which differ only in how they frame each piece."""
 
-    def __init__(self, rag: RagService, prep: Prepared, deltas: AsyncIterator[ChatDelta], started: float) -> None:
-        self.rag, self.prep, self.deltas, self.started = rag, prep, deltas, started
+    def __init__(self, rag: RagService, prep: Prepared, deltas: AsyncIterator[ChatDelta]) -> None:
+        self.rag, self.prep, self.deltas = rag, prep, deltas
+        self.started = time.perf_counter()
         self.parts: list[str] = []
         self.finish_reason: str | None = None
         self.prompt_tokens = self.completion_tokens = 0
+
+    @classmethod
+    async def start(cls, rag: RagService, prep: Prepared, sampling: Sampling | None = None) -> StreamRelay:
+        """Starts generating; vLLM errors before the first delta raise here (an HTTP error, not a broken stream)."""
+        return cls(rag, prep, await primed(rag.stream(prep, sampling)))
 
     async def texts(self) -> AsyncIterator[str]:
         async for d in self.deltas:

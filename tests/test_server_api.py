@@ -61,10 +61,11 @@ def sse_events(text: str) -> list[tuple[str, Any]]:
 
 
 def test_health_ready(live: dict[str, Any]) -> None:
-    r = httpx.get(live["url"] + "/health")
+    r = httpx.get(live["url"] + "/health", headers=bearer(live["keys"]["admin"]))
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "ready" and body["index"]["count"] > 0 and body["index"]["version"]
+    assert httpx.get(live["url"] + "/health").json() == {"status": "ready", "reason": None}
 
 
 def test_query_answer_records_provenance(live: dict[str, Any]) -> None:
@@ -124,7 +125,7 @@ def test_citation_verification_end_to_end(live: dict[str, Any]) -> None:
     citation, a PMID outside it is reported as unsupported and never listed as a source."""
     import asyncio
 
-    rag = live["app"].state.resources.rag
+    rag = live["app"].state.rag
     outside = 99999999
 
     async def run() -> Any:

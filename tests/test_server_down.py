@@ -34,8 +34,9 @@ def test_vllm_down_is_503(server_home: Path, tiny_model_dir: Path) -> None:
             r = c.post("/v1/chat/completions", json={**chat, "stream": stream}, headers=h)
             assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable_error", r.text
         assert c.post("/v1/query", json={"question": QUESTION, "mode": "search"}, headers=h).status_code == 200
-        health = c.get("/health")
-        assert health.status_code == 503 and url in health.json()["reason"]
+        health = c.get("/health", headers=bearer(keys["admin"]))
+        assert health.status_code == 503
+        assert url in health.json()["reason"]
 
 
 def test_vllm_hanging_times_out_503(server_home: Path, tiny_model_dir: Path) -> None:

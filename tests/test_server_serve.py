@@ -23,15 +23,17 @@ pytestmark = [pytest.mark.vllm, pytest.mark.integration, pytest.mark.network]
 PUBMIND = Path(sys.executable).parent / "pubmind"
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float, want_restarts: int = 0) -> dict:
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float, admin: str,
+                want_restarts: int = 0) -> dict:
+    """The admin view of /health once ready with ``want_restarts`` restarts."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"pubmind serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         with contextlib.suppress(httpx.HTTPError):
-            r = httpx.get(url + "/health", timeout=5)
+            r = httpx.get(url + "/health", timeout=5, headers={"Authorization": f"Bearer {admin}"})
             body = r.json()
-            if r.status_code == 200 and body["vllm"]["restarts"] == want_restarts:
+            if r.status_code == 200 and body["vllm"]["restarts_total"] == want_restarts:
                 return body
         time.sleep(1)
     pytest.fail(f"not ready within {timeout}s:\n{log.read_text()[-3000:]}")
@@ -63,6 +65,11 @@ def test_serve_supervises_vllm_and_sigint_leaves_nothing(server_home: Path, tiny
            "PUBMIND_LLM__MAX_RESTARTS": "1", "PUBMIND_LLM__VLLM_ARGS": '["--dtype", "float32"]',
            "VLLM_CPU_KVCACHE_SPACE": "1"}
     env.pop("PUBMIND_CONFIG", None)
+    from server.auth import KeyStore
+
+    keys = KeyStore(home / "app.sqlite")
+    admin = keys.create("admin", "admin")
+    keys.close()
     log = tmp_path / "serve.log"
     url = f"http://127.0.0.1:{api_port}"
     with open(log, "wb") as logf:
@@ -70,7 +77,8 @@ def test_serve_supervises_vllm_and_sigint_leaves_nothing(server_home: Path, tiny
                                 stderr=subprocess.STDOUT, start_new_session=True)
     pids: list[int] = []
     try:
-        body = _wait_ready(url, proc, log, timeout=420)
+        body = _wait_ready(url, proc, log, timeout=420, admin=admin)
+        assert set(httpx.get(url + "/health").json()) == {"status", "reason"}  # no internals without a key
         assert body["vllm"]["state"] == "ready" and body["index"]["count"] > 0
         pid = int((home / "logs" / "vllm.pid").read_text())
         pids.append(pid)
@@ -80,7 +88,7 @@ def test_serve_supervises_vllm_and_sigint_leaves_nothing(server_home: Path, tiny
 
         # vLLM dies -> the supervisor restarts it (max_restarts=1) and /health is ready again
         os.killpg(pid, signal.SIGKILL)
-        body = _wait_ready(url, proc, log, timeout=420, want_restarts=1)
+        body = _wait_ready(url, proc, log, timeout=420, admin=admin, want_restarts=1)
         new_pid = body["vllm"]["pid"]
         pids.append(new_pid)
         assert new_pid != pid and _group_gone(pid)

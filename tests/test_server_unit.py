@@ -103,7 +103,7 @@ def guarded_client(tmp_path: Path) -> Any:
     keys = {r: ks.create(r, r) for r in ("reader", "curator", "admin")}
     app = Litestar([Router("/", route_handlers=[read, curate, boom])],
                    middleware=[DefineMiddleware(AuthMiddleware)], exception_handlers=EXCEPTION_HANDLERS,
-                   state=State({"auth_keys": ks, "limiter": RateLimiter(1000)}))
+                   state=State({"key_store": ks, "limiter": RateLimiter(1000)}))
     with TestClient(app) as c:
         yield c, keys
 
@@ -148,7 +148,24 @@ def test_health_503_names_both_reasons(client: Any) -> None:
     assert r.status_code == 503
     body = r.json()
     assert body["status"] == "unavailable"
-    assert "is unreachable" in body["reason"] and "no vector index" in body["reason"]
+    assert "vLLM is not reachable" in body["reason"]
+    assert "search index is not available" in body["reason"]
+
+
+def test_health_hides_internals_without_an_admin_key(client: Any, app_settings: Any) -> None:
+    """Issue 10 item 8: /health needs no key, so it shows status and reason only; the vLLM URL, pid and index
+    folder are for admins."""
+    c, keys = client
+    url, folder = app_settings.llm.vllm_url, str(app_settings.index_dir)
+    for headers in ({}, bearer(keys["reader"]), bearer(keys["curator"]), bearer("pm_not-a-key")):
+        r = c.get("/health", headers=headers)
+        assert set(r.json()) == {"status", "reason"}, r.text
+        assert url not in r.text
+        assert folder not in r.text
+    admin = c.get("/health", headers=bearer(keys["admin"])).json()
+    assert admin["vllm"]["url"] == url
+    assert url in admin["reason"]
+    assert folder in admin["reason"]
 
 
 def test_query_auth_and_validation(client: Any) -> None:
@@ -265,7 +282,7 @@ def test_auth_off(tmp_path: Path, tiny_model_dir: Path) -> None:
 # ---- protocol helpers ---------------------------------------------------------------------------------
 def test_split_conversation() -> None:
     from server.chat.protocol import ChatMessage, ContentPart
-    from server.chat.routes import split_conversation
+    from server.chat.service import split_conversation
 
     msgs = [ChatMessage(role="system", content="be nice"), ChatMessage(role="user", content="q1"),
             ChatMessage(role="assistant", content="a1"),
@@ -278,8 +295,8 @@ def test_split_conversation() -> None:
 
 
 def test_references_text_lists_only_supported() -> None:
+    from server.chat.service import references_text
     from server.query.protocol import Citation
-    from server.rag import references_text
 
     c = Citation(pmid=11, title="T", journal="J", year=2001, url="https://pubmed.ncbi.nlm.nih.gov/11/",
                  snippet="s", score=1.0)
@@ -313,7 +330,7 @@ def test_vllm_client_down_is_503_naming_url() -> None:
 
 
 def test_vllm_client_error_mapping() -> None:
-    from generation.vllm_client import SyncVllmClient, _raise_for
+    from generation.vllm_client import VllmClient, _raise_for
 
     def resp(status: int, body: Any) -> httpx.Response:
         return httpx.Response(status, json=body, request=httpx.Request("POST", "http://v/x"))
@@ -328,9 +345,13 @@ def test_vllm_client_error_mapping() -> None:
         _raise_for(resp(500, {"error": {"message": "boom"}}), "chat")
     _raise_for(resp(200, {}), "chat")
     with pytest.raises(InvalidInput, match="must start with http"):
-        SyncVllmClient("localhost:8000")
-    with SyncVllmClient(closed_url(), timeout_seconds=2) as c:
-        assert c.is_healthy() is False
+        VllmClient("localhost:8000")
+
+    async def healthy() -> bool:
+        async with VllmClient(closed_url(), timeout_seconds=2) as c:
+            return await c.is_healthy()
+
+    assert asyncio.run(healthy()) is False
 
 
 # ---- CLI ----------------------------------------------------------------------------------------------
@@ -404,13 +425,17 @@ def test_vllm_client_timeout_is_503() -> None:
     """A vLLM that accepts connections but never answers: the request times out as ServiceUnavailable."""
     import socket
 
-    from generation.vllm_client import SyncVllmClient
+    from generation.vllm_client import VllmClient
 
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
         srv.listen(8)  # connections complete in the backlog; nobody ever reads or answers
         url = f"http://127.0.0.1:{srv.getsockname()[1]}"
-        with SyncVllmClient(url, timeout_seconds=0.5) as c:
-            with pytest.raises(ServiceUnavailable, match=re.escape(f"vLLM at {url} timed out on /v1/chat/completions")):
-                c.chat([{"role": "user", "content": "x"}], "base", max_tokens=1)
-            assert c.is_healthy() is False
+
+        async def run() -> bool:
+            async with VllmClient(url, timeout_seconds=0.5) as c:
+                with pytest.raises(ServiceUnavailable, match=re.escape(f"vLLM at {url} timed out on /v1/chat/completions")):
+                    await c.chat([{"role": "user", "content": "x"}], "base", max_tokens=1)
+                return await c.is_healthy()
+
+        assert asyncio.run(run()) is False

@@ -4,11 +4,13 @@ implements, plus pubmind's retrieval extensions ``k``, ``filters``, ``retrieval`
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-from server.query.protocol import Citation, QueryFilters
+from server.query.protocol import MODEL, Citation, QueryFilters
+
+STOP = msgspec.Meta(max_length=256)
 
 
 class ContentPart(msgspec.Struct, kw_only=True):
@@ -19,7 +21,7 @@ class ContentPart(msgspec.Struct, kw_only=True):
 class ChatMessage(msgspec.Struct, kw_only=True):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
+    name: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
@@ -27,20 +29,20 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 
 
 class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    model: str
+    model: Annotated[str, MODEL]
     messages: list[ChatMessage]
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     n: int = 1
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    user: str | None = None
+    stop: Annotated[str, STOP] | Annotated[list[Annotated[str, STOP]], msgspec.Meta(max_length=4)] | None = None
+    seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
+    presence_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+    user: Annotated[str, msgspec.Meta(max_length=256)] | None = None
     # pubmind extensions (retrieval on the last user message)
     k: int | None = None
     filters: QueryFilters | None = None

@@ -1,4 +1,5 @@
-"""Wire format of ``POST /v1/query`` (msgspec Structs; Litestar validates bodies and documents them)."""
+"""Wire format of ``POST /v1/query`` (msgspec Structs; Litestar validates bodies and documents them).
+Every value is bounded here or in the service, so absurd input is a 400 naming the field, never a 500."""
 
 from __future__ import annotations
 
@@ -8,21 +9,23 @@ import msgspec
 
 from retrieval.store import Filters
 
-# Content-Type set as a header too: Litestar lets a handler's JSON default override Stream(media_type=...) when
-# the handler may also return JSON.
-SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+YEAR = msgspec.Meta(ge=0, le=9999, description="A publication year.")
+NAME = msgspec.Meta(min_length=1, max_length=300)
+NAMES = msgspec.Meta(max_length=100, description="At most 100 values.")
+MODEL = msgspec.Meta(min_length=1, max_length=200,
+                     description="'base', an adapter name (its current version) or 'NAME@vN'.")
 
 
 class QueryFilters(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Metadata filters applied before top-k; list fields match any of their values, fields combine with AND."""
 
-    year_from: int | None = None
-    year_to: int | None = None
-    journals: list[str] = msgspec.field(default_factory=list)
-    mesh: list[str] = msgspec.field(default_factory=list)
+    year_from: Annotated[int, YEAR] | None = None
+    year_to: Annotated[int, YEAR] | None = None
+    journals: Annotated[list[Annotated[str, NAME]], NAMES] = msgspec.field(default_factory=list)
+    mesh: Annotated[list[Annotated[str, NAME]], NAMES] = msgspec.field(default_factory=list)
     mesh_major_only: bool = False
-    publication_types: list[str] = msgspec.field(default_factory=list)
-    languages: list[str] = msgspec.field(default_factory=list)
+    publication_types: Annotated[list[Annotated[str, NAME]], NAMES] = msgspec.field(default_factory=list)
+    languages: Annotated[list[Annotated[str, NAME]], NAMES] = msgspec.field(default_factory=list)
     exclude_retracted: bool = False
 
     def to_filters(self) -> Filters:
@@ -40,11 +43,11 @@ class QueryRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         description="'answer' generates a cited answer; 'search' returns the evidence only.")] = "answer"
     retrieval: Annotated[Literal["dense", "lexical", "hybrid"] | None, msgspec.Meta(
         description="Retriever (default retrieval.mode).")] = None
-    model: Annotated[str, msgspec.Meta(
-        description="'base', an adapter name (its current version) or 'NAME@vN'.")] = "base"
+    model: Annotated[str, MODEL] = "base"
     stream: Annotated[bool, msgspec.Meta(
         description="Server-sent events: evidence, answer deltas, citations, done.")] = False
-    max_tokens: int | None = None
+    max_tokens: Annotated[int | None, msgspec.Meta(
+        description="Most tokens to generate (1 to llm.max_tokens).")] = None
 
 
 class Citation(msgspec.Struct, kw_only=True):

@@ -3,65 +3,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-import anyio
-import msgspec
-from litestar import Response, Router, get
+from litestar import Request, Response, Router, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from pubmind.errors import NotFound, PubmindError
-from pubmind.records import Article
-from server.auth import require_role
-from server.resources import Resources
+from pubmind.errors import Unauthorized
+from server.auth import KeyStore, principal_from_header, require_role
+from server.system.protocol import MAX_PMID, ArticleResponse, HealthResponse
+from server.system.service import SystemService
 
 
-class ArticleResponse(msgspec.Struct, kw_only=True):
-    url: str
-    article: Article
-    retracted: bool
-
-
-@get("/health", summary="Readiness: 200 when vLLM and the index are both up, 503 with the reason otherwise")
-async def health(resources: NamedDependency[Resources]) -> Response[dict[str, Any]]:
-    reasons: list[str] = []
-    vllm: dict[str, Any] = {"url": resources.vllm.base_url}
-    sup = resources.supervisor
-    if sup is not None:
-        vllm.update(state=sup.state, pid=sup.pid, restarts=sup.restarts)
-        if sup.state != "ready":
-            reasons.append(sup.reason)
-    if not reasons:
-        try:
-            await resources.vllm.health()
-        except PubmindError as e:
-            reasons.append(e.message)
-    index: dict[str, Any] = {}
+@get("/health", summary="Readiness: 200 when vLLM and the index are both up, 503 with the reason otherwise",
+     description="No key needed; an admin key adds the vLLM and index details.")
+async def health(request: Request[Any, Any, Any], system_service: NamedDependency[SystemService],
+                 key_store: NamedDependency[KeyStore | None]) -> Response[HealthResponse]:
     try:
-        await resources.ensure_index()
-        index = {"version": resources.index_version, **resources.index.info()}
-    except PubmindError as e:
-        reasons.append(e.message)
-    ready = not reasons
-    body = {"status": "ready" if ready else "unavailable", "reason": "; ".join(reasons) or None,
-            "vllm": vllm, "index": index}
-    return Response(body, status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE)
+        admin = principal_from_header(request.headers.get("authorization", ""), key_store).allows("admin")
+    except Unauthorized:  # a probe without (or with a bad) key gets the public answer
+        admin = False
+    body = await system_service.health(detail=admin)
+    return Response(body, status_code=HTTP_200_OK if body.status == "ready" else HTTP_503_SERVICE_UNAVAILABLE)
 
 
 @get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-async def metrics(resources: NamedDependency[Resources]) -> Response[bytes]:
-    return Response(resources.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(system_service: NamedDependency[SystemService]) -> Response[bytes]:
+    return Response(system_service.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
 
 @get("/v1/articles/{pmid:int}", summary="One stored article (PubMed record)", guards=[require_role("reader")])
-async def article(pmid: FromPath[int], resources: NamedDependency[Resources]) -> ArticleResponse:
-    found = await anyio.to_thread.run_sync(resources.store.get, pmid)
-    if found is None:
-        raise NotFound(f"PMID {pmid} is not in the corpus", param="pmid")
-    return ArticleResponse(url=found.url, article=found, retracted=found.retracted)
+async def article(pmid: Annotated[int, Parameter(ge=1, le=MAX_PMID)],
+                  system_service: NamedDependency[SystemService]) -> ArticleResponse:
+    return await system_service.article(pmid)
 
 
 router = Router("/", route_handlers=[health, metrics, article], tags=["system"])
