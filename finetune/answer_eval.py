@@ -214,14 +214,15 @@ def summarize(records: Sequence[dict[str, Any]], wall_seconds: float | None = No
     out["no_citation_rate"] = (sum(not r["cited"] for r in records) / n) if n else None
     out["gold_in_evidence"] = (sum(r["pmid"] in r["evidence"] for r in with_evidence) / len(with_evidence)
                                if with_evidence else None)
-    lat = np.array([r["latency_s"] for r in records]) if n else np.zeros(0)
-    out["latency_s_mean"] = float(lat.mean()) if n else None
-    out["latency_s_p95"] = float(np.percentile(lat, 95)) if n else None
-    out["prompt_tokens_mean"] = (sum(r["prompt_tokens"] for r in records) / n) if n else None
-    out["completion_tokens_mean"] = (sum(r["completion_tokens"] for r in records) / n) if n else None
+    timed = n > 0 and all(r["latency_s"] is not None for r in records)  # None: generated without timing
+    lat = np.array([r["latency_s"] for r in records]) if timed else np.zeros(0)
+    out["latency_s_mean"] = float(lat.mean()) if timed else None
+    out["latency_s_p95"] = float(np.percentile(lat, 95)) if timed else None
+    out["prompt_tokens_mean"] = (sum(r["prompt_tokens"] for r in records) / n) if timed else None
+    out["completion_tokens_mean"] = (sum(r["completion_tokens"] for r in records) / n) if timed else None
     out["gold_tokens"] = sum(r["nll_tokens"] for r in records)
     out["tokens_per_s"] = (sum(r["completion_tokens"] for r in records) / wall_seconds
-                           if wall_seconds else None)
+                           if timed and wall_seconds else None)
     return out
 
 
@@ -384,15 +385,16 @@ def build_prompts(settings: Settings, questions: Sequence[Question], data: dict[
     return out
 
 
-def make_record(p: Prompted, text: str, *, latency_s: float = 0.0, prompt_tokens: int = 0,
+def make_record(p: Prompted, text: str, *, latency_s: float | None = None, prompt_tokens: int = 0,
                 completion_tokens: int = 0, finish_reason: str | None = None) -> dict[str, Any]:
     """The per-question record of one generated answer: decision, citations checked against the prompt's
-    evidence (``generation.answer.check_answer``), ROUGE-L; ``nll``/``nll_tokens`` are filled in by scoring."""
+    evidence (``generation.answer.check_answer``), ROUGE-L; ``nll``/``nll_tokens`` are filled in by scoring.
+    ``latency_s`` None: generated elsewhere without timing (latency and token figures are then None)."""
     report = check_answer(text, p.evidence)
     return {"pmid": p.q.pmid, "gold": p.q.gold, "decision": parse_decision(text), "answer": text,
             "evidence": p.evidence, "cited": report.cited, "unsupported": report.unsupported,
             "rouge_l": rouge_l(text, p.q.long_answer), "nll": None, "nll_tokens": 0,
-            "latency_s": round(latency_s, 4), "prompt_tokens": prompt_tokens,
+            "latency_s": None if latency_s is None else round(latency_s, 4), "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens, "finish_reason": finish_reason}
 
 

@@ -198,3 +198,22 @@ def test_cli_eval_list_and_bad_input(cli: Any, settings: Any, shared_data: Path)
     save_run(settings, _run("r1", "2026-01-01T00:00:00+00:00"))
     listed = json.loads(cli("eval", "list", "--json").out)
     assert [r["id"] for r in listed] == ["r1"]
+
+
+def test_gate_prompts_and_scoring_of_texts_generated_elsewhere(settings: Any, tiny_tokenizer: Any,
+                                                               shared_data: Path) -> None:
+    from finetune.answer_eval import gate_prompts, score_texts
+
+    path = shared_data / "pubmedqa/data/ori_pqal.json"
+    prompts, info = gate_prompts(settings, path, 4, tiny_tokenizer)
+    assert info["split"] == "test"  # test_ground_truth.json lies beside the file
+    assert [p.q.pmid for p in prompts] == list(load_test_labels(path))[:4]
+    assert all(p.evidence == [p.q.pmid] for p in prompts)  # reasoning-free: the question's own abstract
+    texts = [f"Answer [PMID:{p.q.pmid}].\nDecision: {p.q.gold}" for p in prompts[:3]] + ["no decision [PMID:1]"]
+    summary, records = score_texts(prompts, texts)
+    assert summary["accuracy"] == 0.75
+    assert summary["unparseable"] == 1
+    assert summary["citation_precision"] == 0.75  # PMID 1 was not in the evidence
+    assert summary["latency_s_mean"] is None  # not timed: no made-up latency
+    with pytest.raises(InvalidInput):
+        score_texts(prompts, texts[:2])
