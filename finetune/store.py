@@ -159,11 +159,12 @@ class _Tables:
     safe across processes (WAL + busy timeout)."""
 
     SCHEMA = ""
+    SYNCHRONOUS: Literal["NORMAL", "FULL"] = "NORMAL"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
-        self._db = connect(self.path, schema=self.SCHEMA)
+        self._db = connect(self.path, schema=self.SCHEMA, synchronous=self.SYNCHRONOUS)
 
     def _txn(self) -> AbstractContextManager[sqlite3.Connection]:
         return immediate(self._db, self._lock)
@@ -225,10 +226,21 @@ class AnswerStore(_Tables):
         )
 
 
+    def delete_before(self, cutoff: float) -> int:
+        """Delete answers created before ``cutoff`` (unix s) that no correction refers to; returns how many."""
+        with self._txn() as db:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='feedback'").fetchone() is None:
+                return db.execute("DELETE FROM answers WHERE created_at < ?", (cutoff,)).rowcount
+            return db.execute(
+                "DELETE FROM answers WHERE created_at < ? AND id NOT IN "
+                "(SELECT answer_id FROM feedback WHERE answer_id IS NOT NULL)", (cutoff,)).rowcount
+
+
 class CorrectionStore(_Tables):
     """Curator corrections and their review (pending -> accepted | rejected)."""
 
     SCHEMA = CORRECTIONS_SCHEMA
+    SYNCHRONOUS = "FULL"  # an accepted or rejected review must survive a power cut
 
     def add(
         self,

@@ -81,6 +81,21 @@ class EutilsSettings(BaseModel):
     timeout_seconds: float = Field(60.0, gt=0, description="Per-request timeout.")
 
 
+class RetentionSettings(BaseModel):
+    answers_days: float = Field(
+        365.0, gt=0, description="Stored answers (provenance) older than this are deleted, except answers a "
+        "correction refers to (corrections keep their provenance).")
+    jobs_days: float = Field(
+        90.0, gt=0, description="Folders of finished re-tune jobs (dataset, logs, adapter copy) older than this "
+        "are deleted; the registry keeps its own copy of every adapter version.")
+    log_max_mib: float = Field(
+        64.0, gt=0, description="Logs under home/logs (vllm.log, ...) larger than this are rotated "
+        "(copy, then truncate: the writer keeps its file open).")
+    log_backups: int = Field(3, ge=1, le=100, description="Rotated copies kept per log (NAME.log.1 ... .N).")
+    interval_hours: float = Field(
+        24.0, gt=0, description="How often 'pubmind serve' applies retention (also at start-up).")
+
+
 class SyncSettings(BaseModel):
     mirror: str = Field(
         "https://ftp.ncbi.nlm.nih.gov/pubmed/",
@@ -276,6 +291,8 @@ class Settings(BaseSettings):
     llm: LLMSettings = Field(default_factory=LLMSettings, description="Generation through vLLM.")
     server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP API.")
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings, description="LoRA re-tuning.")
+    retention: RetentionSettings = Field(default_factory=RetentionSettings,
+                                         description="What is kept how long: answers, job folders, logs.")
 
     @field_validator("home")
     @classmethod

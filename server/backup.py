@@ -110,7 +110,7 @@ def _stats(home: Path) -> dict[str, int]:
     """Row counts that a restore must reproduce."""
     out: dict[str, int] = {}
     for db, tables in (("corpus.sqlite", ("articles", "chunks")),
-                       ("app.sqlite", ("api_keys", "answers", "feedback", "jobs", "audit"))):
+                       ("app.sqlite", ("api_keys", "answers", "feedback", "retune_jobs", "audit"))):
         if not (home / db).exists():
             continue
         con = sqlite3.connect(f"file:{home / db}?mode=ro", uri=True)

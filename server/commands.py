@@ -48,12 +48,14 @@ def serve_cmd(host: str | None, port: int | None, model: str | None, vllm_url: s
     import uvicorn
 
     from finetune.registry import AdapterRegistry
+    from generation.modelcheck import resolve_context
     from generation.supervisor import VllmSupervisor, main_thread_sigterm_as_interrupt
     from server.app import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    settings = _with_overrides(get_settings(), host, port, model, vllm_url)
+    # the model folder checked up front (tokenizer, chat template, context); max_model_len derived or capped
+    settings = resolve_context(_with_overrides(get_settings(), host, port, model, vllm_url))
     if settings.embedding.device == "cpu":
         _one_torch_thread()
     main_thread_sigterm_as_interrupt()  # SIGTERM while vLLM starts -> finally below stops it
@@ -166,4 +168,19 @@ def restore_cmd(src: Path) -> None:
     emit_json({"home": str(settings.home), "stats": manifest["stats"], "from": str(src.absolute())})
 
 
-COMMANDS = [serve_cmd, keys_group, backup_cmd, restore_cmd]
+@click.command("retention")
+@handle_errors
+def retention_cmd() -> None:
+    """Apply the retention settings now: old answers, old job folders, oversized logs (rotated)."""
+    from pubmind.audit import Actor, AuditLog
+    from server.retention import apply_retention
+
+    settings = get_settings()
+    out = apply_retention(settings)
+    audit = AuditLog(settings.app_db)
+    audit.record("retention.run", str(settings.home), Actor.cli(), after=out)
+    audit.close()
+    emit_json(out)
+
+
+COMMANDS = [serve_cmd, keys_group, backup_cmd, restore_cmd, retention_cmd]
