@@ -211,6 +211,7 @@ def test_gate_prompts_and_scoring_of_texts_generated_elsewhere(settings: Any, ti
     assert all(p.evidence == [p.q.pmid] for p in prompts)  # reasoning-free: the question's own abstract
     texts = [f"Answer [PMID:{p.q.pmid}].\nDecision: {p.q.gold}" for p in prompts[:3]] + ["no decision [PMID:1]"]
     summary, records = score_texts(prompts, texts)
+    assert [r["decision"] for r in records] == [p.q.gold for p in prompts[:3]] + [None]
     assert summary["accuracy"] == 0.75
     assert summary["unparseable"] == 1
     assert summary["citation_precision"] == 0.75  # PMID 1 was not in the evidence
