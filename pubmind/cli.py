@@ -11,6 +11,7 @@ import click
 import msgspec
 
 from pubmind.cliutil import emit_json, get_settings, handle_errors
+from pubmind.versions import stack_versions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,6 +64,22 @@ def audit_cmd(action: str | None, target: str | None, key_id: str | None, since:
         when = datetime.fromtimestamp(r.at, UTC).isoformat(timespec="seconds")
         click.echo(f"{when} {r.key_id} ({r.role}) {r.action} {r.target}"
                    + (f" {json.dumps(r.before)} -> {json.dumps(r.after)}" if r.before or r.after else ""))
+
+
+@main.command("version")
+@click.option("--json", "as_json", is_flag=True, help="JSON object instead of one line per package.")
+def version_cmd(as_json: bool) -> None:
+    """pubmind's version and the versions of torch, transformers, peft, trl, sentence-transformers, faiss and
+    vLLM in use (vLLM from llm.vllm_url's /version when set, else from llm.vllm_python's venv)."""
+    llm = get_settings().llm
+    versions = stack_versions(llm.vllm_url, llm.vllm_python)
+    if as_json:
+        emit_json(versions)
+        return
+    for name, ver in versions.items():
+        if name != "vllm_source":
+            click.echo(f"{name:<22} {ver or 'not found'}")
+    click.echo(f"{'(vllm read from)':<22} {versions['vllm_source']}")
 
 
 def _register() -> None:

