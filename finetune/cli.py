@@ -10,8 +10,10 @@ from typing import Any
 
 import click
 
-from pubmind.cliutil import emit_json, get_settings, handle_errors
+from pubmind.cliutil import audit, emit_json, get_settings, handle_errors
 from pubmind.errors import InvalidInput, PubmindError
+
+REVIEW_ACTIONS = {"accepted": "correction.accept", "rejected": "correction.reject", "pending": "correction.edit"}
 
 
 @click.group("feedback")
@@ -41,9 +43,13 @@ def feedback_review(feedback_ids: tuple[str, ...], status: str, reviewer: str) -
     """Accept or reject corrections by id."""
     from finetune.store import CorrectionStore
 
-    with CorrectionStore(get_settings().app_db) as store:
+    settings = get_settings()
+    with CorrectionStore(settings.app_db) as store:
         for fid in feedback_ids:
+            before = store.get(fid).status
             store.set_status(fid, status, reviewer)
+            audit(settings, REVIEW_ACTIONS[status], fid, before={"status": before},
+                  after={"status": status, "reviewer": reviewer})
             click.echo(f"{fid}: {status}")
 
 
@@ -97,9 +103,10 @@ def feedback_import(path: Path, curator: str, accept: bool) -> None:
         raise InvalidInput(f"{len(errors)} invalid lines in {path}; nothing imported")
     with CorrectionStore(settings.app_db) as store:
         for q, a, pmids, answer, obj in rows:
-            store.add(question=q, corrected_answer=a, pmids=pmids, curator=curator, answer=answer,
-                      rating=obj.get("rating"), note=obj.get("note", ""), source=f"import:{path.name}",
-                      status="accepted" if accept else "pending")
+            c = store.add(question=q, corrected_answer=a, pmids=pmids, curator=curator, answer=answer,
+                          rating=obj.get("rating"), note=obj.get("note", ""), source=f"import:{path.name}",
+                          status="accepted" if accept else "pending")
+            audit(settings, "correction.submit", c.id, after={"status": c.status, "source": c.source})
     click.echo(f"imported {len(rows)} corrections from {path} as {'accepted' if accept else 'pending'}")
 
 
@@ -146,19 +153,20 @@ def retune_cmd(adapter: str, overrides: tuple[str, ...], min_examples: int | Non
                wait: bool, threads: int | None) -> None:
     """Start a re-tune job (dataset -> LoRA training -> evaluation gate -> promotion) in its own process."""
     from finetune.jobs import JobRunner, job_view
-    from finetune.store import CorrectionStore, JobStore
+    from finetune.store import CorrectionStore, Job, JobStore
 
     settings = get_settings()
     runner = JobRunner(settings, JobStore(settings.app_db), CorrectionStore(settings.app_db), train_threads=threads)
     job = runner.submit(adapter, hyperparameters=_parse_overrides(overrides), min_examples=min_examples,
                         created_by=f"cli:{os.environ.get('USER', 'unknown')}",
                         evaluation={"pubmedqa_path": pubmedqa} if pubmedqa else None)
+    audit(settings, "retune.start", job.id, after={"adapter": adapter, "hyperparameters": job.hyperparameters})
     click.echo(f"job {job.id} started (log: {settings.jobs_dir / job.id / 'log.txt'})", err=True)
     if not wait:
         emit_json({"job_id": job.id, "status": job.status})
         return
 
-    def show(j: Any) -> None:
+    def show(j: Job) -> None:
         p = j.progress
         click.echo(f"[{j.status}] {p.get('stage')} step={p.get('step')}/{p.get('total_steps')} loss={p.get('loss')}",
                    err=True)
@@ -194,9 +202,13 @@ def adapters_promote(name: str, version: int) -> None:
 
     settings = get_settings()
     reg = AdapterRegistry(settings.adapters_dir)
-    v = reg.promote(name, version, by=f"cli:{os.environ.get('USER', 'unknown')}", reason="manual promotion")
-    emit_json({"adapter": name, "current": v.version, "lora_name": v.lora_name,
-               "served": run_with_deployer(settings, reg, lambda d: d.deploy(name))})
+    before = reg.current(name) if name in reg.names() else None
+    served = run_with_deployer(settings, reg, lambda d: d.promote(
+        name, version, by=f"cli:{os.environ.get('USER', 'unknown')}", reason="manual promotion"))
+    v = reg.current(name)
+    audit(settings, "adapter.promote", name, before={"current": before and before.version},
+          after={"current": v and v.version})
+    emit_json({"adapter": name, "current": v and v.version, "lora_name": v and v.lora_name, "served": served})
 
 
 @adapters_group.command("rollback")
@@ -209,9 +221,13 @@ def adapters_rollback(name: str) -> None:
 
     settings = get_settings()
     reg = AdapterRegistry(settings.adapters_dir)
-    v = reg.rollback(name, by=f"cli:{os.environ.get('USER', 'unknown')}", reason="rollback")
-    emit_json({"adapter": name, "current": v.version, "lora_name": v.lora_name,
-               "served": run_with_deployer(settings, reg, lambda d: d.deploy(name))})
+    before = reg.current(name) if name in reg.names() else None
+    served = run_with_deployer(settings, reg, lambda d: d.rollback(
+        name, by=f"cli:{os.environ.get('USER', 'unknown')}", reason="rollback"))
+    v = reg.current(name)
+    audit(settings, "adapter.rollback", name, before={"current": before and before.version},
+          after={"current": v and v.version})
+    emit_json({"adapter": name, "current": v and v.version, "lora_name": v and v.lora_name, "served": served})
 
 
 @click.command("make-tiny-model")

@@ -194,7 +194,7 @@ def _evidence_order(question: str, hits: Sequence[Any], cited: Sequence[int], mi
 
 def evidence_budget(settings: Settings, tokenizer: Any, question: str) -> int:
     """The evidence token budget the server uses for ``question`` (no history; ``generation.prompt.evidence_room``)."""
-    budget, _ = evidence_room(tokenizer, question, None, max_model_len=settings.llm.max_model_len,
+    budget, _ = evidence_room(tokenizer, question, None, max_model_len=settings.llm.context_len,
                               max_tokens=settings.llm.max_tokens, context_tokens=settings.retrieval.context_tokens)
     return max(1, budget)
 

@@ -11,14 +11,16 @@ Metrics (pure functions below, micro-averaged over a set):
 The same metrics on a sample of the corrections the candidate was trained on (``TRAIN_SAMPLE``) guard against
 a candidate that reproduces the accepted corrections worse than the version it replaces (e.g. under-trained).
 
-Generation goes through vLLM (the candidate loaded under its versioned name ``NAME@vN``) when vLLM answers
-its health check; otherwise with transformers + PEFT in this process. The report names the backend used and
+Generation goes through vLLM (the candidate loaded under its versioned name ``NAME@vN`` by the deployer;
+``GATE_CONCURRENCY`` requests at once over the async client) when vLLM answers its health check; otherwise with
+transformers + PEFT in this process. The report names the backend used and
 why, never silently. The candidate is promoted only if no metric is worse than the baseline's by more than
 ``settings.finetune.tolerance``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -26,17 +28,25 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from finetune.dataset import Dataset, Example
+from finetune.registry import AdapterRegistry, AdapterVersion
 from generation.citations import parse_citations, verify
+from generation.deploy import AdapterDeployer, run_with_deployer
 from generation.prompt import build_messages, render_evidence
+from generation.vllm_client import Message, make_client, served_base_name
 from pubmind.errors import InvalidInput, PubmindError
 from pubmind.records import AbstractSection, Article
 from pubmind.settings import Settings
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 log = logging.getLogger("pubmind.evaluate")
 
 TRAIN_SAMPLE = 20  # trained-on corrections re-checked by the gate (the candidate must not regress on them)
+GATE_CONCURRENCY = 8  # gate requests in flight at once against vLLM
 METRICS = ("citation_validity", "citation_recall", "answer_f1", "rouge_l", "pubmedqa_accuracy")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _LABEL = re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE)
@@ -132,17 +142,27 @@ def gate_decision(candidate: dict[str, Any], baseline: dict[str, Any], tolerance
 
 # ---- generation backends --------------------------------------------------------------------------------
 class Generator(Protocol):
-    def generate(self, messages: list[dict[str, str]], model: str) -> str: ...
+    def generate_many(self, prompts: Sequence[list[Message]], model: str) -> list[str]: ...
 
 
 class VllmGenerator:
-    """Greedy answers from the running vLLM; ``model`` is a served name (``base`` or ``NAME@vN``)."""
+    """Greedy answers from the running vLLM, ``GATE_CONCURRENCY`` at a time; ``model`` is a served name
+    (``base`` or ``NAME@vN``)."""
 
-    def __init__(self, client: Any, max_tokens: int) -> None:
-        self.client, self.max_tokens = client, max_tokens
+    def __init__(self, settings: Settings) -> None:
+        self.settings, self.max_tokens = settings, settings.llm.max_tokens
 
-    def generate(self, messages: list[dict[str, str]], model: str) -> str:
-        return self.client.chat(messages, model, max_tokens=self.max_tokens, temperature=0.0).text
+    def generate_many(self, prompts: Sequence[list[Message]], model: str) -> list[str]:
+        async def run() -> list[str]:
+            limit = asyncio.Semaphore(GATE_CONCURRENCY)
+            async with make_client(self.settings) as client:
+                async def one(messages: list[Message]) -> str:
+                    async with limit:
+                        return (await client.chat(messages, model, max_tokens=self.max_tokens, temperature=0.0)).text
+
+                return list(await asyncio.gather(*(one(m) for m in prompts)))
+
+        return asyncio.run(run())
 
 
 class LocalGenerator:
@@ -153,10 +173,14 @@ class LocalGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
-        self.base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).eval()
+        # Any: transformers types apply_chat_template's result as a union that no isinstance narrows
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(base_model)
+        self.base: PreTrainedModel = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).eval()
         self.max_tokens = max_tokens
-        self._models: dict[str, Any] = {"base": self.base}
+        self._models: dict[str, Any] = {"base": self.base}  # base, "peft" (a PeftModel), adapter path -> it
+
+    def generate_many(self, prompts: Sequence[list[Message]], model: str) -> list[str]:
+        return [self.generate(m, model) for m in prompts]
 
     def _model(self, model: str) -> Any:
         if model not in self._models:
@@ -205,14 +229,14 @@ def pubmedqa_items(path: str | Path, limit: int) -> list[tuple[Article, str, str
 
 
 # ---- the gate ------------------------------------------------------------------------------------------
-def _evaluate(gen: Generator, model: str, heldout: Sequence[Any], pqa: Sequence[tuple[list[dict[str, str]], str]]
+def _evaluate(gen: Generator, model: str, heldout: Sequence[Example], pqa: Sequence[tuple[list[Message], str]]
               ) -> dict[str, Any]:
     t0 = time.monotonic()
-    answers = [gen.generate(e.prompt_messages, model) for e in heldout]
+    answers = gen.generate_many([e.prompt_messages for e in heldout], model)
     scores = score_answers(answers, [e.evidence_pmids for e in heldout], [e.cited_pmids for e in heldout],
                            [e.target for e in heldout])
     if pqa:
-        labels = [pubmedqa_label(gen.generate(msgs, model)) for msgs, _ in pqa]
+        labels = [pubmedqa_label(a) for a in gen.generate_many([msgs for msgs, _ in pqa], model)]
         scores["pubmedqa_accuracy"] = sum(p == gold for p, (_, gold) in zip(labels, pqa, strict=True)) / len(pqa)
         scores["pubmedqa_n"] = len(pqa)
     scores["samples"] = [{"question": e.question, "answer": a} for e, a in list(zip(heldout, answers, strict=True))[:5]]
@@ -220,12 +244,10 @@ def _evaluate(gen: Generator, model: str, heldout: Sequence[Any], pqa: Sequence[
     return scores
 
 
-def run_gate(settings: Settings, candidate: Any, current: Any | None, dataset: Any,
-             eval_config: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate ``candidate`` (an AdapterVersion) against ``current`` (AdapterVersion or None: the base model)
-    on ``dataset.heldout``; returns the report with ``promote``."""
-    from generation.vllm_client import SyncVllmClient, served_base_name
-
+def run_gate(settings: Settings, registry: AdapterRegistry, candidate: AdapterVersion,
+             current: AdapterVersion | None, dataset: Dataset, eval_config: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate ``candidate`` against ``current`` (None: the base model) on ``dataset.heldout`` (and a sample of
+    ``dataset.train``); returns the report with ``promote``."""
     heldout = dataset.heldout
     # the corrections themselves: a candidate must reproduce them at least as well as the version it replaces
     trained = sorted(dataset.train, key=lambda e: e.id)[:int(eval_config.get("train_sample", TRAIN_SAMPLE))]
@@ -247,30 +269,30 @@ def run_gate(settings: Settings, candidate: Any, current: Any | None, dataset: A
                                               "hand after checking the version"])
         return report
 
-    client = SyncVllmClient.from_settings(settings.llm)
-    try:
-        client.health()
-        gen: Generator = VllmGenerator(client, settings.llm.max_tokens)
-        loaded = set(client.models())
+    async def serve_both(d: AdapterDeployer) -> str:
+        await d.client.health()
         for v in (candidate, current):
-            if v is not None and v.lora_name not in loaded:
-                client.load_lora_adapter(v.lora_name, v.path)
+            if v is not None:
+                await d.ensure_loaded(v.lora_name, v.path, refresh=True)
+        return d.client.base_url
+
+    gen: Generator
+    try:
+        url = run_with_deployer(settings, registry, serve_both)
+        gen = VllmGenerator(settings)
         cand_model = candidate.lora_name
         base_model = current.lora_name if current else served_base_name(settings.llm)
-        report["backend"] = f"vllm at {client.base_url}"
+        report["backend"] = f"vllm at {url}"
     except PubmindError as e:
         log.warning("vLLM unreachable for the gate (%s): generating with transformers locally", e.message)
         gen = LocalGenerator(settings.llm.model, settings.llm.max_tokens)
         cand_model, base_model = candidate.path, (current.path if current else "base")
         report["backend"] = f"transformers+peft in the job process (vLLM not usable: {e.message})"
-    try:
-        report["candidate_metrics"] = _evaluate(gen, cand_model, heldout, pqa)
-        report["baseline_metrics"] = _evaluate(gen, base_model, heldout, pqa)
-        if trained:
-            report["candidate_trained_metrics"] = _evaluate(gen, cand_model, trained, [])
-            report["baseline_trained_metrics"] = _evaluate(gen, base_model, trained, [])
-    finally:
-        client.close()
+    report["candidate_metrics"] = _evaluate(gen, cand_model, heldout, pqa)
+    report["baseline_metrics"] = _evaluate(gen, base_model, heldout, pqa)
+    if trained:
+        report["candidate_trained_metrics"] = _evaluate(gen, cand_model, trained, [])
+        report["baseline_trained_metrics"] = _evaluate(gen, base_model, trained, [])
     promote, reasons = gate_decision(report["candidate_metrics"], report["baseline_metrics"],
                                      settings.finetune.tolerance)
     reasons = [f"held-out {r}" for r in reasons]

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,14 +100,17 @@ class JobRunner:
         (job_dir / "job.json").write_text(json.dumps({
             "job_id": job.id, "adapter": adapter, "hyperparameters": hp.model_dump(), "min_examples": needed,
             "eval": evaluation,
-            # the job's settings (NCBI credentials left out: the job does not use E-utilities)
-            "settings": self.settings.model_dump(mode="json", exclude={"eutils"})}, indent=2))
+            # the job's settings (secrets left out: the job does not use E-utilities; a vLLM key goes by env)
+            "settings": self.settings.model_dump(mode="json", exclude={"eutils": True, "llm": {"vllm_api_key"}})},
+            indent=2))
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        if self.settings.llm.vllm_api_key:
+            env["PUBMIND_LLM__VLLM_API_KEY"] = self.settings.llm.vllm_api_key
         try:
             with open(job_dir / "log.txt", "ab") as logf:
                 proc = subprocess.Popen(
                     [*self.command, "--job_dir", str(job_dir), "--num_threads", str(self.train_threads)],
-                    stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                    env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+                    stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
                 )
         except OSError as e:
             self.jobs.update(job.id, status="failed", finished_at=time.time(),
@@ -158,7 +162,8 @@ class JobRunner:
                 log.error("job %s process %s survived SIGKILL", job_id, proc.pid)
         return self.jobs.get(job_id)
 
-    def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0, on_progress: Any = None) -> Job:
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0,
+             on_progress: Callable[[Job], None] | None = None) -> Job:
         """Block until the job finishes (``on_progress(job)`` on every change)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last = None

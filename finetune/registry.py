@@ -32,9 +32,9 @@ import msgspec
 from pubmind.durable import fsync_dir, write_json_atomic
 from pubmind.errors import Conflict, InvalidInput, NotFound
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_MODEL_RE = re.compile(r"^(?P<name>[^@]+)(?:@v(?P<version>\d+))?$")
-_VERSION_DIR = re.compile(r"^v(\d+)$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch ($ would accept a trailing "\n")
+_MODEL_RE = re.compile(r"(?P<name>[^@]+)(?:@v(?P<version>\d+))?")
+_VERSION_DIR = re.compile(r"v(\d+)")
 RESERVED_NAMES = frozenset({"base"})
 MANIFEST = "manifest.json"
 STATE = "state.json"
@@ -58,7 +58,7 @@ class AdapterVersion(msgspec.Struct, kw_only=True):
 
 
 def check_name(name: str, param: str = "adapter") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name) or name in RESERVED_NAMES:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in RESERVED_NAMES:
         raise InvalidInput(
             f"{param} must be 1-64 characters of letters, digits, '_', '.', '-' (starting with a letter or "
             f"digit) and not one of {sorted(RESERVED_NAMES)}; got {name!r}", param=param)
@@ -67,7 +67,7 @@ def check_name(name: str, param: str = "adapter") -> str:
 
 def parse_model(model: str) -> tuple[str, int | None]:
     """``"name"`` -> (name, None); ``"name@vN"`` -> (name, N). InvalidInput for anything else."""
-    m = _MODEL_RE.match(model or "")
+    m = _MODEL_RE.fullmatch(model or "")
     if not m:
         raise InvalidInput(f"model must be 'NAME' or 'NAME@vN', got {model!r}", param="model")
     name = check_name(m["name"], "model")
@@ -88,13 +88,13 @@ class AdapterRegistry:
     def names(self) -> list[str]:
         """Adapters with at least one version, sorted."""
         return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and NAME_RE.match(p.name) and self._version_numbers(p.name))
+                      if p.is_dir() and NAME_RE.fullmatch(p.name) and self._version_numbers(p.name))
 
     def _version_numbers(self, name: str) -> list[int]:
         d = self.root / name
         if not d.is_dir():
             return []
-        return sorted(int(m[1]) for p in d.iterdir() if p.is_dir() and (m := _VERSION_DIR.match(p.name)))
+        return sorted(int(m[1]) for p in d.iterdir() if p.is_dir() and (m := _VERSION_DIR.fullmatch(p.name)))
 
     def _state(self, name: str) -> dict[str, Any]:
         p = self.root / name / STATE
@@ -134,17 +134,37 @@ class AdapterRegistry:
         cur = self._state(name)["current"]
         return None if cur is None else self._load(name, cur, cur)
 
-    def resolve(self, model: str) -> AdapterVersion:
-        """``"name"`` -> its current version, ``"name@vN"`` -> that version. NotFound for unknown names or
-        versions (and for a name with no promoted version); InvalidInput for malformed strings."""
+    def resolve(self, model: str, *, any_version: bool = False) -> AdapterVersion:
+        """``"name"`` -> its current version, ``"name@vN"`` -> that version. Only the current and previously
+        promoted versions unless ``any_version`` (never for readers: a gate-rejected version stays unserved).
+        NotFound for unknown names or versions (and for a name with no promoted version); InvalidInput for
+        malformed strings."""
         name, version = parse_model(model)
         if version is not None:
-            return self.get(name, version)
+            v = self.get(name, version)
+            if not any_version and version not in self.promoted_versions(name):
+                raise NotFound(f"model {model!r} is not available: only current and previously promoted versions "
+                               f"of {name!r} are served ({sorted(self.promoted_versions(name))})", param="model")
+            return v
         cur = self.current(name)
         if cur is None:
             raise NotFound(f"adapter {name!r} has no promoted version yet; ask for one as '{name}@vN'",
                            param="model")
         return cur
+
+    def promoted_versions(self, name: str) -> set[int]:
+        """Versions of ``name`` that are or were current (promoted by the gate or by hand)."""
+        state = self._state(name)
+        return {h["version"] for h in state["history"] if h.get("action") == "promote"} | set(state["stack"])
+
+    def rollback_target(self, name: str) -> AdapterVersion:
+        """The version ``rollback`` would make current; Conflict when there is none."""
+        check_name(name)
+        stack = self._state(name)["stack"]
+        if len(stack) < 2:
+            raise Conflict(f"adapter {name!r} has no earlier promoted version to roll back to "
+                           f"(current: {stack[-1] if stack else None})", param="adapter")
+        return self.get(name, stack[-2])
 
     def history(self, name: str) -> list[dict[str, Any]]:
         check_name(name)
@@ -230,8 +250,9 @@ class AdapterRegistry:
                 write_json_atomic(self.root / name / STATE, state)
         return self.get(name, version)
 
-    def rollback(self, name: str, *, by: str = "", reason: str = "") -> AdapterVersion:
-        """Serve the version that was current before the current one again. Conflict when there is none."""
+    def rollback(self, name: str, *, by: str = "", reason: str = "", to: int | None = None) -> AdapterVersion:
+        """Serve the version that was current before the current one again. Conflict when there is none, or
+        when it is not ``to`` (the version a caller loaded first: the alias changed meanwhile)."""
         check_name(name)
         if not self._version_numbers(name):
             raise NotFound(f"adapter {name!r} not found (known: {self.names()})", param="adapter")
@@ -240,6 +261,9 @@ class AdapterRegistry:
             if len(state["stack"]) < 2:
                 raise Conflict(f"adapter {name!r} has no earlier promoted version to roll back to "
                                f"(current: {state['current']})", param="adapter")
+            if to is not None and state["stack"][-2] != to:
+                raise Conflict(f"adapter {name!r} would roll back to v{state['stack'][-2]}, not v{to}: its versions "
+                               f"changed meanwhile; try again", param="adapter")
             old = state["stack"].pop()
             state["current"] = state["stack"][-1]
             state["history"].append({"action": "rollback", "version": state["current"], "from": old,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pubmind.errors import InvalidInput
 from pubmind.records import Article
@@ -38,6 +38,7 @@ def parse_decision(text: str) -> str | None:
     return found[-1].lower() if found else None
 
 
+@runtime_checkable
 class _Tokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
@@ -46,8 +47,9 @@ TokenCounter = _Tokenizer | Callable[[str], int]
 
 
 def _counter(tok: TokenCounter) -> Callable[[str], int]:
-    if hasattr(tok, "encode"):  # HF tokenizers are callable too: check encode first
-        return lambda s: len(tok.encode(s, add_special_tokens=False))  # type: ignore[union-attr]
+    if isinstance(tok, _Tokenizer):  # HF tokenizers are callable too: check encode first
+        enc = tok
+        return lambda s: len(enc.encode(s, add_special_tokens=False))
     if callable(tok):
         return tok
     raise InvalidInput(f"tokenizer_or_counter must have .encode or be callable, got {type(tok).__name__}",

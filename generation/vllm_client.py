@@ -1,8 +1,10 @@
 """HTTP client for a vLLM OpenAI-compatible server: chat completions (whole or streamed), runtime LoRA
 loading/unloading, model listing and health.
 
-Shared by the API server (async, ``VllmClient``) and the training job process (sync, ``SyncVllmClient``);
-it imports nothing from ``server``. Failures map onto ``pubmind.errors``:
+One async client, ``VllmClient``, for the API server, the re-tune job and the CLI (a synchronous process runs
+its calls with ``asyncio.run``); it imports nothing from ``server``. Every request carries the vLLM API key
+(``--api-key``): a launched vLLM's per-launch key (``vllm.key`` in the logs folder, written by the supervisor)
+or ``llm.vllm_api_key`` for a remote ``--vllm-url`` (``make_client``). Failures map onto ``pubmind.errors``:
 
 * connection refused / DNS / timeouts -> ``ServiceUnavailable`` naming the URL (HTTP 503 in the API);
 * vLLM 400 -> ``InvalidInput`` with vLLM's own message; 404 -> ``NotFound``; other 4xx/5xx -> ``UpstreamError``.
@@ -11,14 +13,16 @@ it imports nothing from ``server``. Failures map onto ``pubmind.errors``:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+import os
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 
 from pubmind.errors import InvalidInput, NotFound, PubmindError, ServiceUnavailable, UpstreamError
-from pubmind.settings import LLMSettings
+from pubmind.settings import LLMSettings, Settings
 
 HEALTH_TIMEOUT_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -41,6 +45,10 @@ class ChatDelta(msgspec.Struct, kw_only=True):
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+KEY_FILE = "vllm.key"  # in settings.logs_dir: the launched vLLM's current API key (mode 0600)
 
 
 def served_base_name(settings: LLMSettings) -> str:
@@ -75,6 +83,9 @@ def _raise_for(resp: httpx.Response, what: str) -> None:
         raise InvalidInput(msg)
     if resp.status_code == 404:
         raise NotFound(msg)
+    if resp.status_code == 401:
+        raise UpstreamError(f"{msg}; the vLLM API key is missing or wrong (llm.vllm_api_key for a remote "
+                            f"llm.vllm_url; a launched vLLM's key is in its logs folder)")
     raise UpstreamError(msg)
 
 
@@ -141,6 +152,53 @@ def _parse_sse_line(line: str) -> ChatDelta | None:
     return delta
 
 
+def key_path(settings: Settings) -> Path:
+    return settings.logs_dir / KEY_FILE
+
+
+def write_launch_key(path: Path, key: str) -> None:
+    """Write a launch's API key readable by this user only (created 0600, then renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    os.replace(tmp, path)
+
+
+class KeyFile:
+    """The current key in a launch key file, re-read when the file changes (a restarted vLLM has a new key);
+    None while there is no file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._key: str | None = None
+
+    def __call__(self) -> str | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        if (st.st_mtime_ns, st.st_ino) != self._stamp:
+            self._key, self._stamp = self.path.read_text().strip() or None, (st.st_mtime_ns, st.st_ino)
+        return self._key
+
+
+ApiKey = str | Callable[[], str | None] | None  # a fixed key, a provider asked on every request, or none
+
+
+class _BearerAuth(httpx.Auth):
+    def __init__(self, key: ApiKey) -> None:
+        self.key = key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        key = self.key() if callable(self.key) else self.key
+        if key:
+            request.headers["Authorization"] = f"Bearer {key}"
+        yield request
+
+
 class _Base:
     def __init__(self, base_url: str, *, timeout_seconds: float) -> None:
         if not base_url.startswith(("http://", "https://")):
@@ -158,19 +216,22 @@ class _Base:
 
 
 class VllmClient(_Base):
-    """Async client; one per process (it pools connections). Close with ``aclose()``."""
+    """Async client; one per process (it pools connections). Close with ``aclose()``. ``api_key``: sent as
+    ``Authorization: Bearer`` (a callable is asked on every request)."""
 
-    def __init__(self, base_url: str, *, timeout_seconds: float = 120.0, max_connections: int = 256) -> None:
+    def __init__(self, base_url: str, *, timeout_seconds: float = 120.0, max_connections: int = 256,
+                 api_key: ApiKey = None) -> None:
         super().__init__(base_url, timeout_seconds=timeout_seconds)
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=self._timeout,
+            base_url=self.base_url, timeout=self._timeout, auth=_BearerAuth(api_key),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
 
-    @classmethod
-    def from_settings(cls, settings: LLMSettings, base_url: str | None = None) -> VllmClient:
-        url = base_url or settings.vllm_url or f"http://{settings.vllm_host}:{settings.vllm_port}"
-        return cls(url, timeout_seconds=settings.request_timeout_seconds)
+    async def __aenter__(self) -> VllmClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -193,6 +254,13 @@ class VllmClient(_Base):
             raise self._unavailable("/health", e) from e
         if resp.status_code != 200:
             raise ServiceUnavailable(f"vLLM at {self.base_url} is not healthy: /health answered {resp.status_code}")
+
+    async def is_healthy(self) -> bool:
+        try:
+            await self.health()
+        except PubmindError:
+            return False
+        return True
 
     async def models(self) -> list[str]:
         """Model ids vLLM serves: the base model name and every loaded LoRA adapter's name."""
@@ -245,82 +313,16 @@ class VllmClient(_Base):
                             json_body={"lora_name": lora_name})
 
 
-class SyncVllmClient(_Base):
-    """Blocking twin of ``VllmClient`` for the training job process and scripts."""
+def api_key_for(settings: Settings) -> ApiKey:
+    """The key to send: ``llm.vllm_api_key`` for a remote ``llm.vllm_url``, else the launched vLLM's
+    per-launch key from its key file."""
+    if settings.llm.vllm_url:
+        return settings.llm.vllm_api_key or None
+    return KeyFile(key_path(settings))
 
-    def __init__(self, base_url: str, *, timeout_seconds: float = 120.0) -> None:
-        super().__init__(base_url, timeout_seconds=timeout_seconds)
-        self._http = httpx.Client(base_url=self.base_url, timeout=self._timeout)
 
-    @classmethod
-    def from_settings(cls, settings: LLMSettings, base_url: str | None = None) -> SyncVllmClient:
-        url = base_url or settings.vllm_url or f"http://{settings.vllm_host}:{settings.vllm_port}"
-        return cls(url, timeout_seconds=settings.request_timeout_seconds)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> SyncVllmClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _request(self, method: str, path: str, what: str, *, json_body: Any = None,
-                 timeout: float | None = None) -> httpx.Response:
-        try:
-            resp = self._http.request(method, path, json=json_body,
-                                      timeout=timeout if timeout is not None else self._timeout)
-        except httpx.HTTPError as e:
-            raise self._unavailable(path, e) from e
-        _raise_for(resp, what)
-        return resp
-
-    def health(self) -> None:
-        try:
-            resp = self._http.get("/health", timeout=HEALTH_TIMEOUT_SECONDS)
-        except httpx.HTTPError as e:
-            raise self._unavailable("/health", e) from e
-        if resp.status_code != 200:
-            raise ServiceUnavailable(f"vLLM at {self.base_url} is not healthy: /health answered {resp.status_code}")
-
-    def is_healthy(self) -> bool:
-        try:
-            self.health()
-        except PubmindError:
-            return False
-        return True
-
-    def models(self) -> list[str]:
-        return [m["id"] for m in self._request("GET", "/v1/models", "model listing").json().get("data", [])]
-
-    def chat(self, messages: Sequence[dict[str, str]], model: str, *, max_tokens: int,
-             temperature: float = 0.0, extra: dict[str, Any] | None = None) -> ChatResult:
-        body = _chat_body(messages, model, max_tokens=max_tokens, temperature=temperature, stream=False,
-                          extra=extra)
-        return _parse_chat(self._request("POST", "/v1/chat/completions", "chat completion", json_body=body).json())
-
-    def chat_stream(self, messages: Sequence[dict[str, str]], model: str, *, max_tokens: int,
-                    temperature: float = 0.0, extra: dict[str, Any] | None = None) -> Iterator[ChatDelta]:
-        body = _chat_body(messages, model, max_tokens=max_tokens, temperature=temperature, stream=True,
-                          extra=extra)
-        path = "/v1/chat/completions"
-        try:
-            with self._http.stream("POST", path, json=body) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    _raise_for(resp, "chat completion")
-                for line in resp.iter_lines():
-                    delta = _parse_sse_line(line)
-                    if delta is not None:
-                        yield delta
-        except httpx.HTTPError as e:
-            raise self._unavailable(path, e) from e
-
-    def load_lora_adapter(self, lora_name: str, path: str) -> None:
-        self._request("POST", "/v1/load_lora_adapter", f"loading LoRA adapter {lora_name!r} from {path}",
-                      json_body={"lora_name": lora_name, "lora_path": str(path)})
-
-    def unload_lora_adapter(self, lora_name: str) -> None:
-        self._request("POST", "/v1/unload_lora_adapter", f"unloading LoRA adapter {lora_name!r}",
-                      json_body={"lora_name": lora_name})
+def make_client(settings: Settings, url: str | None = None) -> VllmClient:
+    """The client for ``settings``' vLLM: ``url``, else ``llm.vllm_url``, else the launched one; with its key."""
+    llm = settings.llm
+    return VllmClient(url or llm.vllm_url or f"http://{llm.vllm_host}:{llm.vllm_port}",
+                      timeout_seconds=llm.request_timeout_seconds, api_key=api_key_for(settings))

@@ -23,6 +23,8 @@ def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real vLLM OpenAI server (CPU build, .venv-vllm) serving ``tiny_model_dir`` as 'base' with runtime
     LoRA loading enabled (max rank 8, 2 adapters); yields its URL and stops it (whole process group) at the
     end of the session. Started through ``generation.supervisor.VllmSupervisor``; log under the fixture's home.
+    Its per-launch API key is exported as ``PUBMIND_LLM__VLLM_API_KEY`` for the session, so settings that point
+    ``llm.vllm_url`` at it (and the job processes they launch) authenticate.
     Only tests marked ``@pytest.mark.vllm`` should use it (startup takes ~1 minute). For quicker local
     iterations, ``PUBMIND_TEST_VLLM_URL`` points it at an already running vLLM (same flags, tiny model)."""
     import os
@@ -39,7 +41,9 @@ def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
                                         "max_lora_rank": 8, "vllm_args": ["--dtype", "float32"]})
     sup = VllmSupervisor(settings)
     sup.start()
+    os.environ["PUBMIND_LLM__VLLM_API_KEY"] = sup.key_path.read_text().strip()
     try:
         yield sup.url
     finally:
+        os.environ.pop("PUBMIND_LLM__VLLM_API_KEY", None)
         sup.stop()

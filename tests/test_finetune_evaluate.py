@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +77,13 @@ def test_pubmedqa_accuracy_on_real_items(shared_data: Path, tiny_tokenizer: Any)
         def __init__(self) -> None:
             self.n = 0
 
-        def generate(self, messages: list[dict[str, str]], model: str) -> str:
-            gold = pqa[self.n][1]
-            self.n += 1
-            return f"{gold.capitalize()}, per the trial." if self.n <= 2 else "Unclear."
+        def generate_many(self, prompts: Sequence[list[dict[str, str]]], model: str) -> list[str]:
+            out = []
+            for _ in prompts:
+                gold = pqa[self.n][1]
+                self.n += 1
+                out.append(f"{gold.capitalize()}, per the trial." if self.n <= 2 else "Unclear.")
+            return out
 
     scores = _evaluate(Oracle(), "m", [], pqa)
     assert scores["pubmedqa_accuracy"] == 0.5 and scores["pubmedqa_n"] == 4

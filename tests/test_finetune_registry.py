@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune.registry import AdapterRegistry
+from finetune.registry import AdapterRegistry, check_name, parse_model
 from pubmind.errors import Conflict, InvalidInput, NotFound
 
 
@@ -37,7 +37,7 @@ def test_versions_are_numbered_and_carry_their_manifest(reg: AdapterRegistry, tm
     assert reg.current("onco") is None  # created, not promoted
     with pytest.raises(NotFound, match="no promoted version"):
         reg.resolve("onco")
-    assert reg.resolve("onco@v2").version == 2
+    assert reg.resolve("onco@v2", any_version=True).version == 2
     updated = reg.update_manifest("onco", 2, evaluation={"promote": True})
     assert updated.manifest["evaluation"] == {"promote": True} and updated.manifest["base_model"] == "tiny"
 
@@ -122,3 +122,36 @@ def test_bad_inputs(reg: AdapterRegistry, tmp_path: Path) -> None:
         reg.create_version("bad name", adapter_dir(tmp_path), {})
     with pytest.raises(NotFound, match="adapter 'ghost' not found"):
         reg.versions("ghost")
+
+
+@pytest.mark.parametrize("bad", ["onco\n", "onco\r\n", "\nonco", "on\nco"])
+def test_names_with_newlines_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidInput, match="adapter must be"):
+        check_name(bad)
+    with pytest.raises(InvalidInput, match="model"):
+        parse_model(f"{bad}@v1")
+
+
+def test_readers_get_only_current_and_previously_promoted_versions(reg: AdapterRegistry, tmp_path: Path) -> None:
+    for tag in "abc":
+        reg.create_version("onco", adapter_dir(tmp_path, tag), {})
+    reg.promote("onco", 1)
+    reg.promote("onco", 2)  # v3: trained, rejected by the gate, never promoted
+    assert reg.resolve("onco@v1").version == 1  # previously promoted
+    assert reg.resolve("onco@v2").version == 2  # current
+    with pytest.raises(NotFound, match=r"'onco@v3' is not available"):
+        reg.resolve("onco@v3")
+    assert reg.resolve("onco@v3", any_version=True).version == 3  # operators may still try it
+    reg.rollback("onco")
+    assert reg.resolve("onco@v2").version == 2  # rolled back from: still a promoted version
+    assert reg.promoted_versions("onco") == {1, 2}
+
+
+def test_rollback_to_an_expected_version(reg: AdapterRegistry, tmp_path: Path) -> None:
+    for tag in "abc":
+        reg.promote("onco", reg.create_version("onco", adapter_dir(tmp_path, tag), {}).version)
+    assert reg.rollback_target("onco").version == 2
+    with pytest.raises(Conflict, match="would roll back to v2, not v1"):
+        reg.rollback("onco", to=1)
+    assert reg.current("onco").version == 3  # unchanged
+    assert reg.rollback("onco", to=2).version == 2
