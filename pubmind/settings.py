@@ -8,6 +8,7 @@ then the defaults below. Every field carries a description; ``pubmind config`` p
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from contextvars import ContextVar
@@ -142,24 +143,77 @@ class LLMSettings(BaseModel):
     vllm_url: str = Field(
         "", description="URL of an already running vLLM OpenAI server; '' makes 'pubmind serve' launch one."
     )
+    vllm_api_key: str = Field(
+        "", description="API key of the vLLM at llm.vllm_url (sent as a bearer token). A launched vLLM gets a "
+        "fresh generated key at every launch instead."
+    )
     vllm_python: str = Field(".venv-vllm/bin/python", description="Python of the vLLM venv used to launch vLLM.")
     vllm_host: str = Field("127.0.0.1", description="Host a launched vLLM binds to.")
     vllm_port: int = Field(8100, ge=1, le=65535, description="Port a launched vLLM listens on.")
     vllm_args: list[str] = Field(
         default_factory=list, description="Extra command-line arguments for a launched vLLM."
     )
-    max_model_len: int = Field(8192, ge=128, description="Context length vLLM allocates.")
+    max_model_len: int | None = Field(
+        None, ge=128, description="Context length vLLM allocates (None: the model's own maximum; a larger value "
+        "is capped at it with a warning)."
+    )
     max_loras: int = Field(4, ge=1, description="LoRA adapters vLLM keeps on the device at once.")
+    max_loaded_adapters: int = Field(
+        8, ge=1, description="Most adapter versions loaded in vLLM at once (its CPU LoRA cache); loading one more "
+        "unloads the least recently requested version that is no adapter's current one."
+    )
     max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank vLLM accepts.")
     cpu_kvcache_gib: int = Field(
         4, ge=1, description="CPU-only vLLM: GiB reserved for the KV cache (VLLM_CPU_KVCACHE_SPACE); "
         "ignored on a GPU, where vLLM sizes the cache from --gpu-memory-utilization."
     )
     startup_timeout_seconds: float = Field(600.0, gt=0, description="Wait this long for vLLM to be healthy.")
-    max_restarts: int = Field(3, ge=0, description="Times a crashed vLLM is restarted before giving up.")
+    max_restarts: int = Field(
+        3, ge=0, description="Restarts of a crashed or hung vLLM allowed within restart_window_seconds before "
+        "the supervisor gives up."
+    )
+    restart_window_seconds: float = Field(600.0, gt=0, description="Window over which restarts are counted.")
+    restart_backoff_seconds: float = Field(
+        2.0, ge=0, description="Wait before a restart, doubled for each restart in the window (at most 60 s)."
+    )
+    health_interval_seconds: float = Field(10.0, gt=0, description="How often the supervisor polls vLLM's /health.")
+    health_failures: int = Field(
+        3, ge=1, description="Consecutive failed health polls after which a running vLLM counts as hung and is "
+        "restarted."
+    )
     request_timeout_seconds: float = Field(120.0, gt=0, description="Timeout of one generation request.")
     max_tokens: int = Field(512, ge=1, description="Max generated tokens per answer.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: greedy).")
+
+    @property
+    def context_len(self) -> int:
+        """Context length in tokens: ``max_model_len``, else the model's own maximum (from its config).
+        ``pubmind serve`` and re-tune jobs first cap an explicit value at the model's maximum
+        (``generation.modelcheck.resolve_context``)."""
+        return self.max_model_len if self.max_model_len is not None else model_context_length(self.model)
+
+
+# config keys that bound a model's context, as vLLM reads them (the smallest present wins)
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length",
+                "model_max_length", "n_ctx")
+
+
+@functools.lru_cache(maxsize=8)
+def model_context_length(model: str) -> int:
+    """A model's maximum context in tokens, from its ``config.json`` (the text config of a multimodal model).
+    ConfigError naming the problem when the config cannot be read or has no context length."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"llm.model={model!r}: cannot read the model's config.json: {e}", param="llm.model") from e
+    text_config = getattr(config, "text_config", None) or config
+    found = [v for k in CONTEXT_KEYS if isinstance(v := getattr(text_config, k, None), int) and v > 0]
+    if not found:
+        raise ConfigError(f"llm.model={model!r}: its config has none of {list(CONTEXT_KEYS)}, so the context "
+                          f"length is unknown; set llm.max_model_len", param="llm.model")
+    return min(found)
 
 
 class ServerSettings(BaseModel):
@@ -196,6 +250,10 @@ class FinetuneSettings(BaseModel):
     min_examples: int = Field(8, ge=1, description="Accepted corrections needed before a re-tune starts.")
     tolerance: float = Field(0.02, ge=0, description="A candidate may be this much worse and still be promoted.")
     keep_loaded: int = Field(2, ge=1, description="Versions per adapter kept loaded in vLLM.")
+    max_concurrent_trainings: int = Field(
+        1, ge=1, description="Re-tune jobs (of any adapters) that train or evaluate at once on this machine; "
+        "others wait for a slot (progress stage 'waiting')."
+    )
     seed: int = Field(0, description="Seed for splits and training.")
     threads: int = Field(
         0, ge=0, description="torch CPU threads of a training job (0: torch's default; 1 is fastest on a busy CPU)."

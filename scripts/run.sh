@@ -25,8 +25,8 @@ if [ -z "${PUBMIND_LLM__MODEL:-}" ] && ! { command -v nvidia-smi >/dev/null 2>&1
   echo "[run] WARNING: PUBMIND_LLM__MODEL is not set and there is no GPU: serving a tiny RANDOM demo model" \
        "($PUBMIND_HOME/models/tiny). Set PUBMIND_LLM__MODEL to a real instruct model for real answers." >&2
   $PM make-tiny-model "$PUBMIND_HOME/models/tiny"
-  export PUBMIND_LLM__MODEL="$PUBMIND_HOME/models/tiny" PUBMIND_LLM__MAX_MODEL_LEN=${PUBMIND_LLM__MAX_MODEL_LEN:-2048} \
-         PUBMIND_LLM__MAX_LORA_RANK=${PUBMIND_LLM__MAX_LORA_RANK:-16}
+  # its context length comes from its config (pubmind serve derives llm.max_model_len)
+  export PUBMIND_LLM__MODEL="$PUBMIND_HOME/models/tiny" PUBMIND_LLM__MAX_LORA_RANK=${PUBMIND_LLM__MAX_LORA_RANK:-16}
 fi
 if [ "$($PM keys list)" = "[]" ]; then
   echo "[run] creating the first admin API key (shown once; keep it):" >&2
