@@ -9,7 +9,7 @@ from typing import Any
 import click
 import msgspec
 
-from pubmind.cliutil import emit_json, get_settings, handle_errors
+from pubmind.cliutil import audit, emit_json, get_settings, handle_errors
 from pubmind.errors import InvalidInput, NotFound
 from pubmind.settings import Settings
 
@@ -32,8 +32,12 @@ def ingest_file_cmd(paths: tuple[str, ...], force: bool, as_json: bool, no_progr
     """
     from ingest.pipeline import run_files
 
-    report = run_files(get_settings(), paths, force=force, progress=not no_progress)
+    settings = get_settings()
+    report = run_files(settings, paths, force=force, progress=not no_progress)
     summary = report.summary()
+    audit(settings, "ingest.run", ",".join(paths)[:1000], after={"files": summary["files"],
+                                                                "articles": summary["articles"],
+                                                                "deletions": summary["deletions"]})
     if as_json:
         emit_json(summary)
     else:
@@ -62,8 +66,11 @@ def ingest_pubmed_cmd(query: str, mindate: str | None, maxdate: str | None, max_
     """Fetch a query's records through NCBI E-utilities (resumable) and ingest them."""
     from ingest.pipeline import Pipeline
 
-    with Pipeline(get_settings(), progress=not no_progress) as p:
+    settings = get_settings()
+    with Pipeline(settings, progress=not no_progress) as p:
         out = p.ingest_query(query, mindate=mindate, maxdate=maxdate, max_records=max_records)
+    audit(settings, "ingest.run", f"pubmed:{query}"[:1000], after={"articles": out["articles"],
+                                                                  "deletions": out["deletions"]})
     if as_json:
         emit_json(out)
     else:
@@ -147,9 +154,12 @@ def sync_cmd(mirror: str | None, baseline_only: bool, updates_only: bool, max_fi
 
     if baseline_only and updates_only:
         raise InvalidInput("--baseline-only and --updates-only exclude each other", param="baseline_only")
-    with Syncer(get_settings(), mirror=mirror, progress=not no_progress,
+    settings = get_settings()
+    with Syncer(settings, mirror=mirror, progress=not no_progress,
                 log=lambda msg: click.echo(msg, err=True)) as syncer:
         report = syncer.run(baseline=not updates_only, updates=not baseline_only, max_files=max_files)
+    audit(settings, "sync.run", mirror or settings.sync.mirror,
+          after={"applied": [f["file"] for f in report.applied], "failed": report.failed})
     if as_json:
         emit_json(report.summary())
     elif not report.new:

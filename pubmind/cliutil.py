@@ -44,3 +44,14 @@ def handle_errors(fn: F) -> F:
 
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def audit(settings: Settings, action: str, target: str, *, before: Any = None, after: Any = None) -> None:
+    """Record a change made by a ``pubmind`` command in the audit trail (actor ``cli:<user>``, admin)."""
+    from pubmind.audit import Actor, AuditLog
+
+    log = AuditLog(settings.app_db)
+    try:
+        log.record(action, target, Actor.cli(), before=before, after=after)
+    finally:
+        log.close()

@@ -20,6 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from generation.supervisor import VllmSupervisor
 from pubmind.settings import Settings
 from server.adapters.routes import router as adapters_router
+from server.audit.routes import router as audit_router
 from server.auth import OPEN_PATHS, AuthMiddleware
 from server.chat.routes import router as chat_router
 from server.errors import EXCEPTION_HANDLERS
@@ -30,7 +31,7 @@ from server.retune.routes import router as retune_router
 from server.services import SERVICE_NAMES, make_lifespan
 from server.system.routes import router as system_router
 
-ROUTERS = [system_router, query_router, chat_router, feedback_router, retune_router, adapters_router]
+ROUTERS = [system_router, query_router, chat_router, feedback_router, retune_router, adapters_router, audit_router]
 
 
 def _provider(name: str) -> Provide:

@@ -30,6 +30,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
+from pubmind.audit import Actor
 from pubmind.durable import connect, immediate
 from pubmind.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from server.ratelimit import RateLimiter
@@ -55,13 +56,19 @@ CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys(name) WHERE r
 
 
 class Principal(msgspec.Struct, frozen=True):
-    """Who is calling: the key's name and role (``request.user`` in handlers)."""
+    """Who is calling: the key's name and role (``request.user`` in handlers), and its id ``key:N``, which the
+    audit trail records (a name can be reused after a revocation; an id cannot)."""
 
     name: str
     role: Role
+    key_id: str = "anonymous"
 
     def allows(self, role: Role) -> bool:
         return _RANK[self.role] >= _RANK[role]
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(key_id=self.key_id, role=self.role)
 
 
 class KeyInfo(msgspec.Struct, frozen=True):
@@ -112,6 +119,14 @@ class KeyStore:
                            f"another name", param="name") from None
         return key
 
+    def key_id(self, name: str) -> str:
+        """``key:N`` of the active key called ``name`` (NotFound otherwise)."""
+        with self._lock:
+            row = self._db.execute("SELECT id FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no active API key named {name!r}", param="name")
+        return f"key:{row[0]}"
+
     def list(self, include_revoked: bool = False) -> list[KeyInfo]:
         sql = "SELECT name, role, prefix, created_at, revoked_at FROM api_keys"
         if not include_revoked:
@@ -131,9 +146,9 @@ class KeyStore:
         if not key.startswith(KEY_PREFIX):
             return None
         with self._lock:
-            row = self._db.execute("SELECT name, role FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+            row = self._db.execute("SELECT name, role, id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
                                    (hash_key(key),)).fetchone()
-        return Principal(row[0], row[1]) if row else None
+        return Principal(row[0], row[1], key_id=f"key:{row[2]}") if row else None
 
 
 ANONYMOUS = Principal("anonymous", "admin")  # the caller when settings.server.auth is false

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pubmind.cliutil import emit_json, get_settings, handle_errors
+from pubmind.cliutil import audit, emit_json, get_settings, handle_errors
 from pubmind.errors import ServiceUnavailable
 from pubmind.settings import Settings
 
@@ -96,11 +96,14 @@ def keys_create(role: str, name: str) -> None:
     """Create a key; it is printed once, as the last line."""
     from server.auth import KeyStore
 
-    store = KeyStore(get_settings().app_db)
+    settings = get_settings()
+    store = KeyStore(settings.app_db)
     try:
         key = store.create(name, role)
+        key_id = store.key_id(name)
     finally:
         store.close()
+    audit(settings, "key.create", key_id, after={"name": name, "role": role})
     click.echo(f"created {role} key {name!r}; store it now, it is not shown again:")
     click.echo(key)
 
@@ -127,11 +130,14 @@ def keys_revoke(name: str) -> None:
     """Revoke the active key called NAME."""
     from server.auth import KeyStore
 
-    store = KeyStore(get_settings().app_db)
+    settings = get_settings()
+    store = KeyStore(settings.app_db)
     try:
+        key_id = store.key_id(name)
         store.revoke(name)
     finally:
         store.close()
+    audit(settings, "key.revoke", key_id, before={"name": name, "revoked": False}, after={"revoked": True})
     click.echo(f"revoked key {name!r}")
 
 
@@ -140,14 +146,11 @@ def keys_revoke(name: str) -> None:
 @handle_errors
 def backup_cmd(dest: Path) -> None:
     """Snapshot the home into DEST (absent or empty), consistent while the server runs."""
-    from pubmind.audit import Actor, AuditLog
     from server.backup import create_backup
 
     settings = get_settings()
     manifest = create_backup(settings, dest, progress=lambda s: click.echo(f"backup: {s}", err=True))
-    audit = AuditLog(settings.app_db)
-    audit.record("backup.create", str(dest.absolute()), Actor.cli(), after={"stats": manifest["stats"]})
-    audit.close()
+    audit(settings, "backup.create", str(dest.absolute()), after={"stats": manifest["stats"]})
     emit_json({k: manifest[k] for k in ("pubmind", "index_generation", "adapters", "stats")}
               | {"files": len(manifest["files"]), "dir": str(dest.absolute())})
 
@@ -157,14 +160,11 @@ def backup_cmd(dest: Path) -> None:
 @handle_errors
 def restore_cmd(src: Path) -> None:
     """Restore the backup SRC into the (empty) home; refuses a corrupt or incomplete backup."""
-    from pubmind.audit import Actor, AuditLog
     from server.backup import restore_backup
 
     settings = get_settings()
     manifest = restore_backup(settings, src, progress=lambda s: click.echo(f"restore: {s}", err=True))
-    audit = AuditLog(settings.app_db)
-    audit.record("restore.run", str(src.absolute()), Actor.cli(), after={"stats": manifest["stats"]})
-    audit.close()
+    audit(settings, "restore.run", str(src.absolute()), after={"stats": manifest["stats"]})
     emit_json({"home": str(settings.home), "stats": manifest["stats"], "from": str(src.absolute())})
 
 
@@ -172,14 +172,11 @@ def restore_cmd(src: Path) -> None:
 @handle_errors
 def retention_cmd() -> None:
     """Apply the retention settings now: old answers, old job folders, oversized logs (rotated)."""
-    from pubmind.audit import Actor, AuditLog
     from server.retention import apply_retention
 
     settings = get_settings()
     out = apply_retention(settings)
-    audit = AuditLog(settings.app_db)
-    audit.record("retention.run", str(settings.home), Actor.cli(), after=out)
-    audit.close()
+    audit(settings, "retention.run", str(settings.home), after=out)
     emit_json(out)
 
 

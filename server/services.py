@@ -25,10 +25,12 @@ from finetune.store import AnswerStore, CorrectionStore, JobStore
 from generation.deploy import AdapterDeployer
 from generation.supervisor import VllmSupervisor
 from generation.vllm_client import VllmClient, make_client
+from pubmind.audit import AuditLog
 from pubmind.errors import ConfigError
 from pubmind.settings import Settings
 from retrieval.store import CorpusStore
 from server.adapters.service import AdapterService
+from server.audit.service import AuditService
 from server.auth import KeyStore
 from server.chat.service import ChatService
 from server.feedback.service import FeedbackService
@@ -66,6 +68,7 @@ class Services:
     answers: AnswerStore
     corrections: CorrectionStore
     jobs: JobStore
+    audit: AuditLog
     registry: AdapterRegistry
     deployer: AdapterDeployer
     index: IndexHolder
@@ -76,11 +79,12 @@ class Services:
     feedback_service: FeedbackService
     retune_service: RetuneService
     adapter_service: AdapterService
+    audit_service: AuditService
 
     async def aclose(self) -> None:
         await asyncio.shield(self.vllm.aclose())
         closers: list[Callable[[], None]] = [self.corpus.close, self.answers.close, self.corrections.close,
-                                             self.jobs.close]
+                                             self.jobs.close, self.audit.close]
         if self.key_store is not None:
             closers.append(self.key_store.close)
         for close in closers:
@@ -105,6 +109,7 @@ def build_services(settings: Settings, supervisor: VllmSupervisor | None = None,
     vllm = make_client(settings, url)
     corpus, registry = CorpusStore(settings.corpus_db), AdapterRegistry(settings.adapters_dir)
     answers, corrections, jobs = AnswerStore(settings.app_db), CorrectionStore(settings.app_db), JobStore(settings.app_db)
+    audit = AuditLog(settings.app_db)
     deployer = AdapterDeployer.from_settings(vllm, registry, settings)
     index = IndexHolder(settings, corpus)
     index.refresh()
@@ -117,13 +122,16 @@ def build_services(settings: Settings, supervisor: VllmSupervisor | None = None,
     return Services(
         settings=settings, metrics=metrics, limiter=RateLimiter(settings.server.rate_limit_per_minute),
         key_store=KeyStore(settings.app_db) if settings.server.auth else None, supervisor=supervisor, vllm=vllm,
-        corpus=corpus, answers=answers, corrections=corrections, jobs=jobs, registry=registry, deployer=deployer,
+        corpus=corpus, answers=answers, corrections=corrections, jobs=jobs, audit=audit, registry=registry,
+        deployer=deployer,
         index=index, rag=rag, query_service=QueryService(rag),
         chat_service=ChatService(settings=settings, rag=rag, registry=registry),
         system_service=SystemService(vllm=vllm, supervisor=supervisor, index=index, corpus=corpus, metrics=metrics),
-        feedback_service=FeedbackService(settings=settings, corrections=corrections, answers=answers, corpus=corpus),
-        retune_service=RetuneService(runner, jobs),
-        adapter_service=AdapterService(registry, deployer),
+        feedback_service=FeedbackService(settings=settings, corrections=corrections, answers=answers, corpus=corpus,
+                                         audit=audit),
+        retune_service=RetuneService(runner, jobs, audit),
+        adapter_service=AdapterService(registry, deployer, audit),
+        audit_service=AuditService(audit),
     )
 
 

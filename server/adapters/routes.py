@@ -24,14 +24,14 @@ async def list_adapters(request: Request[Principal, Any, Any],
 @post("/{name:str}/promote", status_code=200, summary="Serve a version of an adapter", guards=[require_role("admin")])
 async def promote(request: Request[Principal, Any, Any], name: FromPath[str], data: JSONBody[PromoteIn],
                   adapter_service: NamedDependency[AdapterService]) -> Promoted:
-    return await adapter_service.promote(name, data.version, by=request.user.name)
+    return await adapter_service.promote(name, data.version, by=request.user)
 
 
 @post("/{name:str}/rollback", status_code=200, summary="Serve the previously current version again",
       guards=[require_role("admin")])
 async def rollback(request: Request[Principal, Any, Any], name: FromPath[str],
                    adapter_service: NamedDependency[AdapterService]) -> Promoted:
-    return await adapter_service.rollback(name, by=request.user.name)
+    return await adapter_service.rollback(name, by=request.user)
 
 
 router = Router("/v1/adapters", route_handlers=[list_adapters, promote, rollback], tags=["adapters"])

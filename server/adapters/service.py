@@ -11,7 +11,9 @@ import anyio
 from finetune.evaluate import METRICS
 from finetune.registry import AdapterRegistry, AdapterVersion
 from generation.deploy import AdapterDeployer
+from pubmind.audit import AuditLog
 from server.adapters.protocol import AdapterList, AdapterRecords, AdapterView, Promoted, VersionView
+from server.auth import Principal
 
 
 def headline_metrics(manifest: dict[str, Any]) -> dict[str, float]:
@@ -31,8 +33,12 @@ def version_view(v: AdapterVersion) -> VersionView:
 
 
 class AdapterService:
-    def __init__(self, registry: AdapterRegistry, deployer: AdapterDeployer) -> None:
-        self.registry, self.deployer = registry, deployer
+    def __init__(self, registry: AdapterRegistry, deployer: AdapterDeployer, audit: AuditLog) -> None:
+        self.registry, self.deployer, self.audit = registry, deployer, audit
+
+    def _current(self, name: str) -> int | None:
+        v = self.registry.current(name) if name in self.registry.names() else None
+        return v.version if v else None
 
     def _views(self) -> list[AdapterView]:
         out = []
@@ -49,11 +55,20 @@ class AdapterService:
             return AdapterRecords(data=await anyio.to_thread.run_sync(self.registry.summary))
         return AdapterList(data=await anyio.to_thread.run_sync(self._views))
 
-    async def promote(self, name: str, version: int, *, by: str) -> Promoted:
-        v = await anyio.to_thread.run_sync(lambda: self.registry.promote(name, version, by=by,
-                                                                         reason="manual promotion"))
-        return Promoted(adapter=name, current=v.version, lora_name=v.lora_name, served=await self.deployer.deploy(name))
+    async def promote(self, name: str, version: int, *, by: Principal) -> Promoted:
+        """Load ``NAME@vN`` into vLLM first, then move the alias (undone if vLLM refuses it)."""
+        before = await anyio.to_thread.run_sync(self._current, name)
+        served = await self.deployer.promote(name, version, by=by.name, reason="manual promotion")
+        return await self._done("adapter.promote", name, before, served, by)
 
-    async def rollback(self, name: str, *, by: str) -> Promoted:
-        v = await anyio.to_thread.run_sync(lambda: self.registry.rollback(name, by=by, reason="rollback"))
-        return Promoted(adapter=name, current=v.version, lora_name=v.lora_name, served=await self.deployer.deploy(name))
+    async def rollback(self, name: str, *, by: Principal) -> Promoted:
+        before = await anyio.to_thread.run_sync(self._current, name)
+        served = await self.deployer.rollback(name, by=by.name, reason="rollback")
+        return await self._done("adapter.rollback", name, before, served, by)
+
+    async def _done(self, action: str, name: str, before: int | None, served: Any, by: Principal) -> Promoted:
+        v = await anyio.to_thread.run_sync(self.registry.current, name)
+        assert v is not None, name
+        await anyio.to_thread.run_sync(lambda: self.audit.record(action, name, by.actor, before={"current": before},
+                                                                 after={"current": v.version}))
+        return Promoted(adapter=name, current=v.version, lora_name=v.lora_name, served=served)

@@ -18,7 +18,7 @@ from server.retune.service import RetuneService
 @post("/", status_code=202, summary="Start a re-tune job on the accepted corrections")
 async def start(request: Request[Principal, Any, Any], data: JSONBody[RetuneIn],
                 retune_service: NamedDependency[RetuneService]) -> Started:
-    return await retune_service.start(data, by=request.user.name)
+    return await retune_service.start(data, by=request.user)
 
 
 @get("/", summary="Re-tune jobs, oldest first")
@@ -33,8 +33,9 @@ async def get_job(job_id: FromPath[str], retune_service: NamedDependency[RetuneS
 
 
 @delete("/{job_id:str}", status_code=200, summary="Cancel a job (kills its process; the served adapter is unchanged)")
-async def cancel(job_id: FromPath[str], retune_service: NamedDependency[RetuneService]) -> dict[str, Any]:
-    return await retune_service.cancel(job_id)
+async def cancel(request: Request[Principal, Any, Any], job_id: FromPath[str],
+                 retune_service: NamedDependency[RetuneService]) -> dict[str, Any]:
+    return await retune_service.cancel(job_id, by=request.user)
 
 
 router = Router("/v1/retune", route_handlers=[start, list_jobs, get_job, cancel], guards=[require_role("admin")],
