@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +34,8 @@ from generation.prompt import build_messages, evidence_room, render_evidence
 from pubmind.errors import InvalidInput, ServiceUnavailable
 from pubmind.records import Article
 from pubmind.settings import Settings
+from retrieval.hydrate import Hit
+from retrieval.store import CorpusStore
 
 IGNORE_INDEX = -100
 MAX_ANSWER_CHARS = 8000
@@ -46,11 +48,11 @@ class EvidenceItem(Protocol):  # a retrieval.search.Hit or a pubmind.records.Art
     pmid: int
 
 
-Retriever = Callable[[str, int], Sequence[Any]]  # (question, k) -> hits in rank order
+Retriever = Callable[[str, int], Sequence[Hit]]  # (question, k) -> hits in rank order
 
 
 class CorpusLike(Protocol):
-    def get_many(self, pmids: Any) -> dict[int, Article]: ...
+    def get_many(self, pmids: Iterable[int]) -> dict[int, Article]: ...
 
 
 class Example(msgspec.Struct, kw_only=True):
@@ -88,11 +90,11 @@ class Dataset(msgspec.Struct, kw_only=True):
 def validate_correction(
     corpus: CorpusLike,
     *,
-    question: Any,
-    corrected_answer: Any,
-    pmids: Any,
-    rating: Any = None,
-    note: Any = "",
+    question: object,  # untrusted (a request body or an import line): checked here
+    corrected_answer: object,
+    pmids: object,
+    rating: object = None,
+    note: object = "",
     max_question_chars: int,
 ) -> tuple[str, str, list[int]]:
     """Check a correction before it is stored; InvalidInput names the field and the bad value.
@@ -173,12 +175,12 @@ def assign_splits(questions: Sequence[str], heldout_fraction: float, seed: int) 
     return out
 
 
-def _evidence_order(question: str, hits: Sequence[Any], cited: Sequence[int], missing: Sequence[Article],
-                    distractors: int) -> list[Any]:
+def _evidence_order(question: str, hits: Sequence[Hit], cited: Sequence[int], missing: Sequence[Article],
+                    distractors: int) -> list[Hit | Article]:
     """Cited hits and the first ``distractors`` non-cited hits in rank order; cited articles the retriever
     missed inserted at positions chosen by a hash of the question."""
     cited_set = set(cited)
-    out: list[Any] = []
+    out: list[Hit | Article] = []
     n_distractors = 0
     for h in hits:
         if h.pmid in cited_set:
@@ -315,7 +317,7 @@ def tokenize_example(tokenizer: Any, ex: Example, max_seq_len: int) -> dict[str,
 
 
 @contextmanager
-def make_retriever(settings: Settings) -> Iterator[tuple[Any, Retriever]]:
+def make_retriever(settings: Settings) -> Iterator[tuple[CorpusStore, Retriever]]:
     """(corpus store, retriever) over the corpus and vector index in ``settings.home``, read-only: the
     Searcher serving uses (``retrieval.search.Searcher.open``), in ``settings.retrieval.mode``.
     ServiceUnavailable if there is no corpus/index yet."""
@@ -327,7 +329,7 @@ def make_retriever(settings: Settings) -> Iterator[tuple[Any, Retriever]]:
                                  "(distractors are retrieved from it)")
     searcher = Searcher.open(settings)
     try:
-        def retrieve(question: str, k: int) -> Sequence[Any]:
+        def retrieve(question: str, k: int) -> Sequence[Hit]:
             return searcher.search(question, k=min(k, settings.retrieval.k_max), mode=settings.retrieval.mode)
 
         yield searcher.store, retrieve

@@ -9,6 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pubmind.errors import InvalidInput
 from pubmind.records import Article
+from retrieval.hydrate import Hit
 
 INSUFFICIENT = "The retrieved literature does not answer this question."
 TRUNCATED = " [...truncated]"
@@ -56,7 +57,7 @@ def _counter(tok: TokenCounter) -> Callable[[str], int]:
                        param="tokenizer_or_counter")
 
 
-def _parts(item: Any) -> tuple[int, str, str]:
+def _parts(item: Article | Hit) -> tuple[int, str, str]:
     """(pmid, header, body) of an Article or a search Hit (anything with pmid/title/journal/year/snippet)."""
     if isinstance(item, Article):
         body = item.abstract_text
@@ -70,7 +71,7 @@ def _parts(item: Any) -> tuple[int, str, str]:
     return item.pmid, header, " ".join(body.split())
 
 
-def render_evidence(hits_or_articles: Sequence[Any], tokenizer_or_counter: TokenCounter,
+def render_evidence(hits_or_articles: Sequence[Article | Hit], tokenizer_or_counter: TokenCounter,
                     budget_tokens: int) -> tuple[str, list[int]]:
     """Evidence text (passages in the given order, separated by blank lines) within ``budget_tokens``, and
     the PMIDs it contains. The first passage that does not fit whole is cut at a word boundary and marked

@@ -130,13 +130,13 @@ class VllmSupervisor:
         return self.proc.pid if self.proc else None
 
     def state(self) -> SupervisorState:
-        with self._lock:
-            self._forget_old_restarts()
-            return SupervisorState(
-                state=self.status, reason=self.reason, url=self.url, pid=self.pid, restarts_total=self.restarts,
-                restarts_in_window=len(self.restart_times), max_restarts=self.llm.max_restarts,
-                restart_window_seconds=self.llm.restart_window_seconds, health_failures=self.health_failures,
-                last_exit_code=self.last_exit_code, adapters_skipped=dict(self.adapters_skipped))
+        """A snapshot, without the lock (a restart holds it while vLLM starts: /health must not wait on that)."""
+        now, window = time.monotonic(), self.llm.restart_window_seconds
+        return SupervisorState(
+            state=self.status, reason=self.reason, url=self.url, pid=self.pid, restarts_total=self.restarts,
+            restarts_in_window=sum(1 for t in list(self.restart_times) if now - t <= window),
+            max_restarts=self.llm.max_restarts, restart_window_seconds=window, health_failures=self.health_failures,
+            last_exit_code=self.last_exit_code, adapters_skipped=dict(self.adapters_skipped))
 
     def command(self) -> list[str]:
         """vLLM's command line (adapters are loaded at run time, never on it: a broken one must not stop vLLM)."""

@@ -101,3 +101,18 @@ def test_plan_deploy(tmp_path: Path) -> None:
     assert plan == DeployPlan(load=["onco@v3"], unload=["onco@v1"])  # keep v3 (current) and v2 (previous)
     reg.rollback("onco")
     assert plan_deploy(reg, "onco", 2, {"onco@v2", "onco@v3"}) == DeployPlan(load=[], unload=["onco@v3"])
+
+
+def test_a_remote_vllm_key_reaches_the_job_but_not_its_folder(settings: Settings) -> None:
+    """Issue 10 item 5: the key for a remote --vllm-url goes to the job process by environment, never into
+    job.json (which sits in the jobs folder with the logs)."""
+    secret = "remote-vllm-key-123"
+    keyed = settings.model_copy(update={"llm": settings.llm.model_copy(update={"vllm_api_key": secret})})
+    corrections = CorrectionStore(settings.app_db)
+    corrections.add(question="Q?", corrected_answer="A", pmids=[], curator="c", status="accepted")
+    r = JobRunner(keyed, JobStore(settings.app_db), corrections)
+    r.command = (sys.executable, "-c", "import os; print('key=' + os.environ['PUBMIND_LLM__VLLM_API_KEY'])")
+    job = r.wait(r.submit("onco", min_examples=1, created_by="admin").id, timeout=30, poll=0.1)
+    job_dir = settings.jobs_dir / job.id
+    assert secret not in (job_dir / "job.json").read_text()
+    assert f"key={secret}" in (job_dir / "log.txt").read_text()

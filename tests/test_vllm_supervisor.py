@@ -298,3 +298,25 @@ def test_a_hung_vllm_is_restarted(fake_supervisor: Callable[..., Any]) -> None:
     _wait_for(lambda: sup.state().restarts_total >= 1)
     assert "health checks in a row (hung)" in sup.state().reason
     assert _gone(pid)
+
+
+def test_state_answers_while_a_restart_holds_the_lock(fake_supervisor: Callable[..., Any]) -> None:
+    """/health reads state(): it must not wait minutes for a restarting vLLM to come up."""
+    import threading
+
+    sup = fake_supervisor()
+    holding, release = threading.Event(), threading.Event()
+
+    def restart_in_progress() -> None:
+        with sup._lock:
+            holding.set()
+            release.wait(10)
+
+    threading.Thread(target=restart_in_progress, daemon=True).start()
+    holding.wait(5)
+    t0 = time.monotonic()
+    st = sup.state()
+    elapsed = time.monotonic() - t0
+    release.set()
+    assert st.state == "stopped"
+    assert elapsed < 1.0
