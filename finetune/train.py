@@ -36,6 +36,7 @@ from finetune.registry import AdapterRegistry, AdapterVersion
 from finetune.store import CorrectionStore, JobStore
 from generation.deploy import ServedReport, run_with_deployer
 from generation.modelcheck import resolve_context
+from pubmind.audit import Actor, AuditLog
 from pubmind.errors import InvalidInput
 from pubmind.settings import FinetuneSettings, Settings, load_settings
 
@@ -170,6 +171,14 @@ class Job:
     def record(self, **result: Any) -> None:
         self.jobs.update(self.id, result=result)
 
+    def audit(self, action: str, target: str, *, before: Any = None, after: Any = None) -> None:
+        """A change this job made, in the audit trail (actor ``system:job:ID``)."""
+        log_ = AuditLog(self.settings.app_db)
+        try:
+            log_.record(action, target, Actor.system(f"job:{self.id}"), before=before, after=after)
+        finally:
+            log_.close()
+
 
 def make_dataset(job: Job) -> tuple[Dataset, list[TokenRow]]:
     """Accepted corrections -> the dataset (written into the job folder) and its tokenised train rows."""
@@ -233,12 +242,17 @@ def promote_or_unload(job: Job, version: AdapterVersion, promote: bool) -> Serve
                                  lambda d: d.unload_unless_kept(job.adapter, version.lora_name))
     job.stage("promoting")
 
+    parent = job.registry.current(job.adapter)
+
     def still_running() -> AdapterVersion:
         job.jobs.update(job.id, expect=("running",))
         return job.registry.promote(job.adapter, version.version, by=f"job:{job.id}",
                                     reason="passed the evaluation gate")
 
-    return run_with_deployer(job.settings, job.registry, lambda d: d.switch(version, still_running))
+    served = run_with_deployer(job.settings, job.registry, lambda d: d.switch(version, still_running))
+    job.audit("adapter.promote", job.adapter, before={"current": parent and parent.version},
+              after={"current": version.version, "reason": "passed the evaluation gate"})
+    return served
 
 
 def main(args: TrainArguments) -> int:
@@ -259,6 +273,8 @@ def main(args: TrainArguments) -> int:
         job.jobs.update(job.id, expect=("running",), status="succeeded", finished_at=time.time(),
                         progress={"stage": "done"},
                         result={"promoted": report["promote"], "served": served, "stages": job.started})
+        job.audit("retune.finish", job.id, after={"status": "succeeded", "version": version.lora_name,
+                                                  "promoted": report["promote"]})
         return 0
     except Exception as e:
         log.error("job %s failed:\n%s", job.id, traceback.format_exc())

@@ -15,6 +15,7 @@ from finetune.dataset import read_dataset
 from finetune.jobs import JobRunner
 from finetune.registry import AdapterRegistry
 from finetune.store import CorrectionStore, JobStore
+from pubmind.audit import AuditLog
 from tests.fixtures_finetune import private_home
 from tests.fixtures_server import closed_url, make_settings
 
@@ -60,6 +61,11 @@ def test_job_trains_registers_and_gates_locally_when_vllm_is_down(env: dict[str,
     assert ev["candidate_trained_metrics"]["answer_f1"] > ev["baseline_trained_metrics"]["answer_f1"] + 0.5
     assert ev["promote"] and r["promoted"], ev["reasons"]
     assert reg.resolve("local").version == 1 and "not reachable" in r["served"]["vllm"]
+    audit = AuditLog(settings.app_db)
+    rows = audit.query(key_id=f"system:job:{job.id}")
+    audit.close()
+    assert [row.action for row in rows] == ["retune.finish", "adapter.promote"]
+    assert rows[1].after["current"] == 1
 
 
 def test_gate_rejects_an_undertrained_candidate(env: dict[str, Any]) -> None:
