@@ -97,14 +97,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         print("starting vLLM", flush=True)
         sup = VllmSupervisor(settings)
-        sup.start()
-        settings = settings_for(home, model, sup.url, settings.llm.vllm_port)
+        sup.start()  # the API below talks to it as its supervisor (its per-launch key from the key file)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the job process's torch threads
     ks = KeyStore(settings.app_db)
     tag = uuid.uuid4().hex[:6]
     keys = {r: ks.create(f"bench-{r}-{tag}", r) for r in ("curator", "admin", "reader")}
     ks.close()
-    url, server, thread = serve(create_app(settings))
+    url, server, thread = serve(create_app(settings, supervisor=sup))
     try:
         def client(role: str) -> httpx.Client:
             return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys[role]}"}, timeout=300)

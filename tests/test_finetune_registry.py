@@ -124,8 +124,8 @@ def test_bad_inputs(reg: AdapterRegistry, tmp_path: Path) -> None:
         reg.versions("ghost")
 
 
-@pytest.mark.parametrize("bad", ["onco\n", "onco\r\n", "\nonco", "on\nco"])
-def test_names_with_newlines_are_refused(bad: str) -> None:
+@pytest.mark.parametrize("bad", ["onco\n", "onco\r\n", "\nonco", "on\nco", "../onco", "onco/../x", "..", "/etc"])
+def test_names_with_newlines_or_paths_are_refused(bad: str) -> None:
     with pytest.raises(InvalidInput, match="adapter must be"):
         check_name(bad)
     with pytest.raises(InvalidInput, match="model"):
