@@ -45,7 +45,7 @@ from generation.answer import answer_prompt, check_answer, closed_book_messages,
 from generation.prompt import DECISIONS
 from generation.vllm_client import VllmClient, make_client, served_base_name
 from pubmind.durable import write_json_atomic
-from pubmind.errors import BadSourceFile, ConfigError, InvalidInput, NotFound
+from pubmind.errors import BadSourceFile, ConfigError, InvalidInput, NotFound, PubmindError
 from pubmind.settings import Settings
 
 SETTINGS = ("reasoning-required", "reasoning-free", "no-retrieval")
@@ -561,7 +561,11 @@ def gate_prompts(settings: Settings, data_path: str | Path, limit: int, tokenize
     from retrieval.pubmedqa import load_pubmedqa
 
     path = Path(data_path)
-    data = load_pubmedqa(path)
+    try:
+        data = load_pubmedqa(path)
+    except PubmindError as e:
+        raise InvalidInput(f"evaluation.pubmedqa_path {str(path)!r}: {e.message}",
+                           param="evaluation.pubmedqa_path") from None
     split = "test" if (path.parent / TEST_SPLIT_FILE).is_file() else "all"
     questions = select_questions(data, split, limit, load_test_labels(path) if split == "test" else None)
     prompts = build_prompts(settings, questions, data, "reasoning-free", tokenizer, settings.llm.max_tokens)

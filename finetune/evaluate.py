@@ -6,7 +6,10 @@ Metrics (pure functions below, micro-averaged over a set):
   citation_recall    share of the curator's PMIDs the answer cites
   answer_f1          token F1 between answer and corrected answer (citation keys removed)
   rouge_l            ROUGE-L F-measure (longest common token subsequence), same tokens
-  pubmedqa_accuracy  yes/no/maybe accuracy on PubMedQA items (only when configured)
+  pubmedqa_accuracy  yes/no/maybe accuracy on PubMedQA items (only when configured); scored by the code of
+                     ``pubmind eval answers`` (``finetune.answer_eval``: the serving prompt with the decision line,
+                     the question's own abstract as evidence), whose full metrics the report keeps under
+                     ``pubmedqa`` (macro-F1, unparseable, citations, ROUGE-L)
 
 The same metrics on a sample of the corrections the candidate was trained on (``TRAIN_SAMPLE``) guard against
 a candidate that reproduces the accepted corrections worse than the version it replaces (e.g. under-trained).
@@ -21,23 +24,20 @@ why, never silently. The candidate is promoted only if no metric is worse than t
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from finetune.answer_eval import Prompted, gate_prompts, score_texts
 from finetune.dataset import Dataset, Example
 from finetune.registry import AdapterRegistry, AdapterVersion
 from generation.citations import parse_citations, verify
 from generation.deploy import AdapterDeployer, run_with_deployer
-from generation.prompt import build_messages, render_evidence
 from generation.vllm_client import Message, make_client, served_base_name
 from pubmind.errors import InvalidInput, PubmindError
-from pubmind.records import AbstractSection, Article
 from pubmind.settings import Settings
 
 if TYPE_CHECKING:
@@ -210,35 +210,17 @@ class LocalGenerator:
         return self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-# ---- PubMedQA ------------------------------------------------------------------------------------------
-def pubmedqa_items(path: str | Path, limit: int) -> list[tuple[Article, str, str]]:
-    """(article, question, gold label) for the first ``limit`` items of a PubMedQA ``ori_pqal.json``; the
-    evidence is the item's own abstract, rendered like any article."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise InvalidInput(f"pubmedqa_path {str(path)!r}: cannot read PubMedQA JSON: {e}",
-                           param="pubmedqa_path") from e
-    out = []
-    for pmid, item in list(data.items())[:limit]:
-        sections = tuple(AbstractSection(t, lab) for t, lab in zip(item["CONTEXTS"], item.get("LABELS") or
-                                                                     [None] * len(item["CONTEXTS"]), strict=False))
-        art = Article(pmid=int(pmid), title=item["QUESTION"], abstract=sections, year=int(item.get("YEAR") or 0) or None)
-        out.append((art, item["QUESTION"], item["final_decision"]))
-    return out
-
-
 # ---- the gate ------------------------------------------------------------------------------------------
-def _evaluate(gen: Generator, model: str, heldout: Sequence[Example], pqa: Sequence[tuple[list[Message], str]]
-              ) -> dict[str, Any]:
+def _evaluate(gen: Generator, model: str, heldout: Sequence[Example], pqa: Sequence[Prompted]) -> dict[str, Any]:
     t0 = time.monotonic()
     answers = gen.generate_many([e.prompt_messages for e in heldout], model)
     scores = score_answers(answers, [e.evidence_pmids for e in heldout], [e.cited_pmids for e in heldout],
                            [e.target for e in heldout])
     if pqa:
-        labels = [pubmedqa_label(a) for a in gen.generate_many([msgs for msgs, _ in pqa], model)]
-        scores["pubmedqa_accuracy"] = sum(p == gold for p, (_, gold) in zip(labels, pqa, strict=True)) / len(pqa)
-        scores["pubmedqa_n"] = len(pqa)
+        summary, _ = score_texts(pqa, gen.generate_many([p.messages for p in pqa], model))
+        scores["pubmedqa"] = summary  # the metrics of `pubmind eval answers` (latency/perplexity not measured here)
+        scores["pubmedqa_accuracy"] = summary["accuracy"]
+        scores["pubmedqa_n"] = summary["n"]
     scores["samples"] = [{"question": e.question, "answer": a} for e, a in list(zip(heldout, answers, strict=True))[:5]]
     scores["seconds"] = round(time.monotonic() - t0, 2)
     return scores
@@ -255,14 +237,13 @@ def run_gate(settings: Settings, registry: AdapterRegistry, candidate: AdapterVe
                               "baseline": current.lora_name if current else "base",
                               "tolerance": settings.finetune.tolerance, "heldout": len(heldout),
                               "trained_sample": len(trained)}
-    pqa = []
+    pqa: list[Prompted] = []
     if eval_config.get("pubmedqa_path"):
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(settings.llm.model)
-        for art, q, gold in pubmedqa_items(eval_config["pubmedqa_path"], int(eval_config.get("pubmedqa_limit", 50))):
-            text, _ = render_evidence([art], tok, settings.retrieval.context_tokens)
-            pqa.append((build_messages(q, text), gold))
+        pqa, report["pubmedqa"] = gate_prompts(settings, eval_config["pubmedqa_path"],
+                                               int(eval_config.get("pubmedqa_limit", 50)), tok)
     if not heldout and not pqa:
         report.update(promote=False, reasons=["no held-out examples (too few distinct questions or "
                                               "heldout_fraction=0): not promoted automatically; promote by "

@@ -63,29 +63,34 @@ def test_gate_decision_tolerance() -> None:
     assert gate_decision({**base, "pubmedqa_accuracy": 0.1}, base, 0.0)[0]
 
 
-def test_pubmedqa_accuracy_on_real_items(shared_data: Path, tiny_tokenizer: Any) -> None:
-    from finetune.evaluate import _evaluate, pubmedqa_items
-    from generation.prompt import build_messages, render_evidence
+def test_pubmedqa_accuracy_on_real_items(settings: Any, shared_data: Path, tiny_tokenizer: Any) -> None:
+    """The gate scores PubMedQA with the code of `pubmind eval answers` (decision line, test split)."""
+    from finetune.answer_eval import gate_prompts, load_test_labels
+    from finetune.evaluate import _evaluate
+    from pubmind.errors import InvalidInput
 
-    items = pubmedqa_items(shared_data / "pubmedqa/data/ori_pqal.json", 4)
-    assert len(items) == 4 and all(gold in ("yes", "no", "maybe") for _, _, gold in items)
-    art, question, _ = items[0]
-    assert art.pmid == 21645374 and "lace plant" in question and art.abstract
-    pqa = [(build_messages(q, render_evidence([a], tiny_tokenizer, 200)[0]), gold) for a, q, gold in items]
+    path = shared_data / "pubmedqa/data/ori_pqal.json"
+    pqa, info = gate_prompts(settings, path, 4, tiny_tokenizer)
+    assert [p.q.pmid for p in pqa] == list(load_test_labels(path))[:4]
+    assert info["split"] == "test"
 
-    class Oracle:  # answers the gold label for the first two items, "no idea" after
+    class Oracle:  # the gold decision line for the first two items; prose without a decision line after
         def __init__(self) -> None:
             self.n = 0
 
         def generate_many(self, prompts: Sequence[list[dict[str, str]]], model: str) -> list[str]:
             out = []
             for _ in prompts:
-                gold = pqa[self.n][1]
+                p = pqa[self.n]
                 self.n += 1
-                out.append(f"{gold.capitalize()}, per the trial." if self.n <= 2 else "Unclear.")
+                out.append(f"Per the trial [PMID:{p.q.pmid}].\nDecision: {p.q.gold}" if self.n <= 2
+                           else "Yes, per the trial.")
             return out
 
     scores = _evaluate(Oracle(), "m", [], pqa)
-    assert scores["pubmedqa_accuracy"] == 0.5 and scores["pubmedqa_n"] == 4
-    with pytest.raises(Exception, match="cannot read PubMedQA JSON"):
-        pubmedqa_items(shared_data / "nope.json", 1)
+    assert scores["pubmedqa_accuracy"] == 0.5
+    assert scores["pubmedqa_n"] == 4
+    assert scores["pubmedqa"]["unparseable"] == 2  # a "Yes" in prose is not a decision line: never guessed
+    assert scores["pubmedqa"]["citation_precision"] == 1.0
+    with pytest.raises(InvalidInput, match="pubmedqa_path"):
+        gate_prompts(settings, shared_data / "nope.json", 1, tiny_tokenizer)
