@@ -38,6 +38,7 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE_JOB_STATUSES: tuple[str, ...] = ("queued", "running")
 Row = dict[str, Any]  # one SQLite row by column name (values: str | int | float | None)
+CitationRecord = dict[str, int | bool]  # {"pmid": int, "supported": bool}
 
 ANSWERS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -103,7 +104,7 @@ class Answer(msgspec.Struct, kw_only=True):
     adapter_version: str | None  # the lora_name actually served ("onco@v3"), None for the base model
     index_version: str | None
     retrieved: list[tuple[int, float]]  # (pmid, score) in rank order
-    citations: list[Any]  # as the server reported them: [{"pmid": int, "supported": bool}, ...]
+    citations: list[CitationRecord]  # as the server reported them
     timings_ms: dict[str, float]
 
 
@@ -199,7 +200,7 @@ class AnswerStore(_Tables):
         adapter_version: str | None,
         index_version: str | None,
         retrieved: Sequence[tuple[int, float]],
-        citations: Sequence[Any],
+        citations: Sequence[CitationRecord],
         timings_ms: dict[str, float],
     ) -> str:
         """Keep a served answer; returns its id (``ans_...``), which clients quote in feedback."""
@@ -445,7 +446,7 @@ def job_process_alive(pid: int | None, job_id: str) -> bool:
         return False
 
 
-def _json_default(o: Any) -> Any:
+def _json_default(o: object) -> object:
     if isinstance(o, msgspec.Struct):
         return msgspec.to_builtins(o)
     if isinstance(o, (set, frozenset, tuple)):
