@@ -231,6 +231,14 @@ class ServerSettings(BaseModel):
         "in the prompt (Markdown links with title, journal and year)."
     )
     rate_limit_per_minute: int = Field(120, ge=1, description="Requests per minute per API key.")
+    ui_session_hours: float = Field(12.0, gt=0, le=24 * 30, description="Web workbench: a sign-in lasts this long.")
+    ui_secure_cookies: bool = Field(
+        False, description="Web workbench: mark the session cookies Secure (set it when served over HTTPS)."
+    )
+    curators_review_own: bool = Field(
+        False, description="Web workbench: a curator may accept or reject their own correction (off: another "
+        "curator must review it)."
+    )
 
 
 class FinetuneSettings(BaseModel):

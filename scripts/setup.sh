@@ -66,6 +66,17 @@ else
   log ".venv is up to date"
 fi
 
+# --- chromium: the web workbench's browser tests (Playwright drives Debian's package) -----------
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  else
+    log "WARNING: /usr/bin/chromium is missing (tests marked 'browser' need it): apt-get install chromium as root"
+  fi
+fi
+
 # --- vLLM venv ------------------------------------------------------------------------------
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   vllm_lock=locks/vllm-cuda.txt

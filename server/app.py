@@ -30,6 +30,13 @@ from server.query.routes import router as query_router
 from server.retune.routes import router as retune_router
 from server.services import SERVICE_NAMES, make_lifespan
 from server.system.routes import router as system_router
+from server.ui.routes import (
+    EXCLUDE_FROM_BEARER,
+    ROUTE_HANDLERS,
+    csrf_config,
+    make_ui_lifespan,
+    template_config,
+)
 
 ROUTERS = [system_router, query_router, chat_router, feedback_router, retune_router, adapters_router, audit_router]
 
@@ -51,13 +58,15 @@ def create_app(settings: Settings, *, supervisor: VllmSupervisor | None = None) 
     their own settings."""
     metrics = Metrics()
     return Litestar(
-        route_handlers=ROUTERS,
-        lifespan=[make_lifespan(settings, supervisor, metrics)],
+        route_handlers=[*ROUTERS, *ROUTE_HANDLERS],  # ROUTE_HANDLERS: the web workbench (/ui, / redirects)
+        lifespan=[make_lifespan(settings, supervisor, metrics), make_ui_lifespan(settings)],
         dependencies=DEPENDENCIES,
         middleware=[
             DefineMiddleware(MetricsMiddleware, metrics=metrics),
-            DefineMiddleware(AuthMiddleware, exclude=[f"^{p}" for p in OPEN_PATHS]),
+            DefineMiddleware(AuthMiddleware, exclude=[*(f"^{p}" for p in OPEN_PATHS), *EXCLUDE_FROM_BEARER]),
         ],
+        template_config=template_config(),
+        csrf_config=csrf_config(settings),  # /ui only (session cookies); the bearer API has no cookies
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=OpenAPIConfig(
