@@ -72,3 +72,38 @@ def test_eval_answers_two_models_end_to_end(cli: Any, settings: Any, monkeypatch
         assert b["nll"] == pytest.approx(a["nll"], rel=1e-4)
     assert run["metrics"]["pqa"]["perplexity"] == pytest.approx(run["metrics"]["base"]["perplexity"], rel=1e-4)
     assert run["comparisons"]["pqa"]["accuracy"]["lo"] is not None
+
+
+def test_retune_gate_records_pubmedqa_figures(server_home: Path, tiny_model_dir: Path, vllm_server: str,
+                                              shared_data: Path, tmp_path: Path) -> None:
+    """A real re-tune job (training process, gate over vLLM) configured with a PubMedQA subset: the gate's
+    PubMedQA accuracy comes from the answer-evaluation code and its report keeps the same metrics."""
+    from finetune.jobs import JobRunner
+    from finetune.store import CorrectionStore, JobStore
+    from tests.fixtures_finetune import private_home
+    from tests.fixtures_server import make_settings
+
+    home = private_home(server_home, tmp_path / "home")
+    settings = make_settings(home, llm={"model": str(tiny_model_dir), "vllm_url": vllm_server},
+                             retrieval={"context_tokens": 96})
+    store = CorrectionStore(settings.app_db)
+    data = json.loads((shared_data / "pubmedqa/data/ori_pqal.json").read_text())
+    for pmid, v in list(data.items())[:4]:
+        store.add(question=v["QUESTION"], corrected_answer=f"{v['final_decision']} [PMID:{pmid}]",
+                  pmids=[int(pmid)], curator="cur", status="accepted")
+    runner = JobRunner(settings, JobStore(settings.app_db), store, train_threads=1)
+    pqa_path = shared_data / "pubmedqa/data/ori_pqal.json"
+    job = runner.submit("gated", hyperparameters={"epochs": 5, "batch_size": 1}, min_examples=4, created_by="admin",
+                        evaluation={"pubmedqa_path": str(pqa_path), "pubmedqa_limit": 5})
+    done = runner.wait(job.id, timeout=600, poll=0.5)
+    assert done.status == "succeeded", (done.error, (settings.jobs_dir / job.id / "log.txt").read_text()[-3000:])
+    ev = done.result["evaluation"]
+    assert ev["backend"].startswith("vllm at")
+    assert ev["pubmedqa"]["split"] == "test"
+    assert ev["pubmedqa"]["sha256"] == hashlib.sha256(pqa_path.read_bytes()).hexdigest()
+    for side in ("candidate_metrics", "baseline_metrics"):
+        figures = ev[side]["pubmedqa"]
+        assert figures["n"] == 5
+        assert set(figures) >= {"accuracy", "macro_f1", "unparseable", "citation_precision", "rouge_l"}
+        assert ev[side]["pubmedqa_accuracy"] == figures["accuracy"]
+    assert any(r.startswith("held-out pubmedqa_accuracy") for r in ev["reasons"])
