@@ -36,6 +36,7 @@ class ChatResult(msgspec.Struct, kw_only=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     model: str = ""
+    logprobs: dict[str, Any] | None = None  # vLLM's choice logprobs when the request asked for them
 
 
 class ChatDelta(msgspec.Struct, kw_only=True):
@@ -107,7 +108,7 @@ def _parse_chat(data: dict[str, Any]) -> ChatResult:
         return ChatResult(text=choice["message"].get("content") or "", finish_reason=choice.get("finish_reason"),
                           prompt_tokens=int(usage.get("prompt_tokens") or 0),
                           completion_tokens=int(usage.get("completion_tokens") or 0),
-                          model=str(data.get("model", "")))
+                          model=str(data.get("model", "")), logprobs=choice.get("logprobs"))
     except (KeyError, IndexError, TypeError, AttributeError) as e:
         raise UpstreamError(f"vLLM chat completion response is malformed ({e!r}): {str(data)[:300]}") from e
 

@@ -69,6 +69,7 @@ class Prepared:
     in_prompt: list[int]
     max_tokens: int
     index_version: str | None = None  # of the index the hits came from
+    plain: bool = False  # a ':plain' model: the client's own messages, no retrieval, nothing verified or stored
     timings_ms: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
@@ -96,6 +97,7 @@ class Answered:
     prompt_tokens: int
     completion_tokens: int
     timings_ms: dict[str, float]
+    logprobs: dict[str, Any] | None = None  # vLLM's, when asked for (non-streamed answers)
 
 
 class RagService:
@@ -137,6 +139,12 @@ class RagService:
             raise InvalidInput(f"{param} must be between 1 and {limit} (settings.llm.max_tokens), got {max_tokens}",
                                param=param)
         return max_tokens
+
+    def cap_max_tokens(self, max_tokens: int | None) -> int:
+        """OpenAI clients' max_tokens: served up to llm.max_tokens (the answer then ends with finish_reason
+        'length'), never refused for being large."""
+        limit = self.settings.llm.max_tokens
+        return limit if max_tokens is None else min(max_tokens, limit)
 
     # ---- retrieval ------------------------------------------------------------------------------
     async def search(self, question: str, k: int, mode: str | None, filters: Filters | None) -> Searched:
@@ -189,6 +197,15 @@ class RagService:
         prep.timings_ms.update(retrieval=found.retrieval_ms, prompt=(time.perf_counter() - t0) * 1000)
         return prep
 
+    async def prepare_plain(self, messages: list[dict[str, str]], *, model: str, max_tokens: int) -> Prepared:
+        """Plain chat through the model or adapter ``model``: the client's messages as they are, no retrieval,
+        no evidence (chat UIs' background tasks: titles, tags, follow-up suggestions)."""
+        started = time.perf_counter()
+        served, adapter = await self.resolve_model(model)
+        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        return Prepared(question=question, model=model, served=served, adapter=adapter, hits=[], messages=messages,
+                        in_prompt=[], max_tokens=max_tokens, started=started, plain=True)
+
     # ---- generation -----------------------------------------------------------------------------
     def _temperature(self, sampling: Sampling) -> float:
         return self.settings.llm.temperature if sampling.temperature is None else sampling.temperature
@@ -209,8 +226,10 @@ class RagService:
             await self._reload(prep.adapter)
             result = await call()
         gen_ms = (time.perf_counter() - t0) * 1000
-        return await self.finish(prep, result.text, result.finish_reason, result.prompt_tokens,
-                                 result.completion_tokens, gen_ms)
+        ans = await self.finish(prep, result.text, result.finish_reason, result.prompt_tokens,
+                                result.completion_tokens, gen_ms)
+        ans.logprobs = result.logprobs
+        return ans
 
     async def stream(self, prep: Prepared, sampling: Sampling | None = None) -> AsyncIterator[ChatDelta]:
         """vLLM's deltas (retried once after reloading the adapter if vLLM no longer knows it); the caller then
@@ -233,6 +252,12 @@ class RagService:
     async def finish(self, prep: Prepared, text: str, finish_reason: str | None, prompt_tokens: int,
                      completion_tokens: int, gen_ms: float) -> Answered:
         """Verify citations against the evidence in the prompt, record provenance, count metrics."""
+        if prep.plain:
+            self.count(prep.served, gen_ms, prompt_tokens, completion_tokens)
+            return Answered(id=f"plain-{uuid.uuid4().hex[:24]}", text=text, citations=[], unsupported=[],
+                            finish_reason=finish_reason, prompt_tokens=prompt_tokens,
+                            completion_tokens=completion_tokens,
+                            timings_ms={"generation": gen_ms, "total": (time.perf_counter() - prep.started) * 1000})
         t0 = time.perf_counter()
         report = check_answer(text, prep.in_prompt)
         by_pmid = {int(h.pmid): h for h in prep.hits}

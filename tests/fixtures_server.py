@@ -4,7 +4,9 @@ thread (for the openai client, streaming and the benchmark)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import threading
 import time
@@ -123,3 +125,80 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+class FakeVllm:
+    """A stand-in for vLLM's OpenAI server on 127.0.0.1 that records every chat request body (``requests``) and
+    answers with ``reply`` (``{cite}`` is replaced by the first ``[PMID:n]`` of the evidence in the prompt, so
+    the answer cites real evidence), whole or streamed in ``chunk_chars``-character deltas."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict[str, Any]] = []
+        self.reply = "Mitochondria take part {cite} (see also PMID 99999999)."
+        self.finish_reason = "stop"
+        self.chunk_chars = 3
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _json(self, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path == "/health":
+                    self._json({})
+                else:
+                    self._json({"object": "list", "data": [{"id": "base", "object": "model"}]})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append(body)
+                text = fake.text_for(body)
+                usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+                if not body.get("stream"):
+                    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
+                                              "finish_reason": fake.finish_reason}
+                    if body.get("logprobs"):
+                        choice["logprobs"] = {"content": [{"token": "M", "logprob": -0.1, "top_logprobs": []}]}
+                    self._json({"id": "x", "object": "chat.completion", "model": body["model"],
+                                "choices": [choice], "usage": usage})
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                pieces = [text[i:i + fake.chunk_chars] for i in range(0, len(text), fake.chunk_chars)]
+                chunks = [{"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
+                chunks += [{"choices": [{"index": 0, "delta": {}, "finish_reason": fake.finish_reason}]},
+                           {"choices": [], "usage": usage}]
+                for c in chunks:
+                    self.wfile.write(b"data: " + json.dumps(c).encode() + b"\n\n")
+                self.wfile.write(b"data: [DONE]\n\n")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def text_for(self, body: dict[str, Any]) -> str:
+        found = re.search(r"\[PMID:\d+\]", str(body["messages"][-1].get("content", "")))  # the evidence
+        return self.reply.replace("{cite}", found.group() if found else "")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def fake_vllm() -> Iterator[FakeVllm]:
+    fake = FakeVllm()
+    yield fake
+    fake.close()

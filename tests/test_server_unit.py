@@ -25,6 +25,10 @@ from tests.fixtures_server import api_settings, bearer, closed_url, create_keys
 OPENAI_ERROR_KEYS = {"message", "type", "param", "code"}
 
 
+def _who(p: Principal | None) -> tuple[str, str] | None:
+    return None if p is None else (p.name, p.role)
+
+
 def assert_openai_error(resp: httpx.Response, status: int, *, param: str | None = None,
                         contains: str = "") -> dict[str, Any]:
     assert resp.status_code == status, resp.text
@@ -41,7 +45,7 @@ def test_keystore_create_authenticate_revoke(tmp_path: Path) -> None:
     ks = KeyStore(tmp_path / "app.sqlite")
     key = ks.create("alice", "curator")
     assert re.fullmatch(r"pm_[A-Za-z0-9_-]{43}", key)
-    assert ks.authenticate(key) == Principal("alice", "curator")
+    assert _who(ks.authenticate(key)) == ("alice", "curator")
     assert ks.authenticate(key + "x") is None
     assert ks.authenticate("not-a-key") is None
     raw = (tmp_path / "app.sqlite").read_bytes()
@@ -55,7 +59,7 @@ def test_keystore_create_authenticate_revoke(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="alice"):
         ks.revoke("alice")
     key2 = ks.create("alice", "reader")  # the name is free again after revocation
-    assert ks.authenticate(key2) == Principal("alice", "reader")
+    assert _who(ks.authenticate(key2)) == ("alice", "reader")
     assert [k.name for k in ks.list()] == ["alice"]
     assert len(ks.list(include_revoked=True)) == 2
 
@@ -224,8 +228,12 @@ def test_chat_validation(client: Any) -> None:
                                headers=h), 400, param="messages[0].role")
     assert_openai_error(c.post(url, json={"model": "base", "n": 2, "messages": [{"role": "user", "content": "x"}]},
                                headers=h), 400, param="n")
-    assert_openai_error(c.post(url, json={"model": "base", "logit_bias": {}, "messages": []}, headers=h), 400,
+    assert_openai_error(c.post(url, json={"model": "base", "logit_bias": {"1": 500}, "messages": []}, headers=h), 400,
                         contains="logit_bias")
+    for choice in ("required", {"type": "function", "function": {"name": "search"}}):
+        assert_openai_error(c.post(url, json={"model": "base", "tool_choice": choice,
+                                              "messages": [{"role": "user", "content": "x"}]}, headers=h), 400,
+                            param="tool_choice", contains="never calls tools")
     img = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
     assert_openai_error(c.post(url, json={"model": "base", "messages": img}, headers=h), 400,
                         contains="only 'text' parts")
@@ -235,7 +243,7 @@ def test_models_articles_metrics_docs(client: Any) -> None:
     c, keys = client
     h = bearer(keys["reader"])
     models = c.get("/v1/models", headers=h).json()
-    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["base"]
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["base", "base:plain"]
     assert_openai_error(c.get("/v1/models"), 401)
     assert_openai_error(c.get("/v1/articles/123", headers=h), 404, param="pmid", contains="PMID 123")
     assert_openai_error(c.get("/v1/articles/abc", headers=h), 404)  # not an int: no such route
@@ -290,21 +298,21 @@ def test_split_conversation() -> None:
     q, hist = split_conversation(msgs)
     assert q == "q2\nmore"
     assert hist == [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
-    with pytest.raises(InvalidInput, match="tools are not supported"):
-        split_conversation([ChatMessage(role="tool", content="x"), ChatMessage(role="user", content="q")])
+    assert split_conversation([ChatMessage(role="tool", content="x"), ChatMessage(role="user", content="q")]) == ("q", [])
 
 
-def test_references_text_lists_only_supported() -> None:
-    from server.chat.service import references_text
+def test_after_answer_lists_only_supported() -> None:
+    from server.chat.render import after_answer
     from server.query.protocol import Citation
 
     c = Citation(pmid=11, title="T", journal="J", year=2001, url="https://pubmed.ncbi.nlm.nih.gov/11/",
                  snippet="s", score=1.0)
-    text = references_text([c], [99])
-    assert "[PMID:11] T J (2001). https://pubmed.ncbi.nlm.nih.gov/11/" in text
+    text = after_answer([c], [99], [])
+    assert "- [T](https://pubmed.ncbi.nlm.nih.gov/11/). J, 2001 (PMID:11)" in text
     refs, warning = text.split("Warning")
-    assert "99" not in refs and "not sources: 99" in warning
-    assert references_text([], []) == ""
+    assert "99" not in refs
+    assert "not sources: 99" in warning
+    assert after_answer([], [], []) == ""
 
 
 # ---- vLLM client --------------------------------------------------------------------------------------
@@ -366,7 +374,7 @@ def test_keys_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key = r.output.strip().splitlines()[-1]
     assert key.startswith("pm_")
     ks = KeyStore(tmp_path / "home" / "app.sqlite")
-    assert ks.authenticate(key) == Principal("carol", "curator")
+    assert _who(ks.authenticate(key)) == ("carol", "curator")
     r = runner.invoke(main, ["keys", "create", "--role", "reader", "--name", "carol"])
     assert r.exit_code == 1 and "already exists" in r.output
     r = runner.invoke(main, ["keys", "list"])

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
-from litestar import Router, get, post
+from typing import Any
+
+from litestar import Request, Router, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
@@ -12,12 +14,15 @@ from litestar.response import Stream
 from server import sse
 from server.auth import require_role
 from server.chat.protocol import ChatCompletionRequest, ChatCompletionResponse, ModelList
-from server.chat.service import ChatService
+from server.chat.service import ChatService, note_unknown_fields
 
 
-@post("/chat/completions", status_code=200, summary="OpenAI-compatible chat completion with cited evidence")
-async def chat_completions(data: JSONBody[ChatCompletionRequest],
+@post("/chat/completions", status_code=200, summary="OpenAI-compatible chat completion with cited evidence",
+      description="Accepts every field of OpenAI's request; sampling fields go to vLLM, fields outside the schema "
+      "are ignored (logged once). Model 'NAME:plain' is plain chat without retrieval (chat UIs' background tasks).")
+async def chat_completions(request: Request[Any, Any, Any], data: JSONBody[ChatCompletionRequest],
                            chat_service: NamedDependency[ChatService]) -> ChatCompletionResponse | Stream:
+    note_unknown_fields(await request.json())
     if data.stream:
         return sse.stream(await chat_service.chunks(data))
     return await chat_service.complete(data)

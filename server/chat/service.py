@@ -2,37 +2,70 @@
 ``chat.completion.chunk`` events, and the model list.
 
 Retrieval runs on the conversation's last user message; earlier user and assistant turns are kept as history;
-client system messages are replaced by pubmind's system prompt (the one adapters are trained with)."""
+client system messages are replaced by pubmind's system prompt (the one adapters are trained with). A model
+named ``NAME:plain`` (``base:plain``, ``pubmedqa:plain``) is plain chat through the same model or adapter: the
+client's messages as they are, no retrieval, no evidence (for chat UIs' titles, tags and follow-ups).
+The answer is shown as ``server.chat.render`` describes, identically whole or streamed.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import anyio
+import msgspec
 
 from finetune.registry import AdapterRegistry
 from pubmind.errors import InvalidInput, PubmindError
 from pubmind.settings import Settings
 from server import sse
 from server.chat.protocol import (
+    SAMPLING_FIELDS,
     AssistantMessage,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatMessage,
     Choice,
-    ChunkChoice,
-    Delta,
     ModelCard,
     ModelList,
     Usage,
 )
+from server.chat.render import StreamLinker, after_answer, link_pmids, url_citations
+from server.query.protocol import Evidence
 from server.rag import Answered, Prepared, RagService, Sampling, StreamRelay
 
-SAMPLING_FIELDS = ("top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
+log = logging.getLogger("pubmind.server")
+
+PLAIN = ":plain"
+KNOWN_FIELDS = frozenset(f.name for f in msgspec.structs.fields(ChatCompletionRequest))
+_unknown_seen: set[str] = set()
+_unknown_lock = threading.Lock()
+
+
+def note_unknown_fields(names: Iterable[str]) -> list[str]:
+    """Request fields outside the schema: ignored (chat UIs add their own), each logged once per process."""
+    unknown = sorted(set(names) - KNOWN_FIELDS)
+    with _unknown_lock:
+        new = [n for n in unknown if n not in _unknown_seen]
+        _unknown_seen.update(new)
+    for name in new:
+        log.warning("/v1/chat/completions: ignoring unknown request field %r (logged once)", name[:100])
+    return unknown
+
+
+def check_tools(req: ChatCompletionRequest) -> None:
+    """pubmind answers in text and never calls a tool: fine unless the request requires a tool call."""
+    if req.tool_choice == "required" or isinstance(req.tool_choice, dict):
+        raise InvalidInput(f"tool_choice={req.tool_choice!r} requires a tool call; pubmind answers in text and "
+                           f"never calls tools (use 'auto' or 'none', or leave tool_choice out)", param="tool_choice")
+    if isinstance(req.function_call, dict):
+        raise InvalidInput("function_call names a function to call; pubmind answers in text and never calls "
+                           "functions (use 'auto' or 'none', or leave function_call out)", param="function_call")
 
 
 def message_text(msg: ChatMessage, i: int) -> str:
@@ -50,32 +83,23 @@ def message_text(msg: ChatMessage, i: int) -> str:
 
 
 def split_conversation(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str]]]:
-    """(last user message, earlier user/assistant turns). System/developer messages are dropped (pubmind's
-    system prompt is used); tool messages are rejected."""
+    """(last user message, earlier user/assistant turns). System, developer, tool and function messages are
+    left out (pubmind's system prompt is used; pubmind never calls tools)."""
     if not messages:
         raise InvalidInput("messages must contain at least one user message", param="messages")
     if messages[-1].role != "user":
         raise InvalidInput(f"the last message must have role 'user', got {messages[-1].role!r}", param="messages")
-    history: list[dict[str, str]] = []
-    for i, m in enumerate(messages[:-1]):
-        if m.role == "tool":
-            raise InvalidInput(f"messages[{i}] has role 'tool'; tools are not supported", param="messages")
-        if m.role in ("user", "assistant"):
-            history.append({"role": m.role, "content": message_text(m, i)})
+    history = [{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(messages[:-1])
+               if m.role in ("user", "assistant")]
     return message_text(messages[-1], len(messages) - 1), history
 
 
-def references_text(citations: Any, unsupported: Any) -> str:
-    """Readable references appended to chat answers (only PMIDs that were in the evidence)."""
-    out = ""
-    if citations:
-        out += "\n\nReferences:\n" + "\n".join(
-            f"[PMID:{c.pmid}] {c.title}" + (f" {c.journal}" if c.journal else "")
-            + (f" ({c.year})" if c.year else "") + f". {c.url}" for c in citations)
-    if unsupported:
-        out += ("\n\nWarning: the answer cites PMIDs that were not in the retrieved evidence; they are not "
-                "sources: " + ", ".join(str(p) for p in unsupported))
-    return out
+def plain_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """The client's messages for plain chat: system (developer as system), user and assistant turns."""
+    if not any(m.role == "user" for m in messages):
+        raise InvalidInput("messages must contain at least one user message", param="messages")
+    return [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m, i)}
+            for i, m in enumerate(messages) if m.role in ("system", "developer", "user", "assistant")]
 
 
 def usage(ans: Answered) -> Usage:
@@ -98,73 +122,102 @@ class ChatService:
                                f"(settings.server.max_conversation_chars)", param="messages")
 
     async def prepare(self, req: ChatCompletionRequest) -> tuple[Prepared, Sampling]:
-        if req.n != 1:
+        if req.n not in (None, 1):
             raise InvalidInput(f"n must be 1 (one answer per request), got {req.n}", param="n")
-        if req.max_tokens is not None and req.max_completion_tokens is not None:
-            raise InvalidInput("give max_tokens or max_completion_tokens, not both", param="max_completion_tokens")
+        check_tools(req)
         self.check_conversation(req.messages)
+        max_tokens = self.rag.cap_max_tokens(
+            req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens)
+        extra = {f: getattr(req, f) for f in SAMPLING_FIELDS if getattr(req, f) is not None}
+        if req.response_format is not None:
+            extra["response_format"] = req.response_format.to_vllm()
+        sampling = Sampling(temperature=req.temperature, extra=extra)
+        if req.model.endswith(PLAIN):
+            prep = await self.rag.prepare_plain(plain_messages(req.messages), model=req.model[:-len(PLAIN)],
+                                                max_tokens=max_tokens)
+            return prep, sampling
         question, history = split_conversation(req.messages)
-        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        self.rag.check_max_tokens(max_tokens, "max_completion_tokens" if req.max_completion_tokens is not None
-                                  else "max_tokens")
         prep = await self.rag.prepare(question, k=req.k, mode=req.retrieval, model=req.model,
                                       filters=req.filters.to_filters() if req.filters else None,
                                       max_tokens=max_tokens, history=history)
-        extra = {f: getattr(req, f) for f in SAMPLING_FIELDS if getattr(req, f) is not None}
-        return prep, Sampling(temperature=req.temperature, extra=extra)
+        return prep, sampling
+
+    def consulted(self, prep: Prepared) -> list[Evidence]:
+        return [e for e in prep.evidence if e.in_prompt] if self.settings.server.evidence_consulted else []
+
+    def tail(self, prep: Prepared, ans: Answered) -> str:
+        return "" if prep.plain else after_answer(ans.citations, ans.unsupported, self.consulted(prep))
+
+    def annotate(self, prep: Prepared, content: str, answer_end: int) -> list[dict[str, Any]]:
+        return url_citations(content, {int(h.pmid): h.title for h in prep.hits}, end=answer_end)
 
     async def complete(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
         prep, sampling = await self.prepare(req)
         ans = await self.rag.generate(prep, sampling)
-        text = ans.text + references_text(ans.citations, ans.unsupported)
+        text = ans.text if prep.plain else link_pmids(ans.text, set(prep.in_prompt))
+        content = text + self.tail(prep, ans)
+        message = AssistantMessage(content=content, annotations=self.annotate(prep, content, len(text)))
         return ChatCompletionResponse(
             id=f"chatcmpl-{ans.id}", created=int(time.time()), model=req.model,
-            choices=[Choice(message=AssistantMessage(content=text), finish_reason=ans.finish_reason)],
-            usage=usage(ans), citations=ans.citations, unsupported_citations=ans.unsupported, answer_id=ans.id,
-            index_version=prep.index_version)
+            choices=[Choice(message=message, finish_reason=ans.finish_reason or "stop", logprobs=ans.logprobs)],
+            usage=usage(ans), citations=ans.citations, unsupported_citations=ans.unsupported,
+            answer_id=None if prep.plain else ans.id, index_version=prep.index_version)
 
     async def chunks(self, req: ChatCompletionRequest) -> AsyncIterator[bytes]:
-        """``data:`` chunks: the role, text deltas, a final chunk with the references, citations and finish
-        reason, the usage chunk when ``stream_options.include_usage``, then ``[DONE]``."""
+        """``data:`` chunks as OpenAI sends them: the role, content deltas, a final chunk with the rest of the
+        content (references, evidence consulted), its annotations, citations and finish reason, the usage chunk
+        when ``stream_options.include_usage`` (then every other chunk has ``"usage": null``), ``[DONE]``."""
         prep, sampling = await self.prepare(req)
         relay = await StreamRelay.start(self.rag, prep, sampling)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        with_usage = bool(req.stream_options and req.stream_options.include_usage)
+        linker = StreamLinker(prep.in_prompt) if not prep.plain else None
 
-        def chunk(choices: list[ChunkChoice], **kw: Any) -> bytes:
-            return sse.data(ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created,
-                                                model=req.model, choices=choices, **kw))
+        def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
+            choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish,
+                                                 "logprobs": None}]
+            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                    "choices": choices, **({"usage": None} if with_usage else {}), **extra}
+            return sse.data(body)
 
         async def events() -> AsyncIterator[bytes]:
-            yield chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])
+            yield chunk({"role": "assistant", "content": ""})
             try:
                 async for text in relay.texts():
-                    yield chunk([ChunkChoice(delta=Delta(content=text))])
+                    out = linker.feed(text) if linker else text
+                    if out:
+                        yield chunk({"content": out})
                 ans = await relay.finish()
             except PubmindError as e:
                 yield sse.data(sse.error_payload(e))
                 yield sse.DONE
                 return
-            refs = references_text(ans.citations, ans.unsupported)
-            yield chunk([ChunkChoice(delta=Delta(content=refs) if refs else Delta(),
-                                     finish_reason=ans.finish_reason or "stop")],
-                        citations=ans.citations, unsupported_citations=ans.unsupported, answer_id=ans.id)
-            if include_usage:
-                yield chunk([], usage=usage(ans))
+            rest, tail = (linker.close() if linker else ""), self.tail(prep, ans)
+            text = (linker.sent if linker else "".join(relay.parts))
+            notes = self.annotate(prep, text + tail, len(text))
+            yield chunk({"content": rest + tail, "annotations": notes} if rest + tail or notes else {},
+                        ans.finish_reason or "stop", citations=ans.citations, unsupported_citations=ans.unsupported,
+                        answer_id=None if prep.plain else ans.id)
+            if with_usage:
+                yield chunk(None, usage=usage(ans))
             yield sse.DONE
 
         return events()
 
     def _cards(self) -> list[ModelCard]:
         now = int(time.time())
-        out = [ModelCard(id=self.rag.base_name, created=now, root=self.settings.llm.model)]
+        base = self.rag.base_name
+        out = [ModelCard(id=base, created=now, root=self.settings.llm.model),
+               ModelCard(id=base + PLAIN, created=now, root=self.settings.llm.model)]
         for name in self.registry.names():
             versions = self.registry.versions(name)
+            served = self.registry.promoted_versions(name)
             cur = next((v for v in versions if v.current), None)
             if cur is not None:
-                out.append(ModelCard(id=name, created=now, root=cur.lora_name))
+                out += [ModelCard(id=name, created=now, root=cur.lora_name),
+                        ModelCard(id=name + PLAIN, created=now, root=cur.lora_name)]
             out += [ModelCard(id=v.lora_name, created=int(v.manifest.get("created_at", now)), root=v.lora_name)
-                    for v in versions]
+                    for v in versions if v.version in served]
         return out
 
     async def models(self) -> ModelList:
