@@ -42,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from generation.answer import answer_prompt, check_answer, closed_book_messages, parse_decision, prose
+from generation.deploy import AdapterDeployer
 from generation.prompt import DECISIONS
 from generation.vllm_client import VllmClient, make_client, served_base_name
 from pubmind.durable import write_json_atomic
@@ -418,13 +419,9 @@ async def answer_all(client: VllmClient, models: Sequence[ModelSpec], prompts: S
                      max_tokens: int, *, score_gold: bool = True, concurrency: int = CONCURRENCY,
                      progress: bool = False) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
     """Per-question records per model (models one after the other, ``concurrency`` questions in flight) and
-    each model's wall seconds (generation only). The gold answers are scored afterwards ONE request at a time:
+    each model's wall seconds (generation only); the adapters must be loaded already. The gold answers are scored afterwards ONE request at a time:
     vLLM 0.32 with LoRA enabled crashes its engine when a ``prompt_logprobs`` request shares a batch with other
     requests (the CPU LoRA logits path sizes its indices per request, not per prompt token)."""
-    loaded = set(await client.models())
-    for m in models:
-        if m.adapter_path and m.served not in loaded:
-            await client.load_lora_adapter(m.served, m.adapter_path)
     sem = asyncio.Semaphore(concurrency)
     records: dict[str, list[dict[str, Any]]] = {}
     walls: dict[str, float] = {}
@@ -543,13 +540,16 @@ def evaluate_answers(settings: Settings, data_path: str | Path, *, models: Seque
 async def _generate(settings: Settings, specs: Sequence[ModelSpec], prompts: Sequence[Prompted], tokenizer: Any,
                     max_tokens: int, perplexity: bool, progress: bool
                     ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
-    client = make_client(settings)
-    try:
+    from finetune.registry import AdapterRegistry
+
+    async with make_client(settings) as client:
         await client.health()
+        deployer = AdapterDeployer.from_settings(client, AdapterRegistry(settings.adapters_dir), settings)
+        for m in specs:
+            if m.adapter_path:
+                await deployer.ensure_loaded(m.served, m.adapter_path, refresh=True)
         return await answer_all(client, specs, prompts, tokenizer, max_tokens, score_gold=perplexity,
                                 progress=progress)
-    finally:
-        await client.aclose()
 
 
 # ---- the re-tune gate ------------------------------------------------------------------------------------
