@@ -54,7 +54,7 @@ def search_cmd(query: str, k: int | None, mode: str | None, year_from: int | Non
 
 @click.group("eval")
 def eval_group() -> None:
-    """Evaluate retrieval quality."""
+    """Evaluate retrieval (and, from finetune, answers) on PubMedQA."""
 
 
 @eval_group.command("retrieval")
