@@ -29,7 +29,7 @@ SCRIPT = "<script>window.__pwned = 1</script>"
 
 
 def fake_answer(prompt: str) -> str:
-    pmids = re.findall(r"PMID:?\s*(\d+)", prompt)
+    pmids = [p for p in re.findall(r"\[PMID:(\d+)\]", prompt) if p not in ("12345678", "1", "2")]  # not the examples
     first = pmids[0] if pmids else "1"
     return (f"Yes, **mitochondria** are involved [PMID:{first}]. {SCRIPT} "
             f"An unrelated claim [PMID:{UNSUPPORTED_PMID}].")

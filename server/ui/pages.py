@@ -188,7 +188,7 @@ async def answer_page(request: UiRequest, answer_id: FromPath[str], answers: Nam
                 unsupported=unsupported, answer_id=answer_id, rating=mine[0] if mine else None, ask=ask)
 
 
-@post("/answers/{answer_id:str}/rate", include_in_schema=False, guards=[require_role("reader")])
+@post("/answers/{answer_id:str}/rate", include_in_schema=False, guards=[require_role("reader")], status_code=200)
 async def rate(request: UiRequest, answer_id: FromPath[str], ui_ratings: NamedDependency[RatingStore]) -> Response[str]:
     form = await request.form()
     value = {"up": 1, "down": -1}.get(form_value(form, "rating", max_chars=10), 0)

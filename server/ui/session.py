@@ -3,7 +3,7 @@
 bearer API uses (so ``server.auth.require_role`` guards work unchanged). CSRF is Litestar's double-submit
 ``CSRFConfig`` on ``/ui`` only; the bearer API (``/v1``) is untouched.
 
-Cookie ``pm_session`` = signed ``{"n": key name, "r": role, "p": key prefix}``. On every request the key must
+Cookie ``pm_session`` = signed ``{"n": key name, "r": role, "p": key prefix, "k": key id}``. On every request the key must
 still be active (``KeyStore.list``): revoking a key ends its sessions at once.
 """
 
@@ -23,6 +23,7 @@ from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from pubmind.durable import write_atomic
+from pubmind.errors import NotFound
 from pubmind.settings import Settings
 from server.auth import ANONYMOUS, KeyStore, Principal
 from server.ratelimit import RateLimiter
@@ -67,7 +68,7 @@ class Sessions:
         self._s = URLSafeTimedSerializer(ui_secret(settings), salt="pubmind-ui-session")
 
     def cookie(self, principal: Principal, prefix: str) -> Cookie:
-        value = self._s.dumps({"n": principal.name, "r": principal.role, "p": prefix})
+        value = self._s.dumps({"n": principal.name, "r": principal.role, "p": prefix, "k": principal.key_id})
         return Cookie(key=SESSION_COOKIE, value=value, path="/", max_age=self.max_age, httponly=True,
                       samesite="lax", secure=self.secure)
 
@@ -92,7 +93,11 @@ def principal_from_session(data: dict[str, str] | None, keys: KeyStore | None) -
         return None
     for k in keys.list():
         if k.name == data.get("n") and k.prefix == data.get("p") and k.role == data.get("r"):
-            return Principal(k.name, k.role)
+            try:
+                key_id = keys.key_id(k.name)
+            except NotFound:  # revoked just now
+                return None
+            return Principal(k.name, k.role, key_id=key_id) if key_id == data.get("k") else None
     return None
 
 

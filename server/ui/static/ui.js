@@ -91,3 +91,18 @@ document.addEventListener("click", (e) => {
   const card = document.getElementById("ev-" + a.dataset.pmid);
   if (card) { e.preventDefault(); card.scrollIntoView({block: "center"}); card.focus(); history.replaceState(null, "", "#ev-" + a.dataset.pmid); }
 });
+
+// Correction editor: "cite" inserts [PMID:n] at the cursor and ticks the PMID; the check re-runs on input.
+document.addEventListener("click", (e) => {
+  const b = e.target.closest("button.cite-insert");
+  if (!b) return;
+  const ta = document.getElementById("corrected_answer");
+  const tag = "[PMID:" + b.dataset.pmid + "]";
+  const at = ta.selectionStart ?? ta.value.length;
+  ta.value = ta.value.slice(0, at) + tag + ta.value.slice(ta.selectionEnd ?? at);
+  ta.focus();
+  ta.setSelectionRange(at + tag.length, at + tag.length);
+  ta.dispatchEvent(new Event("input", {bubbles: true}));
+  const box = b.parentElement.querySelector("input[type=checkbox]");
+  if (box) box.checked = true;
+});
