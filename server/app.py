@@ -1,8 +1,8 @@
 """``create_app(settings)``: the Litestar application.
 
 One shape per endpoint family, ``server/<family>/{protocol,service,routes}.py``: query (``/v1/query``), chat
-(``/v1/chat/completions``, ``/v1/models``), system (``/health``, ``/metrics``, ``/v1/articles/{pmid}``),
-feedback, retune, adapters. Services are built in the lifespan (``server.services``) and injected by name.
+(``/v1/chat/completions``, ``/v1/models``), responses (``/v1/responses``), system (``/health``, ``/metrics``,
+``/v1/articles/{pmid}``), feedback, retune, adapters. Services are built in the lifespan (``server.services``) and injected by name.
 OpenAPI docs at ``/schema`` (``/schema/swagger``, ``/schema/redoc``, ``/schema/openapi.json``).
 """
 
@@ -27,6 +27,7 @@ from server.errors import EXCEPTION_HANDLERS
 from server.feedback.routes import router as feedback_router
 from server.metrics import Metrics, MetricsMiddleware
 from server.query.routes import router as query_router
+from server.responses.routes import router as responses_router
 from server.retune.routes import router as retune_router
 from server.services import SERVICE_NAMES, make_lifespan
 from server.system.routes import router as system_router
@@ -38,7 +39,8 @@ from server.ui.routes import (
     template_config,
 )
 
-ROUTERS = [system_router, query_router, chat_router, feedback_router, retune_router, adapters_router, audit_router]
+ROUTERS = [system_router, query_router, chat_router, responses_router, feedback_router, retune_router, adapters_router,
+           audit_router]
 
 
 def _provider(name: str) -> Provide:
@@ -52,14 +54,14 @@ def _provider(name: str) -> Provide:
 DEPENDENCIES = {name: _provider(name) for name in SERVICE_NAMES}
 
 
-def create_app(settings: Settings, *, supervisor: VllmSupervisor | None = None) -> Litestar:
+def create_app(settings: Settings, *, supervisor: VllmSupervisor | None = None, scheduled: bool = False) -> Litestar:
     """The API for ``settings``. vLLM is reached at ``supervisor.url`` when a supervisor is given, else at
     ``settings.llm.vllm_url``. Services are built in the lifespan, so creating the app is cheap and tests pass
     their own settings."""
     metrics = Metrics()
     return Litestar(
         route_handlers=[*ROUTERS, *ROUTE_HANDLERS],  # ROUTE_HANDLERS: the web workbench (/ui, / redirects)
-        lifespan=[make_lifespan(settings, supervisor, metrics), make_ui_lifespan(settings)],
+        lifespan=[make_lifespan(settings, supervisor, metrics, scheduled=scheduled), make_ui_lifespan(settings)],
         dependencies=DEPENDENCIES,
         middleware=[
             DefineMiddleware(MetricsMiddleware, metrics=metrics),

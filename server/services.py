@@ -3,7 +3,7 @@ constructor dependencies, and injected into handlers under the name it has here 
 dependency name == ``app.state`` attribute)::
 
     settings -> stores (corpus, answers, corrections, jobs, key_store), registry, vLLM client -> deployer
-    corpus -> index (IndexHolder) -> rag (RagService) -> query_service, chat_service
+    corpus -> index (IndexHolder) -> rag (RagService) -> query_service, chat_service -> responses_service
     system_service, feedback_service, retune_service (JobRunner), adapter_service
 """
 
@@ -29,6 +29,7 @@ from pubmind.audit import AuditLog
 from pubmind.errors import ConfigError
 from pubmind.settings import Settings
 from retrieval.store import CorpusStore
+from server import scheduler
 from server.adapters.service import AdapterService
 from server.audit.service import AuditService
 from server.auth import KeyStore
@@ -39,6 +40,7 @@ from server.metrics import Metrics
 from server.query.service import QueryService
 from server.rag import RagService
 from server.ratelimit import RateLimiter
+from server.responses.service import ResponsesService
 from server.retune.service import RetuneService
 from server.system.service import SystemService
 
@@ -75,6 +77,7 @@ class Services:
     rag: RagService
     query_service: QueryService
     chat_service: ChatService
+    responses_service: ResponsesService
     system_service: SystemService
     feedback_service: FeedbackService
     retune_service: RetuneService
@@ -115,6 +118,7 @@ def build_services(settings: Settings, supervisor: VllmSupervisor | None = None,
     index.refresh()
     rag = RagService(settings=settings, index=index, registry=registry, deployer=deployer, vllm=vllm,
                      answers=answers, metrics=metrics, tokenizer=load_llm_tokenizer(settings.llm.model))
+    chat_service = ChatService(settings=settings, rag=rag, registry=registry)
     runner = JobRunner(settings, jobs, corrections)
     runner.recover()  # re-tune jobs cut off by a restart are marked failed now
     if supervisor is not None:
@@ -125,7 +129,7 @@ def build_services(settings: Settings, supervisor: VllmSupervisor | None = None,
         corpus=corpus, answers=answers, corrections=corrections, jobs=jobs, audit=audit, registry=registry,
         deployer=deployer,
         index=index, rag=rag, query_service=QueryService(rag),
-        chat_service=ChatService(settings=settings, rag=rag, registry=registry),
+        chat_service=chat_service, responses_service=ResponsesService(chat_service),
         system_service=SystemService(vllm=vllm, supervisor=supervisor, index=index, corpus=corpus, metrics=metrics),
         feedback_service=FeedbackService(settings=settings, corrections=corrections, answers=answers, corpus=corpus,
                                          audit=audit),
@@ -135,19 +139,21 @@ def build_services(settings: Settings, supervisor: VllmSupervisor | None = None,
     )
 
 
-def make_lifespan(settings: Settings, supervisor: VllmSupervisor | None,
-                  metrics: Metrics) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+def make_lifespan(settings: Settings, supervisor: VllmSupervisor | None, metrics: Metrics, *,
+                  scheduled: bool = False) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     """Build the services on startup (in a thread: models load), put each on ``app.state`` under its name,
-    close them on exit."""
+    close them on exit. ``scheduled``: also run the periodic tasks (``server.scheduler``: sync, retention)."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = await anyio.to_thread.run_sync(build_services, settings, supervisor, metrics)
         for name in SERVICE_NAMES:
             app.state[name] = getattr(services, name)
+        running = scheduler.start(scheduler.scheduled_tasks(settings), metrics) if scheduled else []
         try:
             yield
         finally:
+            await scheduler.stop(running)
             await services.aclose()
 
     return lifespan

@@ -178,7 +178,8 @@ def test_openai_client_models_adapter_and_errors(live: dict[str, Any]) -> None:
     with client(live) as c:
         body = c.post("/v1/query", json={"question": QUESTION, "model": "lace@v1", "k": 2}).json()
     assert body["adapter"] == "lace@v1" and body["model"] == "lace@v1"
-    assert "lace@v1" in httpx.get(live["settings"].llm.vllm_url + "/v1/models").text
+    llm = live["settings"].llm
+    assert "lace@v1" in httpx.get(llm.vllm_url + "/v1/models", headers=bearer(llm.vllm_api_key)).text
 
     with pytest.raises(openai.NotFoundError) as e:
         oa.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
@@ -202,3 +203,30 @@ def test_articles_and_metrics(live: dict[str, Any]) -> None:
     assert 'pubmind_tokens_total{kind="completion",model="base"}' in text
     assert "pubmind_retrieval_seconds_count" in text
     assert 'route="/v1/query",status="200"' in text
+
+
+def test_chat_ui_requests_against_real_vllm(live: dict[str, Any]) -> None:
+    """What a chat UI sends, against the real vLLM: its built-in tools with no tool_choice, a background title
+    task with max_tokens 1000 on 'base:plain', and streaming with include_usage."""
+    tools = [{"type": "function", "function": {"name": "web_search", "description": "Search the web",
+                                               "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+    with client(live) as c:
+        r = c.post("/v1/chat/completions", json={"model": "base", "messages": [{"role": "user", "content": QUESTION}],
+                                                 "tools": tools, "max_tokens": 8})
+        assert r.status_code == 200, r.text
+        assert "tool_calls" not in r.json()["choices"][0]["message"]
+        assert r.json()["answer_id"].startswith("ans_")
+        title = [{"role": "system", "content": "Generate a concise, 3-5 word title for the chat."},
+                 {"role": "user", "content": QUESTION}]
+        r = c.post("/v1/chat/completions", json={"model": "base:plain", "messages": title, "max_tokens": 1000})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["usage"]["completion_tokens"] <= live["settings"].llm.max_tokens
+        assert body["choices"][0]["finish_reason"] in ("stop", "length")
+        assert body["citations"] == []
+    oa = openai.OpenAI(base_url=live["url"] + "/v1", api_key=live["keys"]["reader"], max_retries=0)
+    chunks = list(oa.chat.completions.create(model="base", messages=[{"role": "user", "content": QUESTION}],
+                                             max_tokens=8, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0

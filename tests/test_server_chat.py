@@ -246,3 +246,34 @@ def test_official_client_reads_annotations_and_usage_chunk(server_home: Path, ti
         assert chunks[-1].usage is not None
         assert chunks[-1].usage.total_tokens == 18
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == msg.content
+
+
+def test_responses_api_with_the_official_client(server_home: Path, tiny_model_dir: Path, fake: FakeVllm) -> None:
+    """/v1/responses: plain text in and out, the same retrieval, links and url_citation annotations as chat,
+    streamed and not."""
+    import openai
+
+    from server.app import create_app
+
+    settings = api_settings(server_home, tiny_model_dir, fake.url)
+    key = create_keys(settings, tag=f"-{uuid.uuid4().hex[:6]}")["reader"]
+    with LiveServer(create_app(settings)) as srv:
+        oa = openai.OpenAI(base_url=srv.url + "/v1", api_key=key, max_retries=0)
+        r = oa.responses.create(model="base", input=QUESTION, max_output_tokens=1000)
+        assert r.status == "completed"
+        assert fake.requests[-1]["max_tokens"] == CAP
+        text = r.output_text
+        assert "](https://pubmed.ncbi.nlm.nih.gov/" in text
+        note = r.output[0].content[0].annotations[0]  # type: ignore[union-attr]
+        assert note.type == "url_citation"
+        assert text[note.start_index:note.end_index].startswith("[PMID:")  # type: ignore[union-attr]
+        assert r.usage is not None
+        assert r.usage.total_tokens == 18
+        events = list(oa.responses.create(model="base", input=[{"role": "user", "content": QUESTION}], stream=True))
+        assert events[0].type == "response.created"
+        assert events[-1].type == "response.completed"
+        streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert streamed == text
+        plain = oa.responses.create(model="base:plain", instructions="Title this chat.", input=QUESTION)
+        assert fake.requests[-1]["messages"] == [{"role": "system", "content": "Title this chat."}, USER]
+        assert "Evidence consulted" not in plain.output_text

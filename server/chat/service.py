@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -168,10 +169,9 @@ class ChatService:
         content (references, evidence consulted), its annotations, citations and finish reason, the usage chunk
         when ``stream_options.include_usage`` (then every other chunk has ``"usage": null``), ``[DONE]``."""
         prep, sampling = await self.prepare(req)
-        relay = await StreamRelay.start(self.rag, prep, sampling)
+        rendered = await RenderedStream.start(self, prep, sampling)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         with_usage = bool(req.stream_options and req.stream_options.include_usage)
-        linker = StreamLinker(prep.in_prompt) if not prep.plain else None
 
         def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
             choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish,
@@ -183,19 +183,15 @@ class ChatService:
         async def events() -> AsyncIterator[bytes]:
             yield chunk({"role": "assistant", "content": ""})
             try:
-                async for text in relay.texts():
-                    out = linker.feed(text) if linker else text
-                    if out:
-                        yield chunk({"content": out})
-                ans = await relay.finish()
+                async for text in rendered.deltas():
+                    yield chunk({"content": text})
+                end = await rendered.finish()
             except PubmindError as e:
                 yield sse.data(sse.error_payload(e))
                 yield sse.DONE
                 return
-            rest, tail = (linker.close() if linker else ""), self.tail(prep, ans)
-            text = (linker.sent if linker else "".join(relay.parts))
-            notes = self.annotate(prep, text + tail, len(text))
-            yield chunk({"content": rest + tail, "annotations": notes} if rest + tail or notes else {},
+            ans = end.answered
+            yield chunk({"content": end.last, "annotations": end.annotations} if end.last or end.annotations else {},
                         ans.finish_reason or "stop", citations=ans.citations, unsupported_citations=ans.unsupported,
                         answer_id=None if prep.plain else ans.id)
             if with_usage:
@@ -222,3 +218,38 @@ class ChatService:
 
     async def models(self) -> ModelList:
         return ModelList(data=await anyio.to_thread.run_sync(self._cards))
+
+
+@dataclass
+class StreamEnd:
+    answered: Answered
+    last: str  # content not sent as a delta yet: the held-back end of the answer, then what follows it
+    content: str  # the whole content, as a non-streamed answer has it
+    annotations: list[dict[str, Any]]
+
+
+class RenderedStream:
+    """A streamed answer rendered as ``ChatService.complete`` renders it whole: ``deltas()`` gives the linked
+    answer text piece by piece; ``finish()`` verifies and records it and gives the rest (``StreamEnd``)."""
+
+    def __init__(self, chat: ChatService, prep: Prepared, relay: StreamRelay) -> None:
+        self.chat, self.prep, self.relay = chat, prep, relay
+        self.linker = StreamLinker(prep.in_prompt) if not prep.plain else None
+
+    @classmethod
+    async def start(cls, chat: ChatService, prep: Prepared, sampling: Sampling) -> RenderedStream:
+        return cls(chat, prep, await StreamRelay.start(chat.rag, prep, sampling))
+
+    async def deltas(self) -> AsyncIterator[str]:
+        async for text in self.relay.texts():
+            out = self.linker.feed(text) if self.linker else text
+            if out:
+                yield out
+
+    async def finish(self) -> StreamEnd:
+        ans = await self.relay.finish()
+        rest = self.linker.close() if self.linker else ""
+        text = self.linker.sent if self.linker else "".join(self.relay.parts)
+        tail = self.chat.tail(self.prep, ans)
+        return StreamEnd(answered=ans, last=rest + tail, content=text + tail,
+                         annotations=self.chat.annotate(self.prep, text + tail, len(text)))
