@@ -44,6 +44,7 @@ log = logging.getLogger("pubmind.server")
 
 PLAIN = ":plain"
 KNOWN_FIELDS = frozenset(f.name for f in msgspec.structs.fields(ChatCompletionRequest))
+MAX_UNKNOWN_LOGGED = 1000  # names remembered for log-once (clients choose them: the set must stay bounded)
 _unknown_seen: set[str] = set()
 _unknown_lock = threading.Lock()
 
@@ -52,7 +53,7 @@ def note_unknown_fields(names: Iterable[str]) -> list[str]:
     """Request fields outside the schema: ignored (chat UIs add their own), each logged once per process."""
     unknown = sorted(set(names) - KNOWN_FIELDS)
     with _unknown_lock:
-        new = [n for n in unknown if n not in _unknown_seen]
+        new = [n for n in unknown if n not in _unknown_seen][:max(0, MAX_UNKNOWN_LOGGED - len(_unknown_seen))]
         _unknown_seen.update(new)
     for name in new:
         log.warning("/v1/chat/completions: ignoring unknown request field %r (logged once)", name[:100])
