@@ -115,6 +115,10 @@ class SyncSettings(BaseModel):
     backoff_seconds: float = Field(2.0, ge=0, description="First retry delay; doubles each retry.")
     max_backoff_seconds: float = Field(60.0, ge=0, description="Longest delay between two retries.")
     timeout_seconds: float = Field(120.0, gt=0, description="Connect/read timeout of one request (seconds).")
+    interval_hours: float = Field(
+        0.0, ge=0, description="'pubmind serve' runs a sync this often (e.g. 24 for daily; 0: never), swapping the "
+        "new index generation in live; results go to the log, metrics and the audit trail.")
+    first_delay_seconds: float = Field(300.0, ge=0, description="Wait after start-up before the first scheduled sync.")
 
 
 class RetrievalSettings(BaseModel):

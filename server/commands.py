@@ -68,7 +68,7 @@ def serve_cmd(host: str | None, port: int | None, model: str | None, vllm_url: s
                        err=True)
             supervisor.start()
             click.echo(f"vLLM ready: pid={supervisor.pid} url={supervisor.url}", err=True)
-        app = create_app(settings, supervisor=supervisor)
+        app = create_app(settings, supervisor=supervisor, scheduled=True)  # + scheduled sync and retention
         config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, log_level=log_level,
                                 timeout_graceful_shutdown=10, lifespan="on")
         server = uvicorn.Server(config)

@@ -26,6 +26,8 @@ class Metrics:
                               registry=self.registry)
         self.unsupported = Counter("pubmind_unsupported_citations_total",
                                    "Citations of PMIDs that were not in the evidence.", registry=self.registry)
+        self.scheduled = Counter("pubmind_scheduled_runs_total", "Runs of scheduled tasks (sync, retention).",
+                                 ["task", "result"], registry=self.registry)
         self.vllm_restarts = Counter("pubmind_vllm_restarts_total", "Restarts of the supervised vLLM.",
                                      registry=self.registry)
 
