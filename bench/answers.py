@@ -66,7 +66,8 @@ def main() -> None:
               "wall_s": round(wall, 1), "s_per_question": round(wall / run["dataset"]["n"], 3),
               "generation_tokens_per_s": m["tokens_per_s"], "latency_s_mean": m["latency_s_mean"],
               "completion_tokens_mean": m["completion_tokens_mean"], "accuracy": m["accuracy"],
-              "unparseable": m["unparseable"], "vllm": run["config"]["vllm"], "run": run["id"]}
+              "unparseable": m["unparseable"], "vllm": run["config"]["vllm"], "run": run["id"],
+              "wall_includes_vllm_launch": args.vllm_url is None}
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -419,9 +419,10 @@ async def answer_all(client: VllmClient, models: Sequence[ModelSpec], prompts: S
                      max_tokens: int, *, score_gold: bool = True, concurrency: int = CONCURRENCY,
                      progress: bool = False) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
     """Per-question records per model (models one after the other, ``concurrency`` questions in flight) and
-    each model's wall seconds (generation only); the adapters must be loaded already. The gold answers are scored afterwards ONE request at a time:
-    vLLM 0.32 with LoRA enabled crashes its engine when a ``prompt_logprobs`` request shares a batch with other
-    requests (the CPU LoRA logits path sizes its indices per request, not per prompt token)."""
+    each model's wall seconds (generation only); the adapters must be loaded already. The gold answers are
+    scored afterwards ONE request at a time: vLLM 0.32 with LoRA enabled crashes its engine when a
+    ``prompt_logprobs`` request shares a batch with other requests (its LoRA logits path sizes its indices
+    per request, not per prompt token)."""
     sem = asyncio.Semaphore(concurrency)
     records: dict[str, list[dict[str, Any]]] = {}
     walls: dict[str, float] = {}
@@ -448,12 +449,15 @@ async def answer_all(client: VllmClient, models: Sequence[ModelSpec], prompts: S
 
 def _open_searcher(settings: Settings, data: dict[int, dict[str, Any]], data_sha: str, progress: bool
                    ) -> tuple[Any, Any, dict[str, Any]]:
-    """(indexer, searcher, index info) over the PubMedQA abstracts, built once per dataset under
-    $PUBMIND_HOME/eval/pubmedqa-<sha> and reused."""
+    """(indexer, searcher, index info) over the PubMedQA abstracts, built once per dataset and index
+    configuration (embedder, chunking, index kind) under $PUBMIND_HOME/eval/pubmedqa-<data>-<config> and
+    reused."""
     from retrieval.pubmedqa import build_index
     from retrieval.search import Searcher, load_reranker
 
-    s = settings.model_copy(update={"home": settings.home / "eval" / f"pubmedqa-{data_sha[:12]}"})
+    config = json.dumps([settings.embedding.model, settings.chunking.model_dump(), settings.index.kind])
+    folder = f"pubmedqa-{data_sha[:12]}-{hashlib.sha256(config.encode()).hexdigest()[:8]}"
+    s = settings.model_copy(update={"home": settings.home / "eval" / folder})
     ix = build_index(s, data, progress)
     try:
         searcher = Searcher(s, ix.store, ix.index, ix.embedder, load_reranker(s))
