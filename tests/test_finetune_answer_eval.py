@@ -218,3 +218,17 @@ def test_gate_prompts_and_scoring_of_texts_generated_elsewhere(settings: Any, ti
     assert summary["latency_s_mean"] is None  # not timed: no made-up latency
     with pytest.raises(InvalidInput):
         score_texts(prompts, texts[:2])
+
+
+def test_no_retrieval_prompts_carry_no_evidence(settings: Any, shared_data: Path) -> None:
+    from finetune.answer_eval import build_prompts
+    from generation.prompt import DECISION_INSTRUCTION
+    from retrieval.pubmedqa import load_pubmedqa
+
+    data = load_pubmedqa(shared_data / "pubmedqa/data/ori_pqal.json")
+    qs = select_questions(data, "all", 2)
+    prompts = build_prompts(settings, qs, data, "no-retrieval", tokenizer=None, max_tokens=16)
+    assert [p.evidence for p in prompts] == [[], []]
+    assert prompts[0].messages[-1]["content"].endswith(DECISION_INSTRUCTION)
+    records = [rec(p.q.pmid, p.q.gold, p.q.gold, p.evidence, []) for p in prompts]
+    assert summarize(records)["citation_recall"] is None  # nothing to cite: not scored as 0
