@@ -40,14 +40,18 @@ def test_pubmedqa_conversion_and_import(cli: CliRunner, settings: Settings, shar
     out = tmp_path / "pqa.jsonl"
     code, stdout, _ = run(cli, settings, "feedback", "pubmedqa", str(shared_data / "pubmedqa/data/ori_pqal.json"),
                           str(out), "--limit", "3")
-    assert code == 0 and "wrote 3 corrections" in stdout
+    assert code == 0
+    assert "wrote 3 corrections" in stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows[0]["pmids"] == [21645374] and rows[0]["corrected_answer"].endswith("[PMID:21645374]")
+    assert rows[0]["pmids"] == [21645374]
+    assert rows[0]["corrected_answer"].endswith("[PMID:21645374]")
     assert rows[0]["corrected_answer"].split(".")[0] in ("Yes", "No", "Maybe")
     code, stdout, _ = run(cli, settings, "feedback", "import", str(out), "--accept", "--curator", "alice")
-    assert code == 0 and "imported 3 corrections" in stdout
+    assert code == 0
+    assert "imported 3 corrections" in stdout
     accepted = CorrectionStore(settings.app_db).accepted()
-    assert len(accepted) == 3 and {f.curator for f in accepted} == {"alice"}
+    assert len(accepted) == 3
+    assert {f.curator for f in accepted} == {"alice"}
     assert accepted[0].source == "import:pqa.jsonl"
 
 
@@ -64,7 +68,8 @@ def test_import_is_all_or_nothing(cli: CliRunner, settings: Settings, ft_article
     code, _, stderr = run(cli, settings, "feedback", "import", str(path))
     assert code == 2
     assert "bad.jsonl:2: corrected_answer cites PMIDs not in the corpus: [5555]" in stderr
-    assert "bad.jsonl:3: invalid JSON" in stderr and "bad.jsonl:4: unknown fields ['colour']" in stderr
+    assert "bad.jsonl:3: invalid JSON" in stderr
+    assert "bad.jsonl:4: unknown fields ['colour']" in stderr
     assert "3 invalid lines" in stderr
     assert CorrectionStore(settings.app_db).find() == []
 
@@ -72,7 +77,8 @@ def test_import_is_all_or_nothing(cli: CliRunner, settings: Settings, ft_article
 def test_review_and_adapters_promote_rollback(cli: CliRunner, settings: Settings, tmp_path: Path) -> None:
     fb = CorrectionStore(settings.app_db).add(question="Q?", corrected_answer="A", pmids=[], curator="c")
     code, stdout, _ = run(cli, settings, "feedback", "review", fb.id, "--status", "accepted")
-    assert code == 0 and CorrectionStore(settings.app_db).get(fb.id).status == "accepted"
+    assert code == 0
+    assert CorrectionStore(settings.app_db).get(fb.id).status == "accepted"
     src = tmp_path / "src"
     src.mkdir()
     (src / "adapter_config.json").write_text("{}")
@@ -80,15 +86,20 @@ def test_review_and_adapters_promote_rollback(cli: CliRunner, settings: Settings
     for _ in range(2):
         reg.create_version("onco", src, {"base_model": "tiny"})
     code, stdout, _ = run(cli, settings, "adapters", "promote", "onco", "1")
-    assert code == 0 and json.loads(stdout)["lora_name"] == "onco@v1"
+    assert code == 0
+    assert json.loads(stdout)["lora_name"] == "onco@v1"
     code, stdout, _ = run(cli, settings, "adapters", "promote", "onco", "2")
     served = json.loads(stdout)["served"]
-    assert served["serving"] == "onco@v2" and "not reachable" in served["vllm"]  # said, not hidden
+    assert served["serving"] == "onco@v2"
+    assert "not reachable" in served["vllm"]  # said, not hidden
     code, stdout, _ = run(cli, settings, "adapters", "rollback", "onco")
-    assert code == 0 and json.loads(stdout)["current"] == 1
+    assert code == 0
+    assert json.loads(stdout)["current"] == 1
     code, stdout, _ = run(cli, settings, "adapters", "list")
     assert json.loads(stdout)[0]["current"] == 1
     code, _, stderr = run(cli, settings, "adapters", "promote", "onco", "7")
-    assert code == 1 and "has no version 7" in stderr
+    assert code == 1
+    assert "has no version 7" in stderr
     code, _, stderr = run(cli, settings, "retune", "--adapter", "onco", "--min-examples", "5")
-    assert code == 1 and "1 accepted corrections, a re-tune needs min_examples=5" in stderr
+    assert code == 1
+    assert "1 accepted corrections, a re-tune needs min_examples=5" in stderr

@@ -80,15 +80,18 @@ def test_examples_use_the_serving_prompt_with_distractors(ft_questions: dict[int
     ds = build_dataset([fb(Q[target.pmid], answer, [target.pmid])], corpus=fake_corpus, retrieve=fake_retriever,
                        tokenizer=tiny_tokenizer, settings=s)
     (ex,) = ds.examples
-    assert ex.target == answer and ex.cited_pmids == [target.pmid]
-    assert target.pmid in ex.evidence_pmids and len(ex.evidence_pmids) == 3  # cited + 2 distractors
+    assert ex.target == answer
+    assert ex.cited_pmids == [target.pmid]
+    assert target.pmid in ex.evidence_pmids
+    assert len(ex.evidence_pmids) == 3  # cited + 2 distractors
     hits = fake_retriever(Q[target.pmid], 10)
     expected_order = [h.pmid for h in hits if h.pmid in ex.evidence_pmids]
     assert ex.evidence_pmids == expected_order  # retrieval rank order, like the server
     evidence_items = [fake_corpus.articles[p] for p in ex.evidence_pmids]
     text, used = render_evidence(evidence_items, tiny_tokenizer, 400)
     assert ex.prompt_messages == build_messages(Q[target.pmid], text)  # exactly what the server would send
-    assert ex.prompt_messages[0]["content"] == SYSTEM_PROMPT and used == ex.evidence_pmids
+    assert ex.prompt_messages[0]["content"] == SYSTEM_PROMPT
+    assert used == ex.evidence_pmids
 
 
 def test_cited_article_the_retriever_missed_is_added(settings: Settings, tiny_tokenizer: Any, fake_corpus: Any,
@@ -98,8 +101,10 @@ def test_cited_article_the_retriever_missed_is_added(settings: Settings, tiny_to
     ds = build_dataset([fb("unrelated words entirely", f"No [PMID:{other.pmid}]", [])], corpus=fake_corpus,
                        retrieve=lambda q, k: ft_articles[:2], tokenizer=tiny_tokenizer, settings=s)
     (ex,) = ds.examples
-    assert other.pmid in ex.evidence_pmids and ft_articles[0].pmid in ex.evidence_pmids
-    assert ex.cited_pmids == [other.pmid] and len(ex.evidence_pmids) == 2
+    assert other.pmid in ex.evidence_pmids
+    assert ft_articles[0].pmid in ex.evidence_pmids
+    assert ex.cited_pmids == [other.pmid]
+    assert len(ex.evidence_pmids) == 2
 
 
 def test_loss_mask_covers_the_answer_only(ft_questions: dict[int, str], settings: Settings, tiny_tokenizer: Any, fake_corpus: Any,
@@ -116,9 +121,11 @@ def test_loss_mask_covers_the_answer_only(ft_questions: dict[int, str], settings
     assert row["input_ids"][:n] == prompt_ids  # the serving prompt, token for token
     assert row["labels"][:n] == [IGNORE_INDEX] * n
     answer_labels = row["labels"][n:]
-    assert IGNORE_INDEX not in answer_labels and answer_labels == row["input_ids"][n:]
+    assert IGNORE_INDEX not in answer_labels
+    assert answer_labels == row["input_ids"][n:]
     decoded = tiny_tokenizer.decode(answer_labels)
-    assert decoded.startswith(f"Yes, it does [PMID:{a.pmid}].") and "<|end|>" in decoded  # learns to stop
+    assert decoded.startswith(f"Yes, it does [PMID:{a.pmid}].")
+    assert "<|end|>" in decoded  # learns to stop
     assert tokenize_example(tiny_tokenizer, ex, n) is None  # too long for max_seq_len: reported, not cut
 
 
@@ -151,7 +158,8 @@ def test_duplicates_removed_hash_versioning_and_files(ft_questions: dict[int, st
     rest = [fb(Q[x.pmid], f"Answer [PMID:{x.pmid}]", [x.pmid], created_at=3.0) for x in (b, c)]
     kw = dict(corpus=fake_corpus, retrieve=fake_retriever, tokenizer=tiny_tokenizer, settings=s)
     ds = build_dataset([new, *rest, old], **kw)
-    assert ds.duplicates_removed == 1 and len(ds.examples) == 3
+    assert ds.duplicates_removed == 1
+    assert len(ds.examples) == 3
     assert [e.target for e in ds.examples if e.feedback_id == "fb_new"] == [f"New answer [PMID:{a.pmid}]"]
     again = build_dataset([old, *reversed(rest), new], **kw)  # same corrections, other order
     assert again.hash == ds.hash
@@ -162,7 +170,9 @@ def test_duplicates_removed_hash_versioning_and_files(ft_questions: dict[int, st
     path = write_dataset(ds, tmp_path / "ds")
     assert path.name == f"dataset-{ds.hash[:12]}.jsonl"
     back = read_dataset(path)
-    assert back.hash == ds.hash and back.examples == ds.examples and back.duplicates_removed == 1
+    assert back.hash == ds.hash
+    assert back.examples == ds.examples
+    assert back.duplicates_removed == 1
     path.write_text(path.read_text().replace("New answer", "Tampered"))
     with pytest.raises(InvalidInput, match="does not match its content hash"):
         read_dataset(path)

@@ -80,10 +80,12 @@ def test_bad_corrections_are_refused(loop: dict[str, Any]) -> None:
             r = c.post("/v1/feedback", json=body)
             assert r.status_code in (400, 404), r.text
             err = r.json()["error"]
-            assert err["param"] == param and msg in err["message"], err
+            assert err["param"] == param, err
+            assert msg in err["message"], err
     with http(loop, "reader") as c:
         r = c.post("/v1/feedback", json={"question": "q", "corrected_answer": item["answer"]})
-        assert r.status_code == 403 and "needs role 'curator'" in r.json()["error"]["message"]
+        assert r.status_code == 403
+        assert "needs role 'curator'" in r.json()["error"]["message"]
 
 
 def test_correct_retune_promote_serve_rollback(loop: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,7 +106,8 @@ def test_correct_retune_promote_serve_rollback(loop: dict[str, Any], monkeypatch
                                                    "rating": 1, "note": "curated in the e2e test"})
             assert r.status_code == 201, r.text
             fb = r.json()
-            assert fb["question"] == it["question"] and fb["curator"].startswith("curator")
+            assert fb["question"] == it["question"]
+            assert fb["curator"].startswith("curator")
             assert fb["provenance"]["adapter_version"] == f"{ADAPTER}@v1"
             assert fb["provenance"]["retrieved_pmids"] == [e["pmid"] for e in before[it["pmid"]]["evidence"]]
             assert fb["provenance"]["original_answer"] == before[it["pmid"]]["answer"]
@@ -112,7 +115,8 @@ def test_correct_retune_promote_serve_rollback(loop: dict[str, Any], monkeypatch
         assert reader.patch(f"/v1/feedback/{ids[0]}", json={"status": "accepted"}).status_code == 403
         for fid in ids:
             r = curator.patch(f"/v1/feedback/{fid}", json={"status": "accepted"})
-            assert r.status_code == 200 and r.json()["status"] == "accepted", r.text
+            assert r.status_code == 200, r.text
+            assert r.json()["status"] == "accepted", r.text
         listed = curator.get("/v1/feedback", params={"status": "accepted"}).json()
         assert {f["id"] for f in listed["data"]} == set(ids)
 
@@ -124,7 +128,8 @@ def test_correct_retune_promote_serve_rollback(loop: dict[str, Any], monkeypatch
         assert r.status_code == 202, r.text
         job_id = r.json()["job_id"]
         r2 = admin.post("/v1/retune", json={"adapter": ADAPTER, "min_examples": N_CORRECTIONS})
-        assert r2.status_code == 409 and job_id in r2.json()["error"]["message"]
+        assert r2.status_code == 409
+        assert job_id in r2.json()["error"]["message"]
 
         # 4. progress, then the outcome
         steps_seen: set[int] = set()
@@ -140,10 +145,15 @@ def test_correct_retune_promote_serve_rollback(loop: dict[str, Any], monkeypatch
             time.sleep(1.0)
         assert job["status"] == "succeeded", job
         assert len(steps_seen) >= 2  # progress was visible while training
-        assert job["version"] == 2 and job["lora_name"] == f"{ADAPTER}@v2" and job["promoted"] is True
+        assert job["version"] == 2
+        assert job["lora_name"] == f"{ADAPTER}@v2"
+        assert job["promoted"] is True
         ev = job["evaluation"]
-        assert ev["backend"].startswith("vllm") and ev["baseline"] == f"{ADAPTER}@v1" and ev["promote"]
-        assert ev["heldout"] >= 1 and job["training"]["tokens_per_second"] > 0
+        assert ev["backend"].startswith("vllm")
+        assert ev["baseline"] == f"{ADAPTER}@v1"
+        assert ev["promote"]
+        assert ev["heldout"] >= 1
+        assert job["training"]["tokens_per_second"] > 0
         # the gate saw (through vLLM) that v2 reproduces the corrections and v1 does not
         assert ev["candidate_trained_metrics"]["answer_f1"] > ev["baseline_trained_metrics"]["answer_f1"] + 0.5
         train_questions = [e for e in _dataset(loop, job_id) if e["split"] == "train"]
@@ -167,11 +177,13 @@ def test_correct_retune_promote_serve_rollback(loop: dict[str, Any], monkeypatch
         assert admin.post(f"/v1/adapters/{ADAPTER}/rollback").status_code == 200
         it = by_q[train_questions[0]["question"]]
         again = ask(reader, it["question"], ADAPTER)
-        assert again["adapter"] == f"{ADAPTER}@v1" and it["phrase"] not in again["answer"]
+        assert again["adapter"] == f"{ADAPTER}@v1"
+        assert it["phrase"] not in again["answer"]
         assert again["answer"] == before[it["pmid"]]["answer"]  # greedy: exactly what v1 said before
         assert curator.post(f"/v1/adapters/{ADAPTER}/promote", json={"version": 2}).status_code == 403
         r = admin.post(f"/v1/adapters/{ADAPTER}/promote", json={"version": 2})
-        assert r.status_code == 200 and r.json()["lora_name"] == f"{ADAPTER}@v2"
+        assert r.status_code == 200
+        assert r.json()["lora_name"] == f"{ADAPTER}@v2"
         assert it["phrase"] in ask(reader, it["question"], f"{ADAPTER}@v2")["answer"]
         assert admin.post(f"/v1/adapters/{ADAPTER}/promote", json={"version": 9}).status_code == 404
     print(f"\ne2e re-tune loop: {time.monotonic() - t_start:.1f}s, training {job['training']}")
@@ -194,17 +206,21 @@ def test_cancel_through_the_api_keeps_the_served_version(loop: dict[str, Any],
         job_id = r.json()["job_id"]
         deadline = time.monotonic() + 120
         while not (job := admin.get(f"/v1/retune/{job_id}").json())["progress"].get("step"):
-            assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+            assert job["status"] in ("queued", "running"), job
+            assert time.monotonic() < deadline, job
             time.sleep(0.5)
         r = admin.delete(f"/v1/retune/{job_id}")
-        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "cancelled", r.text
         assert admin.delete(f"/v1/retune/{job_id}").status_code == 409
         assert job_id in [j["job_id"] for j in admin.get("/v1/retune").json()["data"]]
         assert admin.get("/v1/retune/job_nope").status_code == 404
         after = next(a for a in reader.get("/v1/adapters").json()["data"] if a["name"] == ADAPTER)
-        assert after["current"] == ours["current"] and len(after["versions"]) == len(ours["versions"])
+        assert after["current"] == ours["current"]
+        assert len(after["versions"]) == len(ours["versions"])
         r = admin.post("/v1/retune", json={"adapter": ADAPTER, "hyperparameters": {"lora_r": 64}})
-        assert r.status_code == 400 and r.json()["error"]["param"] == "hyperparameters.lora_r"
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "hyperparameters.lora_r"
 
 
 def _dataset(loop: dict[str, Any], job_id: str) -> list[dict[str, Any]]:

@@ -20,7 +20,8 @@ def test_token_f1() -> None:
     assert token_f1("a b c d", "a b x y") == pytest.approx(0.5)  # p = r = 2/4
     assert token_f1("a a b", "a b b") == pytest.approx(2 / 3)  # counts clipped: common a, b
     assert token_f1("nothing shared", "other words") == 0.0
-    assert token_f1("", "") == 1.0 and token_f1("", "x") == 0.0
+    assert token_f1("", "") == 1.0
+    assert token_f1("", "x") == 0.0
 
 
 def test_rouge_l() -> None:
@@ -54,9 +55,11 @@ def test_score_answers_citation_metrics() -> None:
 def test_gate_decision_tolerance() -> None:
     base = {"citation_validity": 0.8, "citation_recall": 0.5, "answer_f1": 0.4, "rouge_l": 0.3}
     ok, reasons = gate_decision({**base, "answer_f1": 0.39}, base, 0.02)  # worse, within tolerance
-    assert ok and len(reasons) == 4
+    assert ok
+    assert len(reasons) == 4
     bad, reasons = gate_decision({**base, "citation_validity": 0.7}, base, 0.02)
-    assert not bad and any(r.startswith("citation_validity 0.700 < baseline 0.800") for r in reasons)
+    assert not bad
+    assert any(r.startswith("citation_validity 0.700 < baseline 0.800") for r in reasons)
     better, _ = gate_decision({k: v + 0.1 for k, v in base.items()}, base, 0.0)
     assert better
     # a metric only one side reports (PubMedQA not configured for the baseline) is not compared

@@ -51,13 +51,16 @@ def test_submit_needs_enough_accepted_corrections(runner: JobRunner) -> None:
 
 def test_cancel_kills_the_job_process(runner: JobRunner, settings: Settings) -> None:
     job = runner.submit("onco", hyperparameters={"epochs": 1}, created_by="admin1")
-    assert job.pid and job_process_alive(job.pid, job.id)
+    assert job.pid
+    assert job_process_alive(job.pid, job.id)
     spec = json.loads((settings.jobs_dir / job.id / "job.json").read_text())
-    assert spec["hyperparameters"]["epochs"] == 1 and spec["settings"]["home"] == str(settings.home)
+    assert spec["hyperparameters"]["epochs"] == 1
+    assert spec["settings"]["home"] == str(settings.home)
     with pytest.raises(Conflict, match="already has an active re-tune job"):
         runner.submit("onco", created_by="admin1")
     done = runner.cancel(job.id)
-    assert done.status == "cancelled" and done.finished_at
+    assert done.status == "cancelled"
+    assert done.finished_at
     assert not job_process_alive(job.pid, job.id)
     with pytest.raises(Conflict, match="already finished with status 'cancelled'"):
         runner.cancel(job.id)
@@ -69,7 +72,8 @@ def test_a_crashed_job_process_is_reported_failed(runner: JobRunner) -> None:
     runner.command = (sys.executable, "-c", "import sys; sys.exit(3)")
     job = runner.submit("onco", created_by="admin")
     done = runner.wait(job.id, timeout=30, poll=0.1)
-    assert done.status == "failed" and "exited with code 3" in done.error
+    assert done.status == "failed"
+    assert "exited with code 3" in done.error
 
 
 def test_restart_reports_a_running_job_whose_process_died_as_failed(settings: Settings) -> None:
@@ -84,7 +88,8 @@ def test_restart_reports_a_running_job_whose_process_died_as_failed(settings: Se
     restarted = JobRunner(settings, JobStore(settings.app_db), CorrectionStore(settings.app_db))
     assert restarted.recover() == [job.id]
     failed = restarted.get(job.id)
-    assert failed.status == "failed" and "interrupted" in failed.error
+    assert failed.status == "failed"
+    assert "interrupted" in failed.error
     assert restarted.recover() == []
 
 

@@ -32,14 +32,17 @@ def test_versions_are_numbered_and_carry_their_manifest(reg: AdapterRegistry, tm
     assert (v1.version, v1.lora_name, v2.lora_name) == (1, "onco@v1", "onco@v2")
     assert Path(v2.path) == reg.root / "onco" / "v2"
     assert json.loads((Path(v2.path) / "adapter_config.json").read_text())["tag"] == "b"
-    assert v1.manifest["dataset_hash"] == "h1" and v1.manifest["created_at"] > 0
-    assert reg.names() == ["onco"] and [v.version for v in reg.versions("onco")] == [1, 2]
+    assert v1.manifest["dataset_hash"] == "h1"
+    assert v1.manifest["created_at"] > 0
+    assert reg.names() == ["onco"]
+    assert [v.version for v in reg.versions("onco")] == [1, 2]
     assert reg.current("onco") is None  # created, not promoted
     with pytest.raises(NotFound, match="no promoted version"):
         reg.resolve("onco")
     assert reg.resolve("onco@v2", any_version=True).version == 2
     updated = reg.update_manifest("onco", 2, evaluation={"promote": True})
-    assert updated.manifest["evaluation"] == {"promote": True} and updated.manifest["base_model"] == "tiny"
+    assert updated.manifest["evaluation"] == {"promote": True}
+    assert updated.manifest["base_model"] == "tiny"
 
 
 def test_resolve_errors(reg: AdapterRegistry, tmp_path: Path) -> None:

@@ -39,7 +39,8 @@ def test_all_fit_with_keys_and_metadata() -> None:
     assert p[1].startswith("[PMID:22] Title 22 (J Test, 2001)\n")
     assert TRUNCATED not in text
     text, used = render_evidence([hit(5, "  some   chunk\ntext ")], words, 100)
-    assert text == "[PMID:5] Hit 5 (Lancet)\nsome chunk text" and used == [5]
+    assert text == "[PMID:5] Hit 5 (Lancet)\nsome chunk text"
+    assert used == [5]
 
 
 @pytest.mark.parametrize("budget", [1, 10, 30, 45, 60, 75, 90, 200])
@@ -68,19 +69,22 @@ def test_truncation_with_a_real_tokenizer() -> None:
     one = len(tok.encode(render_evidence(arts[:1], tok, 10_000)[0], add_special_tokens=False))
     text, used = render_evidence(arts, tok, one + 60)  # passage 1 whole, passage 2 cut
     assert len(tok.encode(text, add_special_tokens=False)) <= one + 60
-    assert used == [1, 2] and text.endswith(TRUNCATED)
+    assert used == [1, 2]
+    assert text.endswith(TRUNCATED)
 
 
 def test_small_remainder_is_left_out_not_cut_to_nothing() -> None:
     arts = [article(1, 10), article(2, 100)]
     need = words(render_evidence(arts[:1], words, 1000)[0])
     text, used = render_evidence(arts, words, need + 8)  # room for header + a few words only
-    assert used == [1] and TRUNCATED not in text
+    assert used == [1]
+    assert TRUNCATED not in text
 
 
 def test_duplicate_pmids_rendered_once() -> None:
     text, used = render_evidence([hit(5, "a b"), hit(5, "c d")], words, 100)
-    assert used == [5] and text.count("[PMID:5]") == 1
+    assert used == [5]
+    assert text.count("[PMID:5]") == 1
 
 
 def test_render_rejects_bad_input() -> None:
@@ -92,7 +96,9 @@ def test_render_rejects_bad_input() -> None:
 
 def test_system_prompt_contract() -> None:
     assert INSUFFICIENT == "The retrieved literature does not answer this question."
-    assert INSUFFICIENT in SYSTEM_PROMPT and "[PMID:" in SYSTEM_PROMPT and "ONLY" in SYSTEM_PROMPT
+    assert INSUFFICIENT in SYSTEM_PROMPT
+    assert "[PMID:" in SYSTEM_PROMPT
+    assert "ONLY" in SYSTEM_PROMPT
 
 
 def test_build_messages() -> None:
@@ -107,7 +113,8 @@ def test_build_messages() -> None:
     assert e.value.param == "question"
     with pytest.raises(InvalidInput) as e:
         build_messages("q", "ev", [{"role": "system", "content": "x"}])
-    assert e.value.param == "history" and "history[0]" in e.value.message
+    assert e.value.param == "history"
+    assert "history[0]" in e.value.message
 
 
 def test_evidence_room_is_capped_by_context_and_shrinks_with_history(tiny_model_dir) -> None:
