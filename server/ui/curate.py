@@ -21,6 +21,7 @@ from finetune.store import AnswerStore, Correction, CorrectionStore
 from generation.citations import cited_pmids
 from pubmind.audit import AuditEntry, AuditLog
 from pubmind.errors import Forbidden, InvalidInput
+from pubmind.records import Article
 from pubmind.settings import Settings
 from retrieval.store import CorpusStore
 from server.auth import Principal, require_role
@@ -35,6 +36,14 @@ UiRequest = Request[Principal, Any, Any]
 CURATOR = [require_role("curator")]
 MAX_IMPORT_LINES = 5_000
 _STATUSES = ("pending", "accepted", "rejected")
+
+
+def _label(article: Article | None, n: int = 110) -> str:
+    """An article's title, or the start of its abstract when it has none."""
+    if article is None:
+        return "(not in the corpus)"
+    text = article.title or article.abstract_text
+    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + "…"
 
 
 def _html(body: str, status: int = 200) -> Response[str]:
@@ -60,8 +69,8 @@ async def _editor(request: UiRequest, answers: AnswerStore, ratings: RatingStore
         ask = await anyio.to_thread.run_sync(ratings.ask, answer_id)
         pmids = [int(e["pmid"]) for e in ask.evidence] if ask else [p for p, _ in ans.retrieved]
         arts = await anyio.to_thread.run_sync(corpus.get_many, pmids)
-        evidence = [{"pmid": p, "title": arts[p].title if p in arts else "", "year": arts[p].year if p in arts else None,
-                     "journal": arts[p].journal if p in arts else ""} for p in pmids]
+        evidence = [{"pmid": p, "title": _label(arts.get(p)), "year": arts[p].year if p in arts else None}
+                    for p in pmids]
     cited = set(cited_pmids(ans.answer)) if ans else set()
     return page("curate_editor.html", request, ans=ans, evidence=evidence, cited=cited)
 
@@ -85,7 +94,7 @@ async def check(request: UiRequest, corpus: NamedDependency[CorpusStore]) -> Res
     text = form_value(form, "corrected_answer", max_chars=20_000)
     pmids = cited_pmids(text)
     found = await anyio.to_thread.run_sync(corpus.get_many, pmids)
-    rows = [{"pmid": p, "title": found[p].title if p in found else None, "ok": p in found} for p in pmids]
+    rows = [{"pmid": p, "title": _label(found.get(p)), "ok": p in found} for p in pmids]
     return _html(render(request, "_pmid_check.html", rows=rows))
 
 
@@ -161,7 +170,7 @@ async def correction(request: UiRequest, correction_id: FromPath[str], feedback_
     history = review_history(await feedback_service.history(correction_id),
                              await anyio.to_thread.run_sync(ui_ratings.reviews, correction_id))
     arts = await anyio.to_thread.run_sync(corpus.get_many, list(dict.fromkeys([*fb.pmids, *cited_pmids(fb.corrected_answer)])))
-    pmids = [{"pmid": p, "title": arts[p].title if p in arts else "(not in the corpus)"} for p in fb.pmids]
+    pmids = [{"pmid": p, "title": _label(arts.get(p))} for p in fb.pmids]
     return page("correction.html", request, fb=fb, history=history, pmids=pmids,
                 answer=answer_html(fb.corrected_answer, list(arts)),
                 original=answer_html(str(fb.provenance.get("original_answer") or ""),

@@ -16,7 +16,7 @@ from markupsafe import Markup
 from pubmind.errors import InvalidInput, PubmindError
 from pubmind.records import Article
 from server.auth import Principal, Role
-from server.errors import error_body
+from server.errors import EXCEPTION_HANDLERS, error_body
 from server.ui.render import highlight
 
 # (label, path, least role). Pages are shown in the navigation only to roles that may open them.
@@ -59,8 +59,6 @@ def error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]
         if status == 404:
             message = f"No page at {request.url.path}"
     else:
-        from server.errors import EXCEPTION_HANDLERS
-
         return EXCEPTION_HANDLERS[Exception](request, exc)  # logged, generic 500
     if request.url.path.startswith("/ui/") and request.headers.get("accept", "").startswith("application/json"):
         return Response(error_body(message, status), status_code=status)
