@@ -172,6 +172,29 @@ def test_reader_cannot_post_curate_forms(tab: Any, ui_live: UiLive) -> None:
     assert r.status == 403
 
 
+MY_PAGES = ["/ui/ask", "/ui/my", "/ui/curate", "/ui/curate/corrections", "/ui/curate/new", "/ui/curate/import"]
+CURATOR_ONLY = {"/ui/curate", "/ui/curate/corrections", "/ui/curate/new", "/ui/curate/import"}
+
+
+@pytest.mark.parametrize("role", ["reader", "curator", "admin"])
+def test_each_page_for_each_role(tab: Any, role: str) -> None:
+    """Every Ask/Curate page opens for the roles allowed (no console errors) and is 403 for the others."""
+    s = tab(role)
+    got = {p: s.goto(p).status for p in MY_PAGES}
+    want = {p: 403 if role == "reader" and p in CURATOR_ONLY else 200 for p in MY_PAGES}
+    assert got == want
+    assert s.errors == [m for m in s.errors if "403" in m]  # only the refused pages' own status
+
+
+@pytest.mark.parametrize("path", ["/ui/curate/corrections", "/ui/curate/check", "/ui/curate/import",
+                                  "/ui/curate/corrections/fb_x/review"])
+def test_reader_cannot_post_any_curate_form(tab: Any, path: str) -> None:
+    s = tab("reader")
+    s.goto("/ui/ask")
+    r = s.page.request.post(path, form={"_csrf_token": s.csrf(), "status": "accepted", "corrected_answer": "a"})
+    assert r.status == 403
+
+
 def test_reader_cannot_open_someone_elses_answer(tab: Any, ui_live: UiLive) -> None:
     with ui_live.client("admin") as c:
         r = c.post("/ui/ask/stream", data={"question": QUESTION}, headers={"x-csrftoken": csrf(c)})
