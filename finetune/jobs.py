@@ -203,6 +203,6 @@ def job_view(job: Job) -> dict[str, Any]:
     return {"job_id": job.id, "adapter": job.adapter, "status": job.status, "progress": job.progress,
             "version": r.get("version"), "lora_name": r.get("lora_name"), "evaluation": r.get("evaluation"),
             "promoted": r.get("promoted", False), "served": r.get("served"), "dataset": r.get("dataset"),
-            "training": r.get("training"), "stages": r.get("stages"), "error": job.error, "hyperparameters": job.hyperparameters,
+            "training": r.get("training"), "loss_history": r.get("loss_history", []), "stages": r.get("stages"), "error": job.error, "hyperparameters": job.hyperparameters,
             "min_examples": job.min_examples, "created_by": job.created_by, "created_at": job.created_at,
             "started_at": job.started_at, "finished_at": job.finished_at}

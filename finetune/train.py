@@ -206,8 +206,14 @@ def make_dataset(job: Job) -> tuple[Dataset, list[TokenRow]]:
 def train(job: Job, rows: list[TokenRow]) -> dict[str, Any]:
     """LoRA training into ``job.dir/adapter``, step and loss recorded as they come."""
     job.stage("training", step=0, total_steps=None, loss=None)
-    metrics = train_lora(job.settings, job.hp, rows, job.dir / "adapter", on_log=lambda s, t, loss, ep: job.stage(
-        "training", step=s, total_steps=t, loss=round(loss, 4), epoch=round(ep, 2)))
+    history: list[tuple[int, float]] = []  # (step, loss): the loss curve of the workbench's Re-tune page
+
+    def on_log(step: int, total: int, loss: float, epoch: float) -> None:
+        history.append((step, round(loss, 4)))
+        job.stage("training", step=step, total_steps=total, loss=round(loss, 4), epoch=round(epoch, 2))
+        job.record(loss_history=history)
+
+    metrics = train_lora(job.settings, job.hp, rows, job.dir / "adapter", on_log=on_log)
     job.record(training=metrics)
     return metrics
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pubmind.errors import ConfigError
@@ -245,6 +245,17 @@ class ServerSettings(BaseModel):
     )
 
 
+class RetunePolicy(BaseModel):
+    """When the server starts a re-tune of one adapter by itself (the evaluation gate still decides what is
+    promoted). Either trigger may be off (None); a job needs at least one correction accepted since the last."""
+
+    model_config = ConfigDict(extra="forbid")
+    after_corrections: int | None = Field(None, ge=1, le=1_000_000, description="Start a job when this many "
+                                          "corrections have been accepted since the adapter's last job.")
+    every_days: float | None = Field(None, gt=0, le=3650, description="Start a job when the adapter's last job "
+                                     "is this many days old.")
+
+
 class FinetuneSettings(BaseModel):
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
@@ -270,6 +281,10 @@ class FinetuneSettings(BaseModel):
     threads: int = Field(
         0, ge=0, description="torch CPU threads of a training job (0: torch's default; 1 is fastest on a busy CPU)."
     )
+    policies: dict[str, RetunePolicy] = Field(
+        default_factory=dict, description="Re-tune policy per adapter name, e.g. {\"onco\": {\"after_corrections\": "
+        "50, \"every_days\": 7}}; run by 'pubmind serve'. A policy set in the workbench (Re-tune page) overrides it.")
+    policy_check_seconds: float = Field(60.0, gt=0, description="How often the server checks the re-tune policies.")
 
 
 Preset = Literal["default", "test", "gpu"]

@@ -25,6 +25,7 @@ from server.auth import OPEN_PATHS, AuthMiddleware
 from server.chat.routes import router as chat_router
 from server.errors import EXCEPTION_HANDLERS
 from server.feedback.routes import router as feedback_router
+from server.keys.routes import router as keys_router
 from server.metrics import Metrics, MetricsMiddleware
 from server.query.routes import router as query_router
 from server.responses.routes import router as responses_router
@@ -40,7 +41,7 @@ from server.ui.routes import (
 )
 
 ROUTERS = [system_router, query_router, chat_router, responses_router, feedback_router, retune_router, adapters_router,
-           audit_router]
+           audit_router, keys_router]
 
 
 def _provider(name: str) -> Provide:

@@ -36,11 +36,13 @@ from server.auth import KeyStore
 from server.chat.service import ChatService
 from server.feedback.service import FeedbackService
 from server.index_holder import IndexHolder
+from server.keys.service import KeyService
 from server.metrics import Metrics
 from server.query.service import QueryService
 from server.rag import RagService
 from server.ratelimit import RateLimiter
 from server.responses.service import ResponsesService
+from server.retune.policy import PolicyService, PolicyStore
 from server.retune.service import RetuneService
 from server.system.service import SystemService
 
@@ -83,11 +85,13 @@ class Services:
     retune_service: RetuneService
     adapter_service: AdapterService
     audit_service: AuditService
+    key_service: KeyService
+    policy_service: PolicyService  # re-tune policies (its loop runs in the lifespan)
 
     async def aclose(self) -> None:
         await asyncio.shield(self.vllm.aclose())
         closers: list[Callable[[], None]] = [self.corpus.close, self.answers.close, self.corrections.close,
-                                             self.jobs.close, self.audit.close]
+                                             self.jobs.close, self.audit.close, self.policy_service.store.close]
         if self.key_store is not None:
             closers.append(self.key_store.close)
         for close in closers:
@@ -123,9 +127,11 @@ def build_services(settings: Settings, supervisor: VllmSupervisor | None = None,
     runner.recover()  # re-tune jobs cut off by a restart are marked failed now
     if supervisor is not None:
         supervisor.on_restart = metrics.vllm_restarts.inc
+    key_store = KeyStore(settings.app_db) if settings.server.auth else None
+    retune_service = RetuneService(runner, jobs, audit)
     return Services(
         settings=settings, metrics=metrics, limiter=RateLimiter(settings.server.rate_limit_per_minute),
-        key_store=KeyStore(settings.app_db) if settings.server.auth else None, supervisor=supervisor, vllm=vllm,
+        key_store=key_store, supervisor=supervisor, vllm=vllm,
         corpus=corpus, answers=answers, corrections=corrections, jobs=jobs, audit=audit, registry=registry,
         deployer=deployer,
         index=index, rag=rag, query_service=QueryService(rag),
@@ -133,9 +139,10 @@ def build_services(settings: Settings, supervisor: VllmSupervisor | None = None,
         system_service=SystemService(vllm=vllm, supervisor=supervisor, index=index, corpus=corpus, metrics=metrics),
         feedback_service=FeedbackService(settings=settings, corrections=corrections, answers=answers, corpus=corpus,
                                          audit=audit),
-        retune_service=RetuneService(runner, jobs, audit),
+        retune_service=retune_service,
         adapter_service=AdapterService(registry, deployer, audit),
-        audit_service=AuditService(audit),
+        audit_service=AuditService(audit), key_service=KeyService(key_store, audit),
+        policy_service=PolicyService(settings, PolicyStore(settings.app_db), retune_service, jobs, corrections),
     )
 
 
@@ -150,6 +157,7 @@ def make_lifespan(settings: Settings, supervisor: VllmSupervisor | None, metrics
         for name in SERVICE_NAMES:
             app.state[name] = getattr(services, name)
         running = scheduler.start(scheduler.scheduled_tasks(settings), metrics) if scheduled else []
+        running.append(asyncio.create_task(services.policy_service.run(), name="retune-policies"))
         try:
             yield
         finally:

@@ -39,6 +39,9 @@ API: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/adapters/{name:str}/promote"): "admin",
     ("POST", "/v1/adapters/{name:str}/rollback"): "admin",
     ("GET", "/v1/audit"): "admin",
+    ("GET", "/v1/keys"): "admin",
+    ("POST", "/v1/keys"): "admin",
+    ("DELETE", "/v1/keys/{name:str}"): "admin",
 }
 # Documentation and the web workbench (whose pages check the signed-in role themselves: tests/test_ui_*.py)
 # are listed by prefix; they are not key-authenticated API routes.

@@ -29,7 +29,7 @@ from litestar.template.config import TemplateConfig
 from finetune.ratings import RatingStore
 from pubmind.errors import PubmindError
 from pubmind.settings import Settings
-from server.ui import curate, pages
+from server.ui import admin, curate, dashboard, pages
 from server.ui.facets import FacetCache
 from server.ui.render import markdown
 from server.ui.session import SessionMiddleware, Sessions, csrf_config
@@ -38,7 +38,7 @@ from server.ui.views import ago, error_page
 HERE = Path(__file__).parent
 UI_STATE = ("ui_sessions", "ui_ratings", "ui_facets")
 EXCLUDE_FROM_BEARER = ["^/ui(/|$)", "^/$"]
-_PAGES = [pages, curate]
+_PAGES = [pages, curate, admin, dashboard]
 
 
 def _state(name: str) -> Provide:

@@ -25,6 +25,10 @@ NAV: list[tuple[str, str, Role]] = [
     ("My questions", "/ui/my", "reader"),
     ("Curate", "/ui/curate", "curator"),
     ("Corrections", "/ui/curate/corrections", "curator"),
+    ("Dashboard", "/ui/dashboard", "curator"),
+    ("Models", "/ui/models", "admin"),
+    ("Re-tune", "/ui/retune", "admin"),
+    ("Keys", "/ui/keys", "admin"),
 ]
 
 
