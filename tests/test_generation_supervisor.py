@@ -131,19 +131,20 @@ def test_vllm_client_against_real_server(vllm_server: str, tmp_path: Path) -> No
 
 # ---- supervision against a fake vLLM (no vLLM needed) ---------------------------------------------------
 FAKE_VLLM = r'''
-import json, os, sys, time
+import json, os, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 args = sys.argv[1:]
 port = int(args[args.index("--port") + 1])
-mode = os.environ.get("FAKE_MODE", "")  # "exit:S" exits after S seconds, "hang:S" stops answering after S seconds
+# "exit:S" exits S seconds after its first /health answer, "hang:S" stops answering S seconds after it
+mode = os.environ.get("FAKE_MODE", "")
 if "--lora-modules" in args:  # like vLLM: a module it cannot load on its command line stops the whole server
     for module in args[args.index("--lora-modules") + 1:]:
         if module.startswith("--"):
             break
         if not os.path.isdir(module.split("=", 1)[1]):
             sys.exit(f"cannot load LoRA module {module}")
-key, loaded, born = os.environ.get("VLLM_API_KEY"), ["base"], time.monotonic()
+key, loaded, born = os.environ.get("VLLM_API_KEY"), ["base"], []  # born: time of the first /health answer
 
 
 class H(BaseHTTPRequestHandler):
@@ -159,7 +160,7 @@ class H(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def guard(self):
-        if mode.startswith("hang:") and time.monotonic() - born > float(mode[5:]):
+        if mode.startswith("hang:") and born and time.monotonic() - born[0] > float(mode[5:]):
             time.sleep(3600)
         if self.path.startswith("/v1") and key and self.headers.get("Authorization") != f"Bearer {key}":
             self.reply(401, {"error": {"message": "Unauthorized"}})
@@ -171,6 +172,10 @@ class H(BaseHTTPRequestHandler):
             return
         if self.path == "/health":
             self.reply(200, {})
+            if not born:
+                born.append(time.monotonic())
+                if mode.startswith("exit:"):
+                    threading.Timer(float(mode[5:]), lambda: os._exit(3)).start()
         else:
             self.reply(200, {"data": [{"id": m} for m in loaded]})
 
@@ -185,11 +190,7 @@ class H(BaseHTTPRequestHandler):
         self.reply(200, {})
 
 
-server = ThreadingHTTPServer(("127.0.0.1", port), H)
-if mode.startswith("exit:"):
-    import threading
-    threading.Timer(float(mode[5:]), lambda: os._exit(3)).start()
-server.serve_forever()
+ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 '''
 
 
