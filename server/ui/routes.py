@@ -25,6 +25,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from litestar.types import ControllerRouterHandler
 
 from finetune.ratings import RatingStore
 from pubmind.errors import PubmindError
@@ -63,7 +64,7 @@ ui_router = Router(
 )
 static_router = create_static_files_router(path="/ui/static", directories=[HERE / "static"],
                                            include_in_schema=False, cache_control=None)
-ROUTE_HANDLERS = [ui_router, static_router, root]
+ROUTE_HANDLERS: list[ControllerRouterHandler] = [ui_router, static_router, root]
 
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
