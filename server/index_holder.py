@@ -88,6 +88,7 @@ class IndexHolder:
             if cur is None:
                 raise ServiceUnavailable(f"search index unavailable: {self._error}")
         elif now - self._checked >= self.reload_seconds and not self._loading.locked():
+            self._checked = now  # one look per interval, however many requests arrive meanwhile
             threading.Thread(target=self.refresh, name="index-reload", daemon=True).start()
         return cur
 
