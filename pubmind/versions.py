@@ -2,11 +2,12 @@
 
 ``stack_versions()`` gives pubmind's version and those of the libraries a result depends on (torch,
 transformers, peft, trl, sentence-transformers, faiss, vLLM), to be recorded beside answers, eval runs and
-adapter manifests. ``lock_drift()`` compares an environment with a lock in ``locks/`` (used by
-scripts/setup.sh and tests/test_install_lock.py).
+adapter manifests. ``lock_drift()`` compares an environment with a lock in ``locks/`` and ``lock_misses()`` a
+lock with pyproject.toml (used by scripts/setup.sh and tests/test_install_lock.py).
 
-Standard library only: scripts/setup.sh also runs this file with the vLLM venv's python, where pubmind is
-not installed:  python -P pubmind/versions.py --check LOCK  |  --extras LOCK
+Standard library only (``lock_misses`` aside): scripts/setup.sh also runs this file with a venv's python,
+where pubmind may not be installed:
+    python -P pubmind/versions.py --check LOCK  |  --extras LOCK  |  --covers LOCK PYPROJECT EXTRAS
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 import urllib.request
 from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
@@ -134,11 +136,43 @@ def lock_drift(locked: dict[str, str], installed: dict[str, str],
     return problems
 
 
+def pyproject_requirements(pyproject: str | Path, extras: tuple[str, ...] = ()) -> list[str]:
+    """The requirement strings of ``[project] dependencies`` plus those of the named optional extras."""
+    project = tomllib.loads(Path(pyproject).read_text())["project"]
+    return list(project["dependencies"]) + [r for e in extras for r in project["optional-dependencies"][e]]
+
+
+def lock_misses(requirements: list[str], locked: dict[str, str]) -> list[str]:
+    """One line per requirement (PEP 508 string) that a lock does not satisfy: the package is missing, or
+    its pinned version is outside the range; [] when the lock covers them all (a stale lock shows here)."""
+    from packaging.requirements import Requirement  # not stdlib: only this check needs it
+
+    misses = []
+    for text in requirements:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        have = locked.get(normalize(req.name))
+        if have is None or not req.specifier.contains(have, prereleases=True):
+            misses.append(f"{req.name}: pyproject.toml asks for {str(req.specifier) or 'any version'}, "
+                          f"the lock has {have or 'nothing'}")
+    return misses
+
+
 def _main(argv: list[str]) -> int:
     """``--check LOCK``: print the drift of this interpreter's environment from LOCK, exit 1 if any.
-    ``--extras LOCK``: print the installed packages LOCK does not list (for pip, which cannot sync)."""
+    ``--extras LOCK``: print the installed packages LOCK does not list (for pip, which cannot sync).
+    ``--covers LOCK PYPROJECT EXTRAS``: exit 1, naming them, if requirements of PYPROJECT (with the
+    comma-separated EXTRAS) are missing from LOCK or outside their range (needs ``packaging``)."""
+    if argv[:1] == ["--covers"] and len(argv) == 4:
+        misses = lock_misses(pyproject_requirements(argv[2], tuple(filter(None, argv[3].split(",")))),
+                             read_lock(argv[1]))
+        for m in misses:
+            print(f"{argv[1]} is stale: {m}", file=sys.stderr)
+        return 1 if misses else 0
     if len(argv) != 2 or argv[0] not in ("--check", "--extras"):
-        print("usage: python -P pubmind/versions.py --check LOCK | --extras LOCK", file=sys.stderr)
+        print("usage: python -P pubmind/versions.py --check LOCK | --extras LOCK | --covers LOCK PYPROJECT EXTRAS",
+              file=sys.stderr)
         return 2
     locked, installed = read_lock(argv[1]), installed_versions()
     if argv[0] == "--extras":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pubmind.versions import installed_versions, lock_drift, read_lock
+from pubmind.versions import installed_versions, lock_drift, lock_misses, pyproject_requirements, read_lock
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCKS = ROOT / "locks"
@@ -22,6 +22,13 @@ def test_app_venv_matches_app_lock() -> None:
     drift = "\n".join(lock_drift(read_lock(LOCKS / "app.txt"), installed_versions()))
     assert not drift, (f"{sys.prefix} has drifted from locks/app.txt (scripts/setup.sh syncs it back; a new "
                        f"dependency goes in pyproject.toml, then scripts/lock.sh):\n{drift}")
+
+
+def test_app_lock_covers_pyproject() -> None:
+    """Every dependency of pyproject.toml (with the extras setup installs) is in locks/app.txt, in range."""
+    misses = "\n".join(lock_misses(pyproject_requirements(ROOT / "pyproject.toml", ("minilm", "dev")),
+                                   read_lock(LOCKS / "app.txt")))
+    assert not misses, f"locks/app.txt is older than pyproject.toml (run scripts/lock.sh):\n{misses}"
 
 
 def test_app_lock_pins_the_cpu_torch() -> None:

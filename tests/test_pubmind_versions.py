@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 
 from pubmind import versions
-from pubmind.versions import installed_versions, lock_drift, read_lock, stack_versions, vllm_version
+from pubmind.versions import (
+    installed_versions,
+    lock_drift,
+    lock_misses,
+    pyproject_requirements,
+    read_lock,
+    stack_versions,
+    vllm_version,
+)
 from tests.conftest import CliResult
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +72,33 @@ def test_lock_drift_names_package_wanted_and_installed() -> None:
 def test_lock_drift_reports_missing_and_unlocked_packages() -> None:
     drift = lock_drift({"peft": "0.13.0"}, {"torchvision": "0.28.0", "pip": "26.3"})
     assert drift == ["peft: lock wants 0.13.0, installed nothing", "torchvision: installed 0.28.0, not in the lock"]
+
+
+def test_lock_misses_a_new_dependency_and_an_out_of_range_pin() -> None:
+    misses = lock_misses(["nh3>=0.2.14", "transformers>=4.45", "litestar[jinja]>=2.30", "pywin32; os_name == 'nt'"],
+                         {"transformers": "5.24.0", "litestar": "2.25.0"})
+    assert misses == ["nh3: pyproject.toml asks for >=0.2.14, the lock has nothing",
+                      "litestar: pyproject.toml asks for >=2.30, the lock has 2.25.0"]
+
+
+def test_pyproject_requirements_adds_the_named_extras(tmp_path: Path) -> None:
+    p = tmp_path / "pyproject.toml"
+    p.write_text('[project]\nname = "x"\ndependencies = ["a>=1"]\n[project.optional-dependencies]\n'
+                 'dev = ["b"]\ngpu = ["c"]\n')
+    assert pyproject_requirements(p, ("dev",)) == ["a>=1", "b"]
+
+
+def test_stale_lock_fails_the_covers_check(tmp_path: Path) -> None:
+    """The check scripts/setup.sh runs after installing: a pyproject.toml asking for a package that
+    locks/app.txt lacks exits 1 naming it."""
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text((ROOT / "pyproject.toml").read_text().replace(
+        "dependencies = [\n", 'dependencies = [\n    "not-in-the-lock>=1.0",\n', 1))
+    r = subprocess.run([sys.executable, "-P", str(ROOT / "pubmind" / "versions.py"), "--covers",
+                        str(ROOT / "locks" / "app.txt"), str(pyproject), "minilm,dev"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "not-in-the-lock: pyproject.toml asks for >=1.0, the lock has nothing" in r.stderr
 
 
 def test_a_drifted_requirement_fails_the_check(tmp_path: Path) -> None:
