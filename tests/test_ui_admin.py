@@ -7,6 +7,8 @@ job store (the real re-tune runs in tests/test_ui_loop.py)."""
 from __future__ import annotations
 
 import json
+import random
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +16,12 @@ from typing import Any
 
 import pytest
 
+from finetune.ratings import RatingStore
 from finetune.registry import AdapterRegistry
-from finetune.store import JobStore
+from finetune.store import AnswerStore, CorrectionStore, JobStore
 from pubmind.audit import AuditLog
 from server.auth import KeyStore
+from server.ui.dashboard import DAY_S
 from tests import ui_support
 from tests.ui_support import UiLive, csrf
 
@@ -68,7 +72,42 @@ def live(ui_live: UiLive, tmp_path_factory: pytest.TempPathFactory) -> UiLive:
                 result={"loss_history": [[1, 2.5]]})
     jobs.close()
     SEED.update(done=done.id, running=running.id)
+    seed_history(ui_live.settings)
     return ui_live
+
+
+def seed_history(settings: Any) -> None:
+    """Two weeks of answers, ratings, corrections and two ingested files, dated in the past (for the
+    Dashboard's screenshot and serve time)."""
+    now, rng = time.time(), random.Random(0)
+    answers, ratings, corrections = AnswerStore(settings.app_db), RatingStore(settings.app_db), CorrectionStore(settings.app_db)
+    dated: list[tuple[str, str, float]] = []  # (table, id, created_at)
+    for day in range(14):
+        for _ in range(rng.randint(3, 12)):
+            at = now - day * DAY_S - rng.uniform(0, 3600)
+            cites = [{"pmid": 1, "supported": rng.random() > 0.15} for _ in range(rng.randint(1, 3))]
+            aid = answers.record("q?", "a", "base", None, None, [], cites, {"total": rng.lognormvariate(6.5, 0.4)})
+            dated.append(("answers", aid, at))
+            if rng.random() < 0.4:
+                ratings.rate(aid, f"reader{rng.randint(1, 3)}", rng.choice([1, 1, -1]), "")
+                dated.append(("ratings", aid, at + 60))
+        if day % 2 == 0:
+            fb = corrections.add(question="q?", corrected_answer="a [PMID:1].", pmids=[1], curator="c")
+            if day % 4 == 0:
+                corrections.set_status(fb.id, "accepted", "c2")
+            dated.append(("feedback", fb.id, at))
+    for store in (answers, ratings, corrections):
+        store.close()
+    with sqlite3.connect(settings.app_db) as db:
+        for table, row_id, at in dated:
+            key = "answer_id" if table == "ratings" else "id"
+            db.execute(f"UPDATE {table} SET created_at = ? WHERE {key} = ?", (at, row_id))
+        db.execute("UPDATE feedback SET reviewed_at = created_at + 3600 WHERE reviewed_at IS NOT NULL")
+    with sqlite3.connect(settings.corpus_db) as db:
+        db.execute("INSERT INTO files VALUES (?,?,?,?)", ("pubmed-0001.xml.gz", "x", json.dumps({"inserted": 30}),
+                                                          now - 10 * DAY_S))
+        db.execute("INSERT INTO files VALUES (?,?,?,?)", ("pubmed-0002.xml.gz", "y", json.dumps({"inserted": 12,
+                                                          "deleted": 2}), now - 3 * DAY_S))
 
 
 def seed(live: UiLive) -> dict[str, str]:

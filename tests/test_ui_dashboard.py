@@ -88,12 +88,18 @@ def test_promotions_oldest_first_with_versions() -> None:
 
 def test_corpus_growth_counts_back_from_the_current_size() -> None:
     files = [(T0 + 100, 30, 5), (T0, 50, 0)]
-    assert corpus_growth(files, current=120, now=T0 + 200) == [(T0 - 1, 45), (T0, 95), (T0 + 100, 120),
-                                                                (T0 + 200, 120)]
+    assert corpus_growth(files, current=120, since=T0 - 10, now=T0 + 200) == [
+        (T0 - 10, 45), (T0, 95), (T0 + 100, 120), (T0 + 200, 120)]
 
 
-def test_corpus_growth_without_files_is_the_current_size() -> None:
-    assert corpus_growth([], current=50, now=T0) == [(T0, 50)]
+def test_corpus_growth_leaves_out_files_before_the_window() -> None:
+    files = [(T0 + 100, 30, 5), (T0, 50, 0)]
+    assert corpus_growth(files, current=120, since=T0 + 50, now=T0 + 200) == [
+        (T0 + 50, 95), (T0 + 100, 120), (T0 + 200, 120)]
+
+
+def test_corpus_growth_without_files_is_flat() -> None:
+    assert corpus_growth([], current=50, since=T0 - 10, now=T0) == [(T0 - 10, 50), (T0, 50)]
 
 
 # ---- the page -------------------------------------------------------------------------------------------

@@ -111,16 +111,18 @@ def promotions(rows: Iterable[tuple[float, str, str, Any, Any]]) -> list[dict[st
     return out
 
 
-def corpus_growth(files: Iterable[tuple[float, int, int]], current: int, now: float) -> list[tuple[float, int]]:
-    """(time, articles) after each ingested file and now. ``files``: (done_at, inserted, deleted); sizes are
-    counted back from ``current`` (so articles added without a file show as the starting size)."""
-    rows = sorted(files)
+def corpus_growth(files: Iterable[tuple[float, int, int]], current: int, since: float,
+                  now: float) -> list[tuple[float, int]]:
+    """(time, articles) at ``since``, after each file ingested in the window, and ``now``. ``files``: (done_at,
+    inserted, deleted); sizes are counted back from ``current`` (articles added without a file count from the
+    start)."""
     out, size = [(now, current)], current
-    for done_at, inserted, deleted in reversed(rows):
+    for done_at, inserted, deleted in sorted(files, reverse=True):
+        if done_at < since:
+            break
         out.append((done_at, size))
         size -= inserted - deleted
-    if rows:
-        out.append((rows[0][0] - 1, size))
+    out.append((since, size))
     return sorted(out)
 
 
@@ -169,7 +171,7 @@ def collect(settings: Settings, since: float, until: float) -> dict[str, Any]:
         "promotions": promotions([(a, act, tgt, json.loads(b) if b else None, json.loads(af) if af else None)
                                   for a, act, tgt, b, af in audit]),
         "corpus": corpus_growth([(t, int(c.get("inserted", 0)), int(c.get("deleted", 0))) for t, c in files],
-                                articles, until),
+                                articles, since, until),
         "totals": {"answers": len(answers), "ratings": len(ratings), "articles": articles,
                    "down": sum(1 for _, v in ratings if v < 0),
                    "p95_ms": percentile([ms for _, ms in totals], 95)},

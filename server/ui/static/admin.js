@@ -8,7 +8,7 @@ function chartOpts(el, spec, width) {
   const series = [{label: spec.xlabel || "date"}];
   spec.series.forEach(([label], i) => {
     const s = {label, stroke: PALETTE[i % PALETTE.length], width: 2, spanGaps: false};
-    if (spec.bars) { s.fill = PALETTE[i % PALETTE.length] + "55"; s.paths = uPlot.paths.bars({size: [0.6 / spec.series.length, 40], align: i ? 1 : -1}); }
+    if (spec.bars) { s.fill = PALETTE[i % PALETTE.length] + "55"; s.points = {show: false}; s.paths = uPlot.paths.bars({size: [0.6 / spec.series.length, 40], align: i ? 1 : -1}); }
     if (spec.step) s.paths = uPlot.paths.stepped({align: 1});
     if (spec.points) { s.paths = () => null; s.points = {show: true, size: 9, fill: PALETTE[i % PALETTE.length]}; }
     if (spec.share) s.value = (u, v) => v == null ? "–" : (100 * v).toFixed(1) + "%";
@@ -31,7 +31,11 @@ function draw(el) {
   if (!src || typeof uPlot === "undefined") return;
   let spec = JSON.parse(src.textContent);
   if (el.dataset.chart === "promotions") spec = promotionsSpec(spec);
-  if (!spec.x || spec.x.length === 0) return;
+  if (!spec.x || spec.x.length === 0 || spec.series.every(([, ys]) => ys.every((y) => y == null))) {
+    el.textContent = "No data in this window.";
+    el.classList.add("empty");
+    return;
+  }
   if (el._plot) el._plot.destroy();
   el.innerHTML = "";
   const width = Math.max(240, el.clientWidth || el.parentElement.clientWidth - 32);
@@ -40,6 +44,7 @@ function draw(el) {
 
 function drawAll(root) {
   root.querySelectorAll("[data-chart]").forEach(draw);
+  root.querySelectorAll("pre.log").forEach((p) => { p.scrollTop = p.scrollHeight; });  // the tail: newest last
 }
 
 document.addEventListener("DOMContentLoaded", () => drawAll(document));
