@@ -1,11 +1,12 @@
 """Ingest benchmark on the real files in ../shared/data.
 
-Prints: parse records/s (one core), chunks/s embedded inside the pipeline, end-to-end records/s
+Prints: parse records/s (one core), store writes records/s (articles, filter rows, chunks and their FTS5
+rows, chunking excluded), chunks/s embedded inside the pipeline, end-to-end records/s
 (parse + store + chunk + embed + index), peak RSS, and the ratio of the pipeline's embedding throughput
 to bare ``SentenceTransformer.encode`` on the same chunk texts (same batch size, normalisation).
 Targets: parsing >= 2,000 records/s per core; pipeline embedding >= 0.9x bare encode.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/ingest.py [--json]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/ingest.py [--json] [--store-only]
 """
 
 from __future__ import annotations
@@ -48,6 +49,42 @@ def bench_parse(repeats: int) -> dict[str, float]:
         n = sum(1 for f in PARSE_FILES for _ in iter_records(f))
         best = min(best, time.process_time() - t0)
     return {"records": n, "cpu_seconds": round(best, 3), "records_per_s_per_core": round(n / best)}
+
+
+def bench_store(home: Path, copies: int, batch: int) -> dict[str, float]:
+    """``CorpusStore.apply`` on the 2020 baseline subset's articles repeated ``copies`` times under distinct
+    PMIDs, ``batch`` records per transaction, into a fresh store. Chunks are made beforehand (the chunker is
+    measured by the pipeline part), so this is the store's own cost: SQLite rows, FTS5, transactions."""
+    import msgspec
+    from transformers import AutoTokenizer
+
+    from ingest.parse import iter_records
+    from pubmind.records import Article
+    from pubmind.settings import load_settings
+    from retrieval.chunking import Chunk, Chunker
+    from retrieval.embed import BUNDLED_MINILM, resolve_model
+    from retrieval.store import CorpusStore
+
+    base = [r for r in iter_records(PARSE_FILES[0]) if isinstance(r, Article)]
+    step = 10 ** (len(str(max(a.pmid for a in base))) + 1)
+    records = [msgspec.structs.replace(a, pmid=a.pmid + i * step) for i in range(copies) for a in base]
+    settings = load_settings(preset="test", home=home)
+    chunker = Chunker(AutoTokenizer.from_pretrained(resolve_model(BUNDLED_MINILM)), settings.chunking)
+    made = dict(zip((a.pmid for a in records), chunker.chunk_many(records), strict=True))
+
+    class Prechunked:
+        def chunk_many(self, articles: list[Article]) -> list[list[Chunk]]:
+            return [made[a.pmid] for a in articles]
+
+    with CorpusStore(settings.corpus_db) as store:
+        w0, c0 = time.perf_counter(), time.process_time()
+        for i in range(0, len(records), batch):
+            store.apply(records[i : i + batch], Prechunked())
+        w, c = time.perf_counter() - w0, time.process_time() - c0
+        chunks = store.stats()["chunks"]
+    return {"records": len(records), "chunks": chunks, "batch": batch, "seconds": round(w, 2),
+            "cpu_seconds": round(c, 2), "store_records_per_s": round(len(records) / w),
+            "store_records_per_cpu_s": round(len(records) / c)}
 
 
 def bench_pipeline(home: Path, files: list[Path]) -> tuple[dict[str, float], list[str], int]:
@@ -97,16 +134,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--repeats", type=int, default=3, help="parse passes (best is reported)")
+    ap.add_argument("--store-only", action="store_true", help="only the store-writes part")
+    ap.add_argument("--store-copies", type=int, default=20, help="copies of the baseline subset for the store part")
+    ap.add_argument("--store-batch", type=int, default=1000, help="records per store transaction")
     ap.add_argument("files", nargs="*", type=Path, default=PIPELINE_FILES,
                     help="files for the pipeline/embedding part (default: the 2020 baseline + update subsets)")
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pubmind-bench-") as home:
+        store = bench_store(Path(home), args.store_copies, args.store_batch)
+    store_line = (f"store: {store['records']} records, {store['chunks']} chunks, {store['batch']} per transaction: "
+                  f"{store['store_records_per_s']} records/s, {store['store_records_per_cpu_s']} per CPU second")
+    if args.store_only:
+        print(json.dumps({"store": store, "cpus": os.cpu_count()}, indent=2) if args.json else store_line)
+        return
     parse = bench_parse(args.repeats)
     parse["peak_rss_mib"] = round(peak_rss_mib())
     with tempfile.TemporaryDirectory(prefix="pubmind-bench-") as home:
         pipe, texts, bs = bench_pipeline(Path(home), args.files)
     pipe["peak_rss_mib"] = round(peak_rss_mib())
     bare = bench_bare(texts, bs)
-    out = {"parse": parse, "pipeline": pipe, "bare_encode": bare,
+    out = {"parse": parse, "store": store, "pipeline": pipe, "bare_encode": bare,
            "embed_ratio_pipeline_vs_bare": round(pipe["pipeline_chunks_per_s"] / bare["bare_chunks_per_s"], 3),
            "embed_ratio_cpu": round(pipe["pipeline_chunks_per_cpu_s"] / bare["bare_chunks_per_cpu_s"], 3),
            "cpus": os.cpu_count()}
@@ -115,6 +162,7 @@ def main() -> None:
         return
     print(f"parse: {parse['records']} records, {parse['records_per_s_per_core']} records/s per core "
           f"(target >= 2000), peak RSS {parse['peak_rss_mib']} MiB")
+    print(store_line)
     print(f"pipeline: {pipe['records']} records -> {pipe['chunks']} chunks in {pipe['seconds']} s: "
           f"{pipe['end_to_end_records_per_s']} records/s end to end, {pipe['pipeline_chunks_per_s']} chunks/s "
           f"embedded (model load {pipe['open_seconds']} s not counted), peak RSS {pipe['peak_rss_mib']} MiB")

@@ -1,12 +1,14 @@
 """Corpus store schema: the migrations that build one SQLite file (see ``retrieval.store`` for the tables).
 
-FTS5 (``chunks_fts``) is external-content over ``chunks.text``: row-at-a-time triggers keep it in sync
-for small writes; a bulk load (``retrieval.fts.bulk``) drops them for the duration of one transaction.
+FTS5 (``chunks_fts``) is external-content over ``chunks.text``. Version 1 kept it in sync with row triggers;
+version 2 drops them: the store writes the FTS rows itself, a whole batch per statement, in the same
+transaction as the chunks (``retrieval.store._write_chunks``). Measured on 72.7k real chunks: 6.3 CPU-s
+through triggers, 2.0 through batched statements.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -65,6 +67,11 @@ END;
 CREATE TABLE removed_chunks (chunk_id INTEGER PRIMARY KEY);
 CREATE TABLE files (path TEXT PRIMARY KEY, md5 TEXT NOT NULL, counts TEXT NOT NULL, done_at REAL NOT NULL);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+""",
+    2: """
+DROP TRIGGER IF EXISTS chunks_ai;
+DROP TRIGGER IF EXISTS chunks_ad;
+DROP TRIGGER IF EXISTS chunks_au;
 """,
 }
 

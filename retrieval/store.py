@@ -1,11 +1,11 @@
 """Corpus store: one SQLite file (WAL) with articles, normalised filter tables, chunks and an FTS5 index.
 
-Tables (schema version 1):
+Tables (schema version 2):
   articles(pmid PK, version, year, journal, journal_iso, language, retracted, doi, pmc, record)  record =
       msgspec JSON of ``pubmind.records.Article``
   article_mesh(pmid, descriptor, major) / article_pubtypes(pmid, ptype) / article_languages(pmid, language)
   chunks(chunk_id PK = pmid*1000+seq, pmid, seq, text, state)  state 0 = pending embedding, 1 = indexed
-  chunks_fts  FTS5 over chunks.text (external content, porter + unicode61), kept in sync by triggers
+  chunks_fts  FTS5 over chunks.text (external content, porter + unicode61), written with the chunks
   removed_chunks(chunk_id)  chunk ids deleted from the store that may still be in the vector index
   files(path, md5, counts, done_at)  ingest bookkeeping for resumable file ingest
   meta(key, value)  e.g. the chunking configuration the chunks were made with
@@ -340,13 +340,18 @@ def _write_chunks(db: sqlite3.Connection, old: dict[int, str], new: dict[int, st
     their state (no re-embedding), changed and added ones become pending, removed ids are queued for the
     vector index."""
     removed = [cid for cid in old if cid not in new]
-    changed = [(t, cid) for cid, t in new.items() if cid in old and old[cid] != t]
-    added = [(cid, cid // 1000, cid % 1000, t) for cid, t in new.items() if cid not in old]
+    changed = [cid for cid, t in new.items() if cid in old and old[cid] != t]
+    added = [cid for cid in new if cid not in old]
+    # FTS5 external content: an entry is removed with the text it was indexed with (the old text)
+    db.executemany("INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', ?, ?)",
+                   [(cid, old[cid]) for cid in (*removed, *changed)])
     if removed:
         ids = _json_ids(removed)
         db.execute("DELETE FROM chunks WHERE chunk_id IN (SELECT value FROM json_each(?))", (ids,))
         db.execute("INSERT OR IGNORE INTO removed_chunks SELECT value FROM json_each(?)", (ids,))
-    db.executemany("UPDATE chunks SET text = ?, state = 0 WHERE chunk_id = ?", changed)
-    db.executemany("INSERT INTO chunks (chunk_id, pmid, seq, text, state) VALUES (?,?,?,?,0)", added)
+    db.executemany("UPDATE chunks SET text = ?, state = 0 WHERE chunk_id = ?", [(new[cid], cid) for cid in changed])
+    db.executemany("INSERT INTO chunks (chunk_id, pmid, seq, text, state) VALUES (?,?,?,?,0)",
+                   [(cid, cid // 1000, cid % 1000, new[cid]) for cid in added])
+    db.executemany("INSERT INTO chunks_fts(rowid, text) VALUES (?, ?)", [(cid, new[cid]) for cid in (*changed, *added)])
     res.chunks_added += len(changed) + len(added)
     res.chunks_removed += len(removed)

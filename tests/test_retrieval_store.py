@@ -16,6 +16,7 @@ from pubmind.errors import InvalidInput
 from pubmind.records import Deletion
 from retrieval.chunking import Chunker, make_chunk_id, pmid_of
 from retrieval.filters import filter_sql
+from retrieval.schema import MIGRATIONS, SCHEMA_VERSION, split_sql
 from retrieval.store import CorpusStore, Filters, fts_query
 from tests.fixtures_retrieval import make_article, mesh, retraction
 
@@ -38,11 +39,58 @@ def states(store: CorpusStore) -> dict[int, int]:
 
 def test_schema_wal_and_reopen(store: CorpusStore, settings) -> None:
     assert store._query("PRAGMA journal_mode")[0][0] == "wal"
-    assert store.stats()["schema_version"] == 1
+    assert store.stats()["schema_version"] == SCHEMA_VERSION
     store.close()
     again = CorpusStore(settings.corpus_db)  # migrations are not re-applied
-    assert again._query("SELECT COUNT(*) FROM schema_version")[0][0] == 1
+    assert again._query("SELECT COUNT(*) FROM schema_version")[0][0] == SCHEMA_VERSION
     again.close()
+
+
+def fts_consistent(store: CorpusStore) -> None:
+    """FTS5's integrity check against its content table (raises sqlite3.DatabaseError if they differ)."""
+    store._query("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
+
+
+def test_fts_is_written_by_the_store_not_row_triggers(store: CorpusStore) -> None:
+    assert store._query("SELECT name FROM sqlite_master WHERE type = 'trigger'") == []
+
+
+def test_fts_stays_consistent_through_a_mixed_batch(store: CorpusStore, chunker: Chunker) -> None:
+    store.apply([make_article(p, sentences=8) for p in range(1, 21)], chunker)
+    store.apply([
+        make_article(1, version=2, title="Axolotl limb regeneration", sentences=8),  # changed texts
+        make_article(2, version=2, sentences=2),  # shrinks: chunks removed
+        Deletion((3, 4)),
+        make_article(5),  # unchanged
+        make_article(21, title="Zebrafish fins"),  # new
+    ], chunker)
+    fts_consistent(store)
+    assert {pmid_of(c) for c, _ in store.fts_search("axolotl", 10)} == {1}
+    assert {pmid_of(c) for c, _ in store.fts_search("zebrafish", 10)} == {21}
+    assert not {3, 4} & {pmid_of(c) for c, _ in store.fts_search("study", 1000)}
+
+
+def test_version_1_store_is_migrated(settings, chunker: Chunker) -> None:
+    """A store made by schema version 1 (FTS kept by triggers) opens, loses the triggers, keeps its FTS
+    rows, and stays consistent under new writes."""
+    settings.corpus_db.parent.mkdir(parents=True)
+    db = sqlite3.connect(settings.corpus_db, isolation_level=None)
+    db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
+    for stmt in split_sql(MIGRATIONS[1]):
+        db.execute(stmt)
+    db.execute("INSERT INTO schema_version VALUES (1, 0)")
+    db.execute("INSERT INTO chunks (chunk_id, pmid, seq, text) VALUES (7000, 7, 0, 'Okapi stripes')")  # via trigger
+    db.close()
+    store = CorpusStore(settings.corpus_db)
+    try:
+        assert store.stats()["schema_version"] == SCHEMA_VERSION
+        assert store._query("SELECT name FROM sqlite_master WHERE type = 'trigger'") == []
+        assert [c for c, _ in store.fts_search("okapi", 5)] == [7000]
+        store.apply([make_article(8, title="Okapi habitat")], chunker)
+        fts_consistent(store)
+        assert {pmid_of(c) for c, _ in store.fts_search("okapi", 5)} == {7, 8}
+    finally:
+        store.close()
 
 
 def test_insert_get_and_chunks(store: CorpusStore, chunker: Chunker) -> None:
@@ -218,8 +266,7 @@ def test_fts_follows_updates_and_deletes(store: CorpusStore, chunker: Chunker) -
     store.apply([Deletion((1,))], chunker)
     assert store.fts_search("axolotl", 5) == []
     assert store.fts_search("regeneration", 5) == []
-    # the FTS index is consistent with its content table
-    store._query("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
+    fts_consistent(store)  # the FTS index is consistent with its content table
 
 
 def test_file_bookkeeping(store: CorpusStore) -> None:
