@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 
@@ -38,6 +38,19 @@ _VERSION_DIR = re.compile(r"v(\d+)")
 RESERVED_NAMES = frozenset({"base"})
 MANIFEST = "manifest.json"
 STATE = "state.json"
+
+
+# one promotion or rollback: {"action", "version", "from", "at", "by", "reason"} ("from" is a keyword)
+HistoryEntry = TypedDict("HistoryEntry", {"action": str, "version": int, "from": int | None, "at": float, "by": str,
+                                          "reason": str})
+
+
+class RegistryState(TypedDict):
+    """``NAME/state.json``."""
+
+    current: int | None
+    stack: list[int]  # promoted versions, the current one last (rollback pops it)
+    history: list[HistoryEntry]
 
 
 class AdapterVersion(msgspec.Struct, kw_only=True):
@@ -96,11 +109,12 @@ class AdapterRegistry:
             return []
         return sorted(int(m[1]) for p in d.iterdir() if p.is_dir() and (m := _VERSION_DIR.fullmatch(p.name)))
 
-    def _state(self, name: str) -> dict[str, Any]:
+    def _state(self, name: str) -> RegistryState:
         p = self.root / name / STATE
         if not p.exists():
             return {"current": None, "stack": [], "history": []}
-        return json.loads(p.read_text())
+        state: RegistryState = json.loads(p.read_text())
+        return state
 
     def _load(self, name: str, version: int, current: int | None) -> AdapterVersion:
         path = self.root / name / f"v{version}"
@@ -166,7 +180,7 @@ class AdapterRegistry:
                            f"(current: {stack[-1] if stack else None})", param="adapter")
         return self.get(name, stack[-2])
 
-    def history(self, name: str) -> list[dict[str, Any]]:
+    def history(self, name: str) -> list[HistoryEntry]:
         check_name(name)
         return list(self._state(name)["history"])
 
@@ -265,11 +279,11 @@ class AdapterRegistry:
                 raise Conflict(f"adapter {name!r} would roll back to v{state['stack'][-2]}, not v{to}: its versions "
                                f"changed meanwhile; try again", param="adapter")
             old = state["stack"].pop()
-            state["current"] = state["stack"][-1]
-            state["history"].append({"action": "rollback", "version": state["current"], "from": old,
+            back = state["current"] = state["stack"][-1]
+            state["history"].append({"action": "rollback", "version": back, "from": old,
                                      "at": time.time(), "by": by, "reason": reason})
             write_json_atomic(self.root / name / STATE, state)
-        return self.get(name, state["current"])
+        return self.get(name, back)
 
     def summary(self) -> list[dict[str, Any]]:
         """Every adapter with its current version and versions (what GET /v1/adapters returns)."""

@@ -237,7 +237,7 @@ class VllmClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, what: str, *, json_body: Any = None,
+    async def _request(self, method: str, path: str, what: str, *, json_body: object = None,
                        timeout: float | None = None) -> httpx.Response:
         try:
             resp = await self._http.request(method, path, json=json_body,
