@@ -16,54 +16,16 @@ from typing import Any
 import pytest
 
 from tests import ui_support
-from tests.ui_support import UNSUPPORTED_PMID, UiLive, csrf
+from tests.ui_support import UNSUPPORTED_PMID, Session, UiLive, csrf
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.network]
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 QUESTION = "Do mitochondria play a role in remodelling lace plant leaves during programmed cell death?"
 LACE_PMID = 21645374
 
 ui_live = ui_support.ui_live  # the module's server
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/setup.sh does it as root)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
-
-class Session:
-    """A signed-in browser tab that records console errors and uncaught exceptions."""
-
-    def __init__(self, browser: Any, live: UiLive, role: str | None, width: int = 1280, height: int = 900) -> None:
-        self.live = live
-        self.ctx = browser.new_context(base_url=live.url, viewport={"width": width, "height": height})
-        self.page = self.ctx.new_page()
-        self.errors: list[str] = []
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        if role is not None:
-            self.page.goto("/ui/login")
-            self.page.fill("#key", live.keys[role])
-            self.page.click("form button[type=submit]")
-            self.page.wait_for_url("**/ui/ask")
-
-    def goto(self, path: str) -> Any:
-        return self.page.goto(path)
-
-    def csrf(self) -> str:
-        return next(c["value"] for c in self.ctx.cookies() if c["name"] == "pm_csrf")
-
-    def close(self) -> None:
-        self.ctx.close()
+browser = ui_support.browser  # the module's chromium
 
 
 @pytest.fixture()
@@ -71,7 +33,7 @@ def tab(browser: Any, ui_live: UiLive) -> Iterator[Any]:
     opened: list[Session] = []
 
     def open_tab(role: str | None, **kw: Any) -> Session:
-        s = Session(browser, ui_live, role, **kw)
+        s = Session(browser, ui_live.url, ui_live.keys, role, **kw)
         opened.append(s)
         return s
 

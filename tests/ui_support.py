@@ -3,13 +3,13 @@ fixed-shape answer (one supported citation of the first evidence PMID, one unsup
 that must never run), the API + workbench served by uvicorn over a private copy of the 50-article test corpus,
 one key per role (and a second curator), and signing in with httpx.
 
-Import the fixture into a test module: ``from tests.ui_support import ui_live  # noqa: F401``."""
+Use the fixtures in a test module as ``ui_live = ui_support.ui_live`` and ``browser = ui_support.browser``
+(module scope: one server and one chromium per module)."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,8 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fixtures_finetune import private_home
 from tests.fixtures_server import LiveServer, api_settings, create_keys
 
+CHROMIUM = "/usr/bin/chromium"
 UNSUPPORTED_PMID = 99999999  # not in the test corpus
 SCRIPT = "<script>window.__pwned = 1</script>"
 
@@ -97,8 +99,7 @@ def ui_live(server_home: Path, tiny_model_dir: Path, tmp_path_factory: pytest.Te
 
     vllm = ThreadingHTTPServer(("127.0.0.1", 0), _FakeVllm)
     threading.Thread(target=vllm.serve_forever, daemon=True).start()
-    home = tmp_path_factory.mktemp("ui-home")
-    shutil.copytree(server_home, home, dirs_exist_ok=True)
+    home = private_home(server_home, tmp_path_factory.mktemp("ui") / "home")
     settings = api_settings(home, tiny_model_dir, f"http://127.0.0.1:{vllm.server_port}")
     keys = create_keys(settings, tag=f"-{uuid.uuid4().hex[:6]}")
     from server.auth import KeyStore
@@ -111,3 +112,42 @@ def ui_live(server_home: Path, tiny_model_dir: Path, tmp_path_factory: pytest.Te
             yield UiLive(url=srv.url, keys=keys, settings=settings, app=srv.server.config.app)
     finally:
         vllm.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/setup.sh does it as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+class Session:
+    """A browser tab signed in as ``role`` (None: not signed in) that records console errors and uncaught
+    exceptions."""
+
+    def __init__(self, browser: Any, url: str, keys: dict[str, str], role: str | None, width: int = 1280,
+                 height: int = 900) -> None:
+        self.ctx = browser.new_context(base_url=url, viewport={"width": width, "height": height})
+        self.page = self.ctx.new_page()
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        if role is not None:
+            self.page.goto("/ui/login")
+            self.page.fill("#key", keys[role])
+            self.page.click("form button[type=submit]")
+            self.page.wait_for_url("**/ui/ask")
+
+    def goto(self, path: str) -> Any:
+        return self.page.goto(path)
+
+    def csrf(self) -> str:
+        return next(c["value"] for c in self.ctx.cookies() if c["name"] == "pm_csrf")
+
+    def close(self) -> None:
+        self.ctx.close()

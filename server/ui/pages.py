@@ -132,11 +132,12 @@ async def ask_stream(request: UiRequest, query_service: NamedDependency[QuerySer
     async def relay() -> Any:
         evidence: list[dict[str, Any]] = []
         articles: dict[int, Any] = {}
+        served = "base model"
         async for chunk in events:
             yield chunk
             name, data = _parse(chunk)
             if name == "evidence":
-                evidence = data["evidence"]
+                evidence, served = data["evidence"], data.get("adapter") or "base model"
                 articles = await anyio.to_thread.run_sync(corpus.get_many, [int(e["pmid"]) for e in evidence])
                 cards = evidence_cards(evidence, articles, terms, {}, {})
                 yield sse.event("cards", {"html": render(request, "_cards.html", cards=cards)})
@@ -150,7 +151,7 @@ async def ask_stream(request: UiRequest, query_service: NamedDependency[QuerySer
                 yield sse.event("answer", {"html": render(
                     request, "_answer.html", answer_id=data["id"], answer=answer_html(data["answer"], pmids),
                     unsupported=data["unsupported_citations"], cards=cards, rating=None, streamed=True,
-                    user=user)})
+                    user=user, served=served)})
 
     return sse.stream(relay())
 
@@ -185,7 +186,8 @@ async def answer_page(request: UiRequest, answer_id: FromPath[str], answers: Nam
     mine = [r for r in await anyio.to_thread.run_sync(ui_ratings.ratings, answer_id) if r.rater == request.user.name]
     unsupported = [int(c["pmid"]) for c in ans.citations if not c.get("supported")]
     return page("answer.html", request, ans=ans, answer=answer_html(ans.answer, in_prompt), cards=cards,
-                unsupported=unsupported, answer_id=answer_id, rating=mine[0] if mine else None, ask=ask)
+                unsupported=unsupported, answer_id=answer_id, rating=mine[0] if mine else None, ask=ask,
+                served=ans.adapter_version or "base model")
 
 
 @post("/answers/{answer_id:str}/rate", include_in_schema=False, guards=[require_role("reader")], status_code=200)
