@@ -99,6 +99,7 @@ def test_job_trains_registers_and_gates_locally_when_vllm_is_down(env: dict[str,
     assert r["lora_name"] == "local@v1"
     assert r["training"]["steps"] == 30 * r["dataset"]["train"]
     assert r["training"]["tokens_per_second"] > 0
+    assert [step for step, _ in r["loss_history"]] == list(range(1, r["training"]["steps"] + 1))  # the loss curve
     ev = r["evaluation"]
     assert ev["backend"].startswith("transformers+peft")
     assert "vLLM not usable" in ev["backend"]

@@ -200,7 +200,8 @@ async def retune_page(request: UiRequest, retune_service: NamedDependency[Retune
     defaults = {k: getattr(settings.finetune, k) for k in HP_TYPES}
     defaults["target_modules"] = ", ".join(settings.finetune.target_modules)
     return page("retune.html", request, jobs=jobs, names=names, accepted=accepted, policies=policies,
-                defaults=defaults, min_examples=settings.finetune.min_examples)
+                defaults=defaults, min_examples=settings.finetune.min_examples,
+                check_s=settings.finetune.policy_check_seconds)
 
 
 @post("/retune", include_in_schema=False, guards=ADMIN, status_code=303)
