@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests import ui_support
@@ -120,3 +122,33 @@ def test_bad_filter_is_a_400_naming_the_field(ui_live: UiLive) -> None:
                    headers={"x-csrftoken": csrf(c), "x-ui-fetch": "1"})
     assert r.status_code == 400
     assert "year_from" in r.text
+
+
+def _evidence(text: str) -> list[dict[str, Any]]:
+    import json
+
+    block = text.split("event: evidence\ndata: ", 1)[1].split("\n\n", 1)[0]
+    return json.loads(block)["evidence"]
+
+
+def test_ask_page_suggests_mesh_from_the_corpus(ui_live: UiLive) -> None:
+    with ui_live.client("reader") as c:
+        html = c.get("/ui/ask").text
+    assert '<option value="Apoptosis">' in html
+
+
+def test_mesh_filter_reaches_the_query(ui_live: UiLive, server_corpus: list[Any]) -> None:
+    tagged = {a.pmid for a in server_corpus if any(m.descriptor == "Apoptosis" for m in a.mesh)}
+    with ui_live.client("reader") as c:
+        r = c.post("/ui/ask/stream", data={"question": QUESTION, "mesh": "Apoptosis"}, headers={"x-csrftoken": csrf(c)})
+    got = {e["pmid"] for e in _evidence(r.text)}
+    assert got
+    assert got <= tagged
+
+
+def test_year_filter_reaches_the_query(ui_live: UiLive) -> None:
+    with ui_live.client("reader") as c:
+        r = c.post("/ui/ask/stream", data={"question": QUESTION, "year_from": "2012"}, headers={"x-csrftoken": csrf(c)})
+    years = [e["year"] for e in _evidence(r.text)]
+    assert years
+    assert [y for y in years if y is None or y < 2012] == []
