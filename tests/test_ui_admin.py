@@ -27,11 +27,11 @@ from tests.ui_support import UiLive, csrf
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 ADAPTER = "onco"
 SEED: dict[str, str] = {}  # job ids seeded by the ``live`` fixture
 ui_live = ui_support.ui_live  # the module's server
+browser = ui_support.browser  # the module's chromium
 ADMIN_PAGES = ["/ui/models", f"/ui/models/{ADAPTER}/versions/2", "/ui/retune", "/ui/keys"]
 
 
@@ -313,18 +313,6 @@ def test_admin_pages_are_served_under_300_ms(live: UiLive) -> None:
 
 
 # ---- in the browser ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/setup.sh does it as root)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
-
 @pytest.fixture()
 def tab(browser: Any, live: UiLive) -> Iterator[Any]:
     opened: list[Any] = []
