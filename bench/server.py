@@ -92,7 +92,8 @@ def ensure_index(settings: Settings, articles: list[Article]) -> None:
 
 def start_api(settings: Settings, vllm_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PUBMIND_HOME": str(settings.home), "PUBMIND_LLM__MODEL": settings.llm.model,
-           "PUBMIND_LLM__VLLM_URL": vllm_url, "PUBMIND_SERVER__RATE_LIMIT_PER_MINUTE": "1000000",
+           "PUBMIND_LLM__VLLM_URL": vllm_url, "PUBMIND_LLM__VLLM_API_KEY": settings.llm.vllm_api_key,
+           "PUBMIND_SERVER__RATE_LIMIT_PER_MINUTE": "1000000",
            "PUBMIND_LLM__MAX_TOKENS": str(settings.llm.max_tokens)}
     with open(log, "wb") as f:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "pubmind"), "serve", "--port", str(port),
@@ -155,7 +156,8 @@ async def bench(args: argparse.Namespace, settings: Settings, vllm_url: str, que
         prep = await rag.prepare(q, k=args.k, mode=None, filters=None, model="base", max_tokens=args.max_tokens)
         prompts.append(prep.messages)
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
-    async with httpx.AsyncClient(base_url=vllm_url, timeout=600, limits=limits) as v:
+    auth = {"Authorization": f"Bearer {settings.llm.vllm_api_key}"} if settings.llm.vllm_api_key else {}
+    async with httpx.AsyncClient(base_url=vllm_url, timeout=600, limits=limits, headers=auth) as v:
         async def direct(i: int) -> dict[str, Any]:
             r = await v.post("/v1/chat/completions", json={
                 "model": rag.base_name, "messages": prompts[i], "max_tokens": args.max_tokens,
@@ -197,6 +199,7 @@ def main() -> None:
     ap.add_argument("--home", required=True, type=Path)
     ap.add_argument("--model", help="base model dir (default: llm.model from settings)")
     ap.add_argument("--vllm-url", default="")
+    ap.add_argument("--vllm-api-key", default="", help="API key of the vLLM at --vllm-url (llm.vllm_api_key)")
     ap.add_argument("--articles", type=int, default=200)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--requests", type=int, default=256)
@@ -210,6 +213,8 @@ def main() -> None:
                            "max_loras": 2, "vllm_port": free_port()}
     if args.model:
         llm["model"] = args.model
+    if args.vllm_api_key:
+        llm["vllm_api_key"] = args.vllm_api_key
     settings = load_settings(home=args.home, llm=llm)
     articles, questions = pubmedqa(args.articles)
     ensure_index(settings, articles)
@@ -225,6 +230,8 @@ def main() -> None:
             print(f"launching vLLM at {supervisor.url} ...", flush=True)
             supervisor.start()
             vllm_url = supervisor.url
+            key = supervisor.key_path.read_text().strip()  # its per-launch API key
+            settings = settings.model_copy(update={"llm": settings.llm.model_copy(update={"vllm_api_key": key})})
         result = asyncio.run(bench(args, settings, vllm_url, questions))
     finally:
         if supervisor is not None:
