@@ -213,6 +213,30 @@ def test_curator_cannot_accept_own_correction_by_post(tab: Any, ui_live: UiLive)
     assert review.status_code == 403
 
 
+def test_reject_with_note_is_in_the_history(tab: Any, ui_live: UiLive) -> None:
+    with ui_live.client("curator") as c:
+        r = c.post("/ui/curate/corrections", data={"question": QUESTION, "corrected_answer": f"No [PMID:{LACE_PMID}].",
+                                                   "pmids": str(LACE_PMID), "_csrf_token": csrf(c)})
+        url = r.headers["location"]
+    s = tab("curator2")
+    s.goto(url)
+    s.page.fill("#review-note", "Contradicts the *conclusions*.")
+    s.page.click("#review button[value=rejected]")
+    s.page.wait_for_selector("#status.status-rejected")
+    assert s.page.inner_html("#history em") == "conclusions"  # the note, as Markdown
+
+
+def test_import_check_only_stores_nothing(ui_live: UiLive) -> None:
+    line = json.dumps({"question": "Checked only?", "corrected_answer": f"Yes [PMID:{LACE_PMID}].", "pmids": [LACE_PMID]})
+    with ui_live.client("curator") as c:
+        r = c.post("/ui/curate/import", data={"_csrf_token": csrf(c), "check_only": "on"},
+                   files={"file": ("c.jsonl", line.encode(), "application/json")})
+        assert r.status_code == 200, r.text
+        listed = c.get("/ui/curate/corrections").text
+    assert ">valid<" in r.text
+    assert "Checked only?" not in listed
+
+
 def test_search_box_adds_pmids(tab: Any) -> None:
     s = tab("curator")
     s.goto("/ui/curate/new")
