@@ -129,7 +129,10 @@ def test_whole_loop_in_the_browser(loop: dict[str, Any], browser: Any, monkeypat
         admin.page.wait_for_url(re.compile(r".*/ui/retune/job_[0-9a-f]+$"))
         admin.page.wait_for_selector("#job-live[data-status=succeeded]", timeout=600_000)
         assert admin.page.locator("#job-gate").count() == 1
-        assert "promoted" in admin.page.inner_text("#job-promoted")
+        assert admin.page.inner_text("#job-promoted") == "promoted: now serving"
+        admin.page.wait_for_selector("[data-chart=loss] canvas")  # the loss curve, drawn from the job's loss_history
+        admin.page.click("#job-version a")  # the new version's gate report beside its parent's
+        assert admin.page.locator("#gate-metrics tbody tr").count() >= 1
         admin.goto("/ui/models")
         assert admin.page.inner_text(f"#adapter-{ADAPTER} [data-testid=current-version]") == "v2"
 
