@@ -37,6 +37,9 @@ def test_corrections_and_reviews_are_audited(client: Any) -> None:
                json={"question": "Does it work?", "corrected_answer": f"It does [PMID:{pmid}].", "pmids": [pmid]})
     assert r.status_code == 201, r.text
     fid = r.json()["id"]
+    r = c.patch(f"/v1/feedback/{fid}", headers=bearer(keys["curator"]), json={"status": "accepted"})
+    assert r.status_code == 403  # its author may not review it (server.curators_review_own is off)
+    assert "another curator must review it" in r.json()["error"]["message"]
     r = c.patch(f"/v1/feedback/{fid}", headers=bearer(keys["admin"]), json={"status": "rejected"})
     assert r.status_code == 200, r.text
     r = c.patch(f"/v1/feedback/{fid}", headers=bearer(keys["admin"]), json={"status": "accepted"})

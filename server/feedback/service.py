@@ -8,7 +8,7 @@ import anyio
 from finetune.dataset import validate_correction
 from finetune.store import AnswerStore, Correction, CorrectionStore
 from pubmind.audit import AuditEntry, AuditLog
-from pubmind.errors import InvalidInput
+from pubmind.errors import Forbidden, InvalidInput
 from pubmind.settings import Settings
 from retrieval.store import CorpusStore
 from server.auth import Principal
@@ -50,7 +50,11 @@ class FeedbackService:
         return await anyio.to_thread.run_sync(self.corrections.get, correction_id)
 
     def _review(self, correction_id: str, status: Status, by: Principal) -> Correction:
-        before = self.corrections.get(correction_id).status
+        current = self.corrections.get(correction_id)
+        if current.curator == by.name and not self.settings.server.curators_review_own:
+            raise Forbidden(f"{by.name!r} wrote correction {correction_id}; another curator must review it "
+                            f"(settings: server.curators_review_own)", param="feedback_id")
+        before = current.status
         c = self.corrections.set_status(correction_id, status, by.name)
         self.audit.record(REVIEW_ACTIONS[status], correction_id, by.actor, before={"status": before},
                           after={"status": status, "reviewer": by.name})
