@@ -94,11 +94,11 @@ class JobRunner:
             raise Conflict(f"{have} accepted corrections, a re-tune needs min_examples={needed}; accept more "
                            f"(PATCH /v1/feedback/ID) or lower min_examples", param="min_examples")
         self.jobs.fail_interrupted()  # a dead job must not block the adapter forever
-        job = self.jobs.create(adapter, hp.model_dump(), needed, created_by)
+        job = self.jobs.create(adapter, hp.job_dump(), needed, created_by)
         job_dir = self.settings.jobs_dir / job.id
         job_dir.mkdir(parents=True, exist_ok=True)
         (job_dir / "job.json").write_text(json.dumps({
-            "job_id": job.id, "adapter": adapter, "hyperparameters": hp.model_dump(), "min_examples": needed,
+            "job_id": job.id, "adapter": adapter, "hyperparameters": hp.job_dump(), "min_examples": needed,
             "eval": evaluation,
             # the job's settings (secrets left out: the job does not use E-utilities; a vLLM key goes by env)
             "settings": self.settings.model_dump(mode="json", exclude={"eutils": True, "llm": {"vllm_api_key"}})},

@@ -225,7 +225,7 @@ def register(job: Job, ds: Dataset, metrics: dict[str, Any]) -> tuple[AdapterVer
     parent = job.registry.current(name) if name in job.registry.names() else None
     version = job.registry.create_version(name, job.dir / "adapter", {
         "base_model": job.settings.llm.model, "dataset_hash": ds.hash, "dataset": ds.summary(),
-        "hyperparameters": job.hp.model_dump(), "metrics": metrics, "parent_version": parent and parent.version,
+        "hyperparameters": job.hp.job_dump(), "metrics": metrics, "parent_version": parent and parent.version,
         "job_id": job.id})
     job.record(version=version.version, lora_name=version.lora_name)
     return version, parent

@@ -286,6 +286,10 @@ class FinetuneSettings(BaseModel):
         "50, \"every_days\": 7}}; run by 'pubmind serve'. A policy set in the workbench (Re-tune page) overrides it.")
     policy_check_seconds: float = Field(60.0, gt=0, description="How often the server checks the re-tune policies.")
 
+    def job_dump(self) -> dict[str, Any]:
+        """What a job records as its hyperparameters (the policies are the server's, not the job's)."""
+        return self.model_dump(exclude={"policies", "policy_check_seconds"})
+
 
 Preset = Literal["default", "test", "gpu"]
 

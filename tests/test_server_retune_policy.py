@@ -86,6 +86,7 @@ def test_check_starts_a_job_audited_as_system_policy(make_settings: Callable[...
         entry = audit.query(action="retune.start")[0]
         assert entry.key_id == "system:policy"
         assert entry.target == started[0]
+        assert "policies" not in jobs.get(started[0]).hyperparameters  # the server's policy, not the job's
     finally:
         for s in (jobs, corrections, audit, store):
             s.close()
