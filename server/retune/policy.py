@@ -120,9 +120,12 @@ class PolicyService:
     def check(self, now: float | None = None) -> list[str]:
         """One pass over the policies: start each due job; returns the ids of the jobs started."""
         now = time.time() if now is None else now
+        policies = self.policies()
+        if not policies:
+            return []
         accepted = [c.reviewed_at or c.created_at for c in self.corrections.accepted()]
         started = []
-        for adapter, (policy, _) in sorted(self.policies().items()):
+        for adapter, (policy, _) in sorted(policies.items()):
             jobs: list[Job] = self.jobs.find(adapter=adapter)
             active = any(j.status in ACTIVE_JOB_STATUSES for j in jobs)
             last_at = max((j.created_at for j in jobs), default=None)
