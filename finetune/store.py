@@ -51,9 +51,16 @@ CREATE TABLE IF NOT EXISTS answers (
     index_version TEXT,
     retrieved TEXT NOT NULL,
     citations TEXT NOT NULL,
-    timings_ms TEXT NOT NULL
+    timings_ms TEXT NOT NULL,
+    requester TEXT,
+    filters TEXT,
+    sampling TEXT,
+    conversation_sha256 TEXT,
+    stack TEXT
 );
 """
+# Columns added after the first release: an older app.sqlite gets them (NULL for the answers it already holds).
+ANSWERS_ADDED_COLUMNS = ("requester", "filters", "sampling", "conversation_sha256", "stack")
 CORRECTIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
     id TEXT PRIMARY KEY,
@@ -106,6 +113,11 @@ class Answer(msgspec.Struct, kw_only=True):
     retrieved: list[tuple[int, float]]  # (pmid, score) in rank order
     citations: list[CitationRecord]  # as the server reported them
     timings_ms: dict[str, float]
+    requester: str | None = None  # the asking key's id ("key:N"); None for answers stored before it was kept
+    filters: dict[str, Any] | None = None  # the search filters the question was asked with
+    sampling: dict[str, Any] | None = None  # temperature, max_tokens and the other sampling parameters sent to vLLM
+    conversation_sha256: str | None = None  # of the conversation as the client sent it (history + question)
+    stack: dict[str, Any] | None = None  # library versions that produced it (pubmind.versions.stack_versions)
 
 
 class Correction(msgspec.Struct, kw_only=True):
@@ -192,6 +204,14 @@ class AnswerStore(_Tables):
 
     SCHEMA = ANSWERS_SCHEMA
 
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        with self._txn() as db:
+            have = {r[1] for r in db.execute("PRAGMA table_info(answers)")}
+            for col in ANSWERS_ADDED_COLUMNS:
+                if col not in have:
+                    db.execute(f"ALTER TABLE answers ADD COLUMN {col} TEXT")
+
     def record(
         self,
         question: str,
@@ -202,15 +222,29 @@ class AnswerStore(_Tables):
         retrieved: Sequence[tuple[int, float]],
         citations: Sequence[CitationRecord],
         timings_ms: dict[str, float],
+        *,
+        requester: str | None = None,
+        filters: dict[str, Any] | None = None,
+        sampling: dict[str, Any] | None = None,
+        conversation_sha256: str | None = None,
+        stack: dict[str, Any] | None = None,
     ) -> str:
-        """Keep a served answer; returns its id (``ans_...``), which clients quote in feedback."""
+        """Keep a served answer with its provenance; returns its id (``ans_...``), which clients quote in
+        feedback."""
         answer_id = _new_id("ans")
+
+        def enc(v: Any) -> str | None:
+            return None if v is None else json.dumps(v, default=_json_default, sort_keys=True)
+
         with self._txn() as db:
             db.execute(
-                "INSERT INTO answers VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO answers (id, created_at, question, answer, model, adapter_version, index_version, "
+                "retrieved, citations, timings_ms, requester, filters, sampling, conversation_sha256, stack) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (answer_id, time.time(), question, answer, model, adapter_version, index_version,
                  json.dumps([[int(p), float(s)] for p, s in retrieved]),
-                 json.dumps(list(citations), default=_json_default), json.dumps(dict(timings_ms))),
+                 json.dumps(list(citations), default=_json_default), json.dumps(dict(timings_ms)),
+                 requester, enc(filters), enc(sampling), conversation_sha256, enc(stack)),
             )
         return answer_id
 
@@ -224,6 +258,8 @@ class AnswerStore(_Tables):
             model=r["model"], adapter_version=r["adapter_version"], index_version=r["index_version"],
             retrieved=[(int(p), float(s)) for p, s in json.loads(r["retrieved"])],
             citations=json.loads(r["citations"]), timings_ms=json.loads(r["timings_ms"]),
+            requester=r["requester"], conversation_sha256=r["conversation_sha256"],
+            **{k: None if r[k] is None else json.loads(r[k]) for k in ("filters", "sampling", "stack")},
         )
 
 

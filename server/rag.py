@@ -8,6 +8,8 @@ reported, never presented as sources) -> record provenance (``AnswerStore.record
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import msgspec
 
 from finetune.registry import AdapterRegistry
 from finetune.store import AnswerStore
@@ -23,6 +26,7 @@ from generation.deploy import AdapterDeployer
 from generation.vllm_client import ChatDelta, VllmClient, served_base_name
 from pubmind.errors import ConfigError, InvalidInput, NotFound
 from pubmind.settings import Settings
+from pubmind.versions import stack_versions
 from retrieval.search import Hit
 from retrieval.store import Filters
 from server.index_holder import IndexHolder
@@ -31,6 +35,12 @@ from server.query.protocol import Citation, Evidence
 
 SEARCH_THREADS = 32  # concurrent searches in worker threads (their query embeddings are batched together)
 PROMPT_THREADS = 2  # prompt building (tokenizer counting) in worker threads
+
+
+def conversation_hash(messages: Sequence[dict[str, str]]) -> str:
+    """sha256 of the conversation (roles and texts), so a stored answer can be matched to what was asked
+    without keeping the whole history."""
+    return hashlib.sha256(json.dumps(list(messages), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def pubmed_url(pmid: int) -> str:
@@ -70,6 +80,10 @@ class Prepared:
     max_tokens: int
     index_version: str | None = None  # of the index the hits came from
     plain: bool = False  # a ':plain' model: the client's own messages, no retrieval, nothing verified or stored
+    requester: str | None = None  # the asking key's id ("key:N"), kept with the answer
+    filters: dict[str, Any] | None = None  # the search filters, as asked
+    conversation_sha256: str | None = None  # of the client's conversation (history + question)
+    sampling: dict[str, Any] = field(default_factory=dict)  # what was sent to vLLM (set when generating)
     timings_ms: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
@@ -112,6 +126,7 @@ class RagService:
         self.base_name = served_base_name(settings.llm)
         self._search_limiter = anyio.CapacityLimiter(SEARCH_THREADS)
         self._prompt_limiter = anyio.CapacityLimiter(PROMPT_THREADS)
+        self._stack: dict[str, str | None] | None = None
 
     # ---- validation -----------------------------------------------------------------------------
     def check_question(self, question: str, param: str = "question") -> str:
@@ -179,7 +194,7 @@ class RagService:
 
     async def prepare(self, question: str, *, k: int | None, mode: str | None, filters: Filters | None,
                       model: str | None, max_tokens: int | None,
-                      history: Sequence[dict[str, str]] = ()) -> Prepared:
+                      history: Sequence[dict[str, str]] = (), requester: str | None = None) -> Prepared:
         started = time.perf_counter()
         question = self.check_question(question)
         k = self.check_k(k)
@@ -193,7 +208,9 @@ class RagService:
             limiter=self._prompt_limiter)
         prep = Prepared(question=question, model=model or self.base_name, served=served, adapter=adapter,
                         hits=found.hits, messages=prompt.messages, in_prompt=prompt.in_prompt, max_tokens=max_tokens,
-                        started=started, index_version=found.index_version)
+                        started=started, index_version=found.index_version, requester=requester,
+                        filters=None if filters is None else msgspec.to_builtins(filters),
+                        conversation_sha256=conversation_hash([*history, {"role": "user", "content": question}]))
         prep.timings_ms.update(retrieval=found.retrieval_ms, prompt=(time.perf_counter() - t0) * 1000)
         return prep
 
@@ -210,8 +227,12 @@ class RagService:
     def _temperature(self, sampling: Sampling) -> float:
         return self.settings.llm.temperature if sampling.temperature is None else sampling.temperature
 
+    def _sent(self, prep: Prepared, sampling: Sampling) -> None:
+        prep.sampling = {"temperature": self._temperature(sampling), "max_tokens": prep.max_tokens, **sampling.extra}
+
     async def generate(self, prep: Prepared, sampling: Sampling | None = None) -> Answered:
         sampling = sampling or Sampling()
+        self._sent(prep, sampling)
         t0 = time.perf_counter()
 
         async def call() -> Any:
@@ -235,6 +256,7 @@ class RagService:
         """vLLM's deltas (retried once after reloading the adapter if vLLM no longer knows it); the caller then
         calls ``finish`` with the joined text (``StreamRelay``)."""
         sampling = sampling or Sampling()
+        self._sent(prep, sampling)
         for attempt in (0, 1):
             started = False
             try:
@@ -266,15 +288,24 @@ class RagService:
         timings["total"] = (time.perf_counter() - prep.started) * 1000
         supported = set(report.supported)
         cited = [{"pmid": p, "supported": p in supported} for p in report.cited]
+        stack = await self.stack()
         answer_id = await anyio.to_thread.run_sync(lambda: self.answers.record(
             question=prep.question, answer=text, model=prep.model, adapter_version=prep.adapter,
             index_version=prep.index_version, retrieved=[(int(h.pmid), float(h.score)) for h in prep.hits],
-            citations=cited, timings_ms=timings))
+            citations=cited, timings_ms=timings, requester=prep.requester, filters=prep.filters,
+            sampling=prep.sampling, conversation_sha256=prep.conversation_sha256, stack=stack))
         self.count(prep.served, gen_ms, prompt_tokens, completion_tokens)
         self.metrics.unsupported.inc(len(report.unsupported))
         return Answered(id=answer_id, text=text, citations=citations, unsupported=list(report.unsupported),
                         finish_reason=finish_reason, prompt_tokens=prompt_tokens,
                         completion_tokens=completion_tokens, timings_ms=timings)
+
+    async def stack(self) -> dict[str, str | None]:
+        """Library versions recorded with every answer (read once; vLLM's from the server that answers)."""
+        if self._stack is None:
+            self._stack = await anyio.to_thread.run_sync(
+                lambda: stack_versions(vllm_url=self.vllm.base_url, vllm_python=self.settings.llm.vllm_python))
+        return self._stack
 
     def count(self, served: str, gen_ms: float, prompt_tokens: int, completion_tokens: int) -> None:
         self.metrics.generation.labels(served).observe(gen_ms / 1000)

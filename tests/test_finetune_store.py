@@ -3,6 +3,7 @@ re-tune job state (JobStore), all in one app database."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,36 @@ def test_correction_carries_the_answers_provenance(answers: AnswerStore, correct
     assert fb.provenance["retrieved_pmids"] == [1, 2]
     assert (fb.provenance["adapter_version"], fb.provenance["model"]) == ("onco@v2", "onco")
     assert corrections.get(fb.id) == fb
+
+
+def test_answer_keeps_requester_filters_sampling_conversation_and_stack(answers: AnswerStore) -> None:
+    aid = answers.record("Q?", "A", "base", None, None, [], [], {}, requester="key:7",
+                         filters={"year_from": 2010, "mesh": ["Dementia"]},
+                         sampling={"temperature": 0.0, "max_tokens": 64, "seed": 3},
+                         conversation_sha256="ab" * 32, stack={"torch": "2.13.0", "vllm": "0.32.0"})
+    got = answers.get(aid)
+    assert got.requester == "key:7"
+    assert got.filters == {"year_from": 2010, "mesh": ["Dementia"]}
+    assert got.sampling == {"temperature": 0.0, "max_tokens": 64, "seed": 3}
+    assert got.conversation_sha256 == "ab" * 32
+    assert got.stack == {"torch": "2.13.0", "vllm": "0.32.0"}
+
+
+def test_an_older_answers_table_gains_the_provenance_columns(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    db.execute("CREATE TABLE answers (id TEXT PRIMARY KEY, created_at REAL NOT NULL, question TEXT NOT NULL, "
+               "answer TEXT NOT NULL, model TEXT NOT NULL, adapter_version TEXT, index_version TEXT, "
+               "retrieved TEXT NOT NULL, citations TEXT NOT NULL, timings_ms TEXT NOT NULL)")
+    db.execute("INSERT INTO answers VALUES ('ans_old', 1.0, 'Q', 'A', 'base', NULL, NULL, '[]', '[]', '{}')")
+    db.commit()
+    db.close()
+    store = AnswerStore(tmp_path / "old.sqlite")
+    old = store.get("ans_old")
+    new = store.get(store.record("Q2", "A2", "base", None, None, [], [], {}, requester="key:1"))
+    store.close()
+    assert old.requester is None
+    assert old.stack is None
+    assert new.requester == "key:1"
 
 
 def test_unknown_answer_id_is_not_found(answers: AnswerStore) -> None:

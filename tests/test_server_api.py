@@ -70,6 +70,8 @@ def test_health_ready(live: dict[str, Any]) -> None:
 
 def test_query_answer_records_provenance(live: dict[str, Any]) -> None:
     from finetune.store import AnswerStore
+    from server.auth import KeyStore
+    from server.rag import conversation_hash
 
     with client(live) as c:
         r = c.post("/v1/query", json={"question": QUESTION, "k": 5})
@@ -93,6 +95,14 @@ def test_query_answer_records_provenance(live: dict[str, Any]) -> None:
     assert [p for p, _ in stored.retrieved] == [e["pmid"] for e in ev]
     assert stored.index_version == body["index_version"]
     assert stored.timings_ms["generation"] > 0
+    ks = KeyStore(live["settings"].app_db)
+    assert stored.requester == ks.key_id("reader")
+    ks.close()
+    assert stored.sampling is not None
+    assert stored.sampling["max_tokens"] > 0
+    assert stored.conversation_sha256 == conversation_hash([{"role": "user", "content": QUESTION}])
+    assert stored.stack is not None
+    assert stored.stack["vllm"] == "0.32.0"
 
 
 def test_query_stream_event_order(live: dict[str, Any]) -> None:

@@ -123,7 +123,8 @@ class ChatService:
             raise InvalidInput(f"messages hold {chars} characters; the limit is {limits.max_conversation_chars} "
                                f"(settings.server.max_conversation_chars)", param="messages")
 
-    async def prepare(self, req: ChatCompletionRequest) -> tuple[Prepared, Sampling]:
+    async def prepare(self, req: ChatCompletionRequest, requester: str | None = None) -> tuple[Prepared, Sampling]:
+        """``requester``: the asking key's id, kept with the stored answer."""
         if req.n not in (None, 1):
             raise InvalidInput(f"n must be 1 (one answer per request), got {req.n}", param="n")
         check_tools(req)
@@ -141,7 +142,7 @@ class ChatService:
         question, history = split_conversation(req.messages)
         prep = await self.rag.prepare(question, k=req.k, mode=req.retrieval, model=req.model,
                                       filters=req.filters.to_filters() if req.filters else None,
-                                      max_tokens=max_tokens, history=history)
+                                      max_tokens=max_tokens, history=history, requester=requester)
         return prep, sampling
 
     def consulted(self, prep: Prepared) -> list[Evidence]:
@@ -153,8 +154,8 @@ class ChatService:
     def annotate(self, prep: Prepared, content: str, answer_end: int) -> list[dict[str, Any]]:
         return url_citations(content, {int(h.pmid): h.title for h in prep.hits}, end=answer_end)
 
-    async def complete(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
-        prep, sampling = await self.prepare(req)
+    async def complete(self, req: ChatCompletionRequest, *, requester: str | None = None) -> ChatCompletionResponse:
+        prep, sampling = await self.prepare(req, requester)
         ans = await self.rag.generate(prep, sampling)
         text = ans.text if prep.plain else link_pmids(ans.text, set(prep.in_prompt))
         content = text + self.tail(prep, ans)
@@ -165,11 +166,11 @@ class ChatService:
             usage=usage(ans), citations=ans.citations, unsupported_citations=ans.unsupported,
             answer_id=None if prep.plain else ans.id, index_version=prep.index_version)
 
-    async def chunks(self, req: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def chunks(self, req: ChatCompletionRequest, *, requester: str | None = None) -> AsyncIterator[bytes]:
         """``data:`` chunks as OpenAI sends them: the role, content deltas, a final chunk with the rest of the
         content (references, evidence consulted), its annotations, citations and finish reason, the usage chunk
         when ``stream_options.include_usage`` (then every other chunk has ``"usage": null``), ``[DONE]``."""
-        prep, sampling = await self.prepare(req)
+        prep, sampling = await self.prepare(req, requester)
         rendered = await RenderedStream.start(self, prep, sampling)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         with_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -25,13 +25,14 @@ class QueryService:
                              index_version=found.index_version,
                              timings_ms={"retrieval": found.retrieval_ms, "total": (time.perf_counter() - t0) * 1000})
 
-    async def _prepare(self, req: QueryRequest) -> Prepared:
+    async def _prepare(self, req: QueryRequest, requester: str | None) -> Prepared:
         return await self.rag.prepare(req.question, k=req.k, mode=req.retrieval, model=req.model,
                                       filters=req.filters.to_filters() if req.filters else None,
-                                      max_tokens=req.max_tokens)
+                                      max_tokens=req.max_tokens, requester=requester)
 
-    async def answer(self, req: QueryRequest) -> QueryResponse:
-        prep = await self._prepare(req)
+    async def answer(self, req: QueryRequest, *, requester: str | None = None) -> QueryResponse:
+        """``requester``: the asking key's id, kept with the stored answer."""
+        prep = await self._prepare(req, requester)
         ans = await self.rag.generate(prep)
         return QueryResponse(
             id=ans.id, answer=ans.text, citations=ans.citations, unsupported_citations=ans.unsupported,
@@ -39,10 +40,10 @@ class QueryService:
             timings_ms=ans.timings_ms, finish_reason=ans.finish_reason,
             usage={"prompt_tokens": ans.prompt_tokens, "completion_tokens": ans.completion_tokens})
 
-    async def answer_events(self, req: QueryRequest) -> AsyncIterator[bytes]:
+    async def answer_events(self, req: QueryRequest, *, requester: str | None = None) -> AsyncIterator[bytes]:
         """Events ``evidence``, ``delta``..., ``citations``, ``done`` (``error`` if generation fails midway).
         Validation, retrieval and vLLM's first token happen before this returns (HTTP errors, not events)."""
-        prep = await self._prepare(req)
+        prep = await self._prepare(req, requester)
         relay = await StreamRelay.start(self.rag, prep)
 
         async def events() -> AsyncIterator[bytes]:

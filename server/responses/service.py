@@ -64,19 +64,19 @@ class ResponsesService:
     def __init__(self, chat: ChatService) -> None:
         self.chat = chat
 
-    async def create(self, req: ResponseRequest) -> ResponseObject:
-        out = await self.chat.complete(to_chat(req))
+    async def create(self, req: ResponseRequest, *, requester: str | None = None) -> ResponseObject:
+        out = await self.chat.complete(to_chat(req), requester=requester)
         message, u = out.choices[0].message, out.usage
         return response_object(f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}", req.model, message.content,
                                message.annotations, finish_reason=out.choices[0].finish_reason,
                                tokens=(u.prompt_tokens, u.completion_tokens), citations=out.citations,
                                unsupported=out.unsupported_citations, answer_id=out.answer_id)
 
-    async def events(self, req: ResponseRequest) -> AsyncIterator[bytes]:
+    async def events(self, req: ResponseRequest, *, requester: str | None = None) -> AsyncIterator[bytes]:
         """``response.created``, ``response.output_item.added``, ``response.content_part.added``,
         ``response.output_text.delta``..., ``response.output_text.done``, ``response.content_part.done``,
         ``response.output_item.done``, ``response.completed`` (``error`` if generation fails midway)."""
-        prep, sampling = await self.chat.prepare(to_chat(req))
+        prep, sampling = await self.chat.prepare(to_chat(req), requester)
         rendered = await RenderedStream.start(self.chat, prep, sampling)
         rid, mid, seq = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}", iter(range(1 << 62))
         pending = {"id": rid, "object": "response", "created_at": int(time.time()), "status": "in_progress",

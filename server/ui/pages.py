@@ -125,7 +125,7 @@ async def ask_stream(request: UiRequest, query_service: NamedDependency[QuerySer
     server-rendered, sanitised HTML: ``cards`` after the evidence and ``answer`` once citations are checked."""
     form = await request.form()
     req = query_request(form, request.app.state["settings"].server.max_question_chars)
-    events = await query_service.answer_events(req)
+    events = await query_service.answer_events(req, requester=request.user.key_id)
     user = request.user
     terms = query_terms(req.question)
 
