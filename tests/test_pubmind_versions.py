@@ -193,3 +193,11 @@ def test_version_command_json(cli: Callable[..., CliResult]) -> None:
 def test_version_command_text(cli: Callable[..., CliResult]) -> None:
     r = cli("version")
     assert f"transformers           {version('transformers')}" in r.out
+
+
+@pytest.mark.vllm
+def test_vllm_version_from_the_real_server(vllm_server: str) -> None:
+    """The running vLLM's GET /version (no API key needed) gives the release installed in .venv-vllm."""
+    installed, _ = vllm_version(vllm_python=ROOT / ".venv-vllm" / "bin" / "python")
+    served, source = vllm_version(vllm_url=vllm_server)
+    assert served == installed, source
