@@ -48,6 +48,7 @@ from generation.vllm_client import VllmClient, make_client, served_base_name
 from pubmind.durable import write_json_atomic
 from pubmind.errors import BadSourceFile, ConfigError, InvalidInput, NotFound, PubmindError
 from pubmind.settings import Settings
+from pubmind.versions import stack_versions
 
 SETTINGS = ("reasoning-required", "reasoning-free", "no-retrieval")
 SPLITS = ("test", "all")
@@ -518,6 +519,8 @@ def evaluate_answers(settings: Settings, data_path: str | Path, *, models: Seque
     try:
         records, walls = asyncio.run(_generate(settings, specs, prompts, tokenizer, max_tokens, perplexity,
                                                progress))
+        stack = stack_versions(vllm_url=sup.url if sup else settings.llm.vllm_url,
+                               vllm_python=settings.llm.vllm_python)
     finally:
         if sup is not None:
             sup.stop()
@@ -530,6 +533,7 @@ def evaluate_answers(settings: Settings, data_path: str | Path, *, models: Seque
         "config": {"setting": setting, "max_tokens": max_tokens, "temperature": 0.0, "concurrency": CONCURRENCY, "perplexity": perplexity,
                    "n_boot": n_boot, "llm_model": settings.llm.model, "vllm": "launched" if sup else settings.llm.vllm_url},
         "index": index_info,
+        "stack": stack,  # library versions that produced it
         "models": [asdict(m) for m in specs],
         "metrics": {m.name: summarize(records[m.name], walls[m.name]) for m in specs},
         "comparisons": compare(records, n_boot),

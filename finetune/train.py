@@ -39,6 +39,7 @@ from generation.modelcheck import resolve_context
 from pubmind.audit import Actor, AuditLog
 from pubmind.errors import InvalidInput
 from pubmind.settings import FinetuneSettings, Settings, load_settings
+from pubmind.versions import stack_versions
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -226,7 +227,7 @@ def register(job: Job, ds: Dataset, metrics: dict[str, Any]) -> tuple[AdapterVer
     version = job.registry.create_version(name, job.dir / "adapter", {
         "base_model": job.settings.llm.model, "dataset_hash": ds.hash, "dataset": ds.summary(),
         "hyperparameters": job.hp.job_dump(), "metrics": metrics, "parent_version": parent and parent.version,
-        "job_id": job.id})
+        "job_id": job.id, "stack": stack_versions(vllm_python=job.settings.llm.vllm_python)})
     job.record(version=version.version, lora_name=version.lora_name)
     return version, parent
 

@@ -59,6 +59,8 @@ def test_eval_answers_two_models_end_to_end(cli: Any, settings: Any, monkeypatch
     assert runs[0]["n"] == N_QUESTIONS
     assert runs[0]["index_version"] is not None
     run = json.loads(Path(runs[0]["path"]).read_text())
+    assert run["stack"]["vllm"] == "0.32.0"  # read from the vLLM that answered
+    assert run["stack"]["peft"] is not None
     assert run["config"]["setting"] == "reasoning-required"
     assert run["dataset"]["sha256"] == hashlib.sha256(small_pubmedqa.read_bytes()).hexdigest()
     base, lora = run["records"]["base"], run["records"]["pqa"]

@@ -5,6 +5,7 @@ cancelled job leaves the registry and the served version as they were."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -111,6 +112,7 @@ def test_job_trains_registers_and_gates_locally_when_vllm_is_down(env: dict[str,
     assert v1.manifest["dataset_hash"] == r["dataset"]["hash"] == read_dataset(r["dataset"]["path"]).hash
     assert v1.manifest["evaluation"]["promote"] == ev["promote"]
     assert v1.manifest["hyperparameters"]["epochs"] == 30
+    assert v1.manifest["stack"]["transformers"] == importlib.metadata.version("transformers")
     assert (Path(v1.path) / "adapter_config.json").is_file()
     assert (Path(v1.path) / "adapter_model.safetensors").is_file()
     # it learned its corrections (the base model did not), so it is promoted; vLLM being down is reported

@@ -4,6 +4,7 @@ validation, limits, rate limiting, protocol helpers, the vLLM client's error map
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import re
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,8 @@ def test_health_hides_internals_without_an_admin_key(client: Any, app_settings: 
         assert folder not in r.text
     admin = c.get("/health", headers=bearer(keys["admin"])).json()
     assert admin["vllm"]["url"] == url
+    assert admin["versions"]["torch"] == importlib.metadata.version("torch")  # the stack, for admins only
+    assert admin["versions"]["pubmind"] == importlib.metadata.version("pubmind")
     assert url in admin["reason"]
     assert folder in admin["reason"]
 

@@ -19,9 +19,11 @@ class ArticleResponse(msgspec.Struct, kw_only=True):
 
 class HealthResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Anyone sees ``status`` and a ``reason`` without internals; an admin key also gets ``vllm`` (URL, pid,
-    supervisor state, restarts) and ``index`` (version, counts, folder) and the detailed reasons."""
+    supervisor state, restarts), ``index`` (version, counts, folder), ``versions`` (the library stack) and the
+    detailed reasons."""
 
     status: Literal["ready", "unavailable"]
     reason: str | None
     vllm: dict[str, Any] | None = None
     index: dict[str, Any] | None = None
+    versions: dict[str, str | None] | None = None  # pubmind, torch, transformers, peft, vLLM, ... (admins)

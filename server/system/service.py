@@ -10,6 +10,7 @@ import msgspec
 from generation.supervisor import VllmSupervisor
 from generation.vllm_client import VllmClient
 from pubmind.errors import NotFound, PubmindError
+from pubmind.versions import stack_versions
 from retrieval.store import CorpusStore
 from server.index_holder import IndexHolder
 from server.metrics import Metrics
@@ -20,6 +21,7 @@ class SystemService:
     def __init__(self, *, vllm: VllmClient, supervisor: VllmSupervisor | None, index: IndexHolder,
                  corpus: CorpusStore, metrics: Metrics) -> None:
         self.vllm, self.supervisor, self.index, self.corpus, self.metrics = vllm, supervisor, index, corpus, metrics
+        self._stack: dict[str, str | None] | None = None  # library versions, read at the first admin health check
 
     async def health(self, *, detail: bool) -> HealthResponse:
         """Ready when vLLM answers and an index generation is served. Reads the index holder's state only (a
@@ -46,8 +48,10 @@ class SystemService:
         status: Literal["ready", "unavailable"] = "unavailable" if public else "ready"
         if not detail:
             return HealthResponse(status=status, reason="; ".join(public) or None)
+        if self._stack is None:
+            self._stack = await anyio.to_thread.run_sync(lambda: stack_versions(vllm_url=self.vllm.base_url))
         return HealthResponse(status=status, reason="; ".join(private) or None, vllm=vllm,
-                              index={"version": idx.version, **idx.info} if idx.ready else {})
+                              index={"version": idx.version, **idx.info} if idx.ready else {}, versions=self._stack)
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()
