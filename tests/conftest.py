@@ -37,6 +37,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def settings_at(home: str | Path, **overrides: Any) -> Settings:
+    """Test-preset settings with ``home`` and nested ``overrides`` (e.g. ``index={"kind": "hnsw"}``): the one
+    way tests build settings (the ``make_settings``/``settings`` fixtures call it; session-scoped fixtures,
+    which cannot use them, call it directly)."""
+    from pubmind.settings import load_settings
+
+    return load_settings(preset="test", home=str(home), **overrides)
+
+
 @pytest.fixture()
 def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
     """The one way tests build settings: ``make_settings(home=None, **overrides)`` gives test-preset settings
@@ -44,14 +53,12 @@ def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[.
 
     PUBMIND_PRESET/PUBMIND_HOME are also set for the test, so a CLI or a subprocess started by the test
     resolves the same settings."""
-    from pubmind.settings import load_settings
-
     monkeypatch.setenv("PUBMIND_PRESET", "test")
     monkeypatch.setenv("PUBMIND_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("PUBMIND_CONFIG", raising=False)
 
     def make(home: str | Path | None = None, **overrides: Any) -> Settings:
-        return load_settings(preset="test", home=str(home or tmp_path / "home"), **overrides)
+        return settings_at(home or tmp_path / "home", **overrides)
 
     return make
 

@@ -34,10 +34,11 @@ def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         return
 
     from generation.supervisor import VllmSupervisor
-    from tests.fixtures_server import free_port, make_settings
+    from tests.conftest import settings_at
+    from tests.fixtures_server import free_port
 
     home = tmp_path_factory.mktemp("vllm-home")
-    settings = make_settings(home, llm={"model": str(tiny_model_dir), "vllm_port": free_port(), "max_loras": 2,
+    settings = settings_at(home, llm={"model": str(tiny_model_dir), "vllm_port": free_port(), "max_loras": 2,
                                         "max_lora_rank": 8, "vllm_args": ["--dtype", "float32"]})
     sup = VllmSupervisor(settings)
     sup.start()

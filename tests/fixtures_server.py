@@ -5,20 +5,19 @@ thread (for the openai client, streaming and the benchmark)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pubmind.records import Article
-from pubmind.settings import Settings, load_settings
+from pubmind.settings import Settings
+from tests.conftest import settings_at
 
 N_CORPUS = 50
 
@@ -32,28 +31,6 @@ def free_port() -> int:
 def closed_url() -> str:
     """A URL where nothing listens (for 'vLLM is down')."""
     return f"http://127.0.0.1:{free_port()}"
-
-
-@contextmanager
-def _test_env() -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in ("PUBMIND_PRESET", "PUBMIND_CONFIG", "PUBMIND_HOME")}
-    os.environ["PUBMIND_PRESET"] = "test"
-    os.environ.pop("PUBMIND_CONFIG", None)
-    os.environ.pop("PUBMIND_HOME", None)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def make_settings(home: Path, **overrides: Any) -> Settings:
-    """Test-preset settings with ``home`` (usable from session fixtures, which cannot monkeypatch)."""
-    with _test_env():
-        return load_settings(home=home, **overrides)
 
 
 def pubmedqa_articles(shared_data: Path, n: int = N_CORPUS) -> list[Article]:
@@ -75,13 +52,13 @@ def server_home(tmp_path_factory: pytest.TempPathFactory, server_corpus: list[Ar
     from retrieval.indexer import Indexer
 
     home = tmp_path_factory.mktemp("server-home")
-    with Indexer(make_settings(home), embedder) as ix:
+    with Indexer(settings_at(home), embedder) as ix:
         ix.apply(server_corpus, progress=False)
     return home
 
 
 def api_settings(home: Path, model_dir: Path, vllm_url: str, **server: Any) -> Settings:
-    return make_settings(home, llm={"model": str(model_dir), "vllm_url": vllm_url}, server=server)
+    return settings_at(home, llm={"model": str(model_dir), "vllm_url": vllm_url}, server=server)
 
 
 def create_keys(settings: Settings, tag: str = "") -> dict[str, str]:

@@ -82,11 +82,11 @@ def test_retune_gate_records_pubmedqa_figures(server_home: Path, tiny_model_dir:
     PubMedQA accuracy comes from the answer-evaluation code and its report keeps the same metrics."""
     from finetune.jobs import JobRunner
     from finetune.store import CorrectionStore, JobStore
+    from tests.conftest import settings_at
     from tests.fixtures_finetune import private_home
-    from tests.fixtures_server import make_settings
 
     home = private_home(server_home, tmp_path / "home")
-    settings = make_settings(home, llm={"model": str(tiny_model_dir), "vllm_url": vllm_server},
+    settings = settings_at(home, llm={"model": str(tiny_model_dir), "vllm_url": vllm_server},
                              retrieval={"context_tokens": 96})
     store = CorrectionStore(settings.app_db)
     data = json.loads((shared_data / "pubmedqa/data/ori_pqal.json").read_text())

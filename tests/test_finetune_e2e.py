@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import settings_at
 from tests.fixtures_finetune import private_home, untrained_adapter
-from tests.fixtures_server import LiveServer, bearer, create_keys, make_settings
+from tests.fixtures_server import LiveServer, bearer, create_keys
 
 pytestmark = [pytest.mark.vllm, pytest.mark.integration, pytest.mark.network]
 
@@ -35,7 +36,7 @@ def loop(server_home: Path, tiny_model_dir: Path, vllm_server: str, shared_data:
 
     home = private_home(server_home, tmp_path_factory.mktemp("ft-e2e") / "home")
     # short prompts (small evidence budget) so the tiny model learns in seconds
-    settings = make_settings(home, llm={"model": str(tiny_model_dir), "vllm_url": vllm_server},
+    settings = settings_at(home, llm={"model": str(tiny_model_dir), "vllm_url": vllm_server},
                              retrieval={"context_tokens": 96})
     # an earlier deployment: version 1 of the adapter (an untrained LoRA: answers like the base model)
     reg = AdapterRegistry(settings.adapters_dir)

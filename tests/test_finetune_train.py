@@ -23,8 +23,9 @@ from finetune.registry import AdapterRegistry
 from finetune.store import CorrectionStore, JobStore
 from finetune.train import parse_args, training_slot, try_slot
 from pubmind.audit import AuditLog
+from tests.conftest import settings_at
 from tests.fixtures_finetune import private_home
-from tests.fixtures_server import closed_url, make_settings
+from tests.fixtures_server import closed_url
 
 
 def test_one_slot_by_default_across_processes(tmp_path: Path) -> None:
@@ -79,7 +80,7 @@ FAST = {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", 
 def env(server_home: Path, tiny_model_dir: Path, shared_data: Path,
         tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     home = private_home(server_home, tmp_path_factory.mktemp("ft-job") / "home")
-    settings = make_settings(home, llm={"model": str(tiny_model_dir), "vllm_url": closed_url()},
+    settings = settings_at(home, llm={"model": str(tiny_model_dir), "vllm_url": closed_url()},
                              retrieval={"context_tokens": 96})
     store = CorrectionStore(settings.app_db)
     data = json.loads((shared_data / "pubmedqa/data/ori_pqal.json").read_text())

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from pubmind.errors import ConfigError, InvalidInput, NotFound, ServiceUnavailable, UpstreamError
-from tests.fixtures_server import free_port, make_settings
+from tests.conftest import settings_at
+from tests.fixtures_server import free_port
 
 
 def _gone(pid: int) -> bool:
@@ -33,7 +34,7 @@ def _gone(pid: int) -> bool:
 def test_command_line(tmp_path: Path) -> None:
     from generation.supervisor import VllmSupervisor
 
-    s = make_settings(tmp_path, llm={"model": "/models/m", "vllm_port": 8123, "max_loras": 3, "max_lora_rank": 16,
+    s = settings_at(tmp_path, llm={"model": "/models/m", "vllm_port": 8123, "max_loras": 3, "max_lora_rank": 16,
                                      "max_model_len": 2048, "vllm_args": ["--dtype", "float32"]})
     sup = VllmSupervisor(s, adapters=lambda: {"onco@v2": "/a/onco/v2", "cardio@v1": "/a/cardio/v1"})
     cmd = sup.command()
@@ -49,14 +50,14 @@ def test_command_line(tmp_path: Path) -> None:
     assert "--api-key" not in joined
     assert sup.url == "http://127.0.0.1:8123"
     with pytest.raises(ConfigError, match=re.escape("llm.vllm_python='/nope/python'")):
-        VllmSupervisor(make_settings(tmp_path, llm={"vllm_python": "/nope/python"}))
+        VllmSupervisor(settings_at(tmp_path, llm={"vllm_python": "/nope/python"}))
 
 
 @pytest.mark.vllm
 def test_startup_failure_reports_log_tail(tmp_path: Path, tiny_model_dir: Path) -> None:
     from generation.supervisor import VllmSupervisor
 
-    s = make_settings(tmp_path, llm={"model": str(tiny_model_dir), "vllm_port": free_port(),
+    s = settings_at(tmp_path, llm={"model": str(tiny_model_dir), "vllm_port": free_port(),
                                      "vllm_args": ["--no-such-flag"]})
     sup = VllmSupervisor(s)
     t0 = time.monotonic()
@@ -73,7 +74,7 @@ def test_startup_failure_reports_log_tail(tmp_path: Path, tiny_model_dir: Path) 
 def test_startup_timeout_kills_the_group(tmp_path: Path, tiny_model_dir: Path) -> None:
     from generation.supervisor import VllmSupervisor
 
-    s = make_settings(tmp_path, llm={"model": str(tiny_model_dir), "vllm_port": free_port(),
+    s = settings_at(tmp_path, llm={"model": str(tiny_model_dir), "vllm_port": free_port(),
                                      "startup_timeout_seconds": 3, "vllm_args": ["--dtype", "float32"]})
     sup = VllmSupervisor(s)
     with pytest.raises(ServiceUnavailable, match=r"not healthy within llm.startup_timeout_seconds=3"):
@@ -90,7 +91,7 @@ def test_refuses_port_in_use(tmp_path: Path, tiny_model_dir: Path, vllm_server: 
     from generation.supervisor import VllmSupervisor
 
     port = int(vllm_server.rsplit(":", 1)[1])
-    sup = VllmSupervisor(make_settings(tmp_path, llm={"model": str(tiny_model_dir), "vllm_port": port}))
+    sup = VllmSupervisor(settings_at(tmp_path, llm={"model": str(tiny_model_dir), "vllm_port": port}))
     with pytest.raises(ServiceUnavailable, match="something already answers"):
         sup.start()
     assert sup.proc is None
@@ -208,7 +209,7 @@ def fake_supervisor(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.Mo
 
     def make(mode: str = "", adapters: dict[str, str] | None = None, **llm: Any) -> VllmSupervisor:
         monkeypatch.setenv("FAKE_MODE", mode)
-        settings = make_settings(tmp_path / f"home{len(made)}", llm={"model": str(tiny_model_dir), "vllm_port": free_port(),
+        settings = settings_at(tmp_path / f"home{len(made)}", llm={"model": str(tiny_model_dir), "vllm_port": free_port(),
                                                 "restart_backoff_seconds": 0.05, **llm})
         sup = VllmSupervisor(settings, adapters=lambda: dict(adapters or {}))
         real = sup.command

@@ -10,8 +10,8 @@ import pytest
 
 import retrieval.index as vi
 from pubmind.errors import IndexMismatch, ServiceUnavailable
-from pubmind.settings import load_settings
 from retrieval.index import VectorIndex, disk_generation
+from tests.conftest import settings_at
 
 DIM = 32
 FP = {"model": "rand", "dim": DIM, "normalize": True, "max_seq_length": 128, "query_prefix": "", "passage_prefix": ""}
@@ -19,7 +19,7 @@ KINDS = ["flat", "hnsw", "ivfpq"]
 
 
 def cfg(settings, kind: str, **index):
-    return load_settings(preset="test", home=str(settings.home), index={"kind": kind, "pq_m": 8, "hnsw_m": 16, **index})
+    return settings_at(settings.home, index={"kind": kind, "pq_m": 8, "hnsw_m": 16, **index})
 
 
 def data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +151,7 @@ def test_mismatch_names_both_values(settings) -> None:
         VectorIndex.open(s.index_dir, s, {**FP, "model": "other"})
     with pytest.raises(IndexMismatch, match=r'kind="flat".*kind="hnsw"'):
         VectorIndex.open(s.index_dir, cfg(settings, "hnsw"), FP)
-    other_chunking = load_settings(preset="test", home=str(settings.home), chunking={"max_tokens": 200})
+    other_chunking = settings_at(settings.home, chunking={"max_tokens": 200})
     with pytest.raises(IndexMismatch, match="chunking"):
         VectorIndex.open(s.index_dir, other_chunking, FP)
     with pytest.raises(ServiceUnavailable, match="no vector index"):

@@ -12,15 +12,15 @@ import pytest
 
 from pubmind.errors import Conflict, IndexMismatch
 from pubmind.records import AbstractSection, Article, Deletion
-from pubmind.settings import load_settings
 from retrieval.index import VectorIndex
 from retrieval.indexer import Indexer, reset_index
 from retrieval.store import CorpusStore, Filters
+from tests.conftest import settings_at
 from tests.fixtures_retrieval import HashEmbedder, make_article
 
 
 def cfg(home: Path, **index):
-    return load_settings(preset="test", home=str(home), index={"save_every": 7, **index})
+    return settings_at(home, index={"save_every": 7, **index})
 
 
 def corpus(n: int = 30, start: int = 100) -> list[Article]:
@@ -199,7 +199,7 @@ def test_chunking_change_and_index_reset(tmp_path, hash_embedder) -> None:
     with Indexer(s, hash_embedder) as ix:
         ix.apply(corpus(12), progress=False)
     before_text = {c: t for c, t, _ in snapshot(s)["chunks"]}
-    other = load_settings(preset="test", home=str(s.home), index={"save_every": 7}, chunking={"max_tokens": 64})
+    other = settings_at(s.home, index={"save_every": 7}, chunking={"max_tokens": 64})
     with pytest.raises(IndexMismatch, match="chunk"):
         Indexer(other, hash_embedder)
     with Indexer(other, hash_embedder, allow_rechunk=True) as ix:
@@ -298,7 +298,7 @@ def test_real_articles_title_search_rank1(tmp_path, shared_data, embedder) -> No
     path = shared_data / "pmparser/history_991ec7d/tests/testthat/data/baseline/pubmed20n1015.xml.gz"
     arts = {a.pmid: a for a in _parse(path, 200)}  # last version of each PMID wins
     assert len(arts) >= 150
-    s = load_settings(preset="test", home=str(tmp_path / "home"))
+    s = settings_at(tmp_path / "home")
     with Indexer(s, embedder) as ix:
         stats = ix.apply(arts.values(), progress=False)
         assert stats.sync.embedded == ix.store.stats()["chunks"]

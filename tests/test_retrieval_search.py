@@ -10,9 +10,9 @@ import pytest
 
 from pubmind.errors import InvalidInput
 from pubmind.records import AbstractSection, Article, CommentCorrection, MeshHeading
-from pubmind.settings import load_settings
 from retrieval.search import Hit, Searcher
 from retrieval.store import Filters
+from tests.conftest import settings_at
 
 TOPICS = {  # pmid: (title, abstract, journal, year, mesh (descriptor, major), pubtypes, language)
     1001: ("Statin therapy and LDL cholesterol lowering in primary prevention",
@@ -82,7 +82,7 @@ def corpus_settings(tmp_path_factory: pytest.TempPathFactory, embedder):
     from retrieval.indexer import Indexer
 
     home = tmp_path_factory.mktemp("search") / "home"
-    s = load_settings(preset="test", home=str(home))
+    s = settings_at(home)
     with Indexer(s, embedder) as ix:
         ix.apply(articles(), progress=False)
     return s

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import settings_at
 from tests.fixtures_server import api_settings, bearer, create_keys
 
 pytestmark = [pytest.mark.integration]
@@ -47,13 +48,12 @@ def test_vllm_hanging_times_out_503(server_home: Path, tiny_model_dir: Path) -> 
     from litestar.testing import TestClient
 
     from server.app import create_app
-    from tests.fixtures_server import make_settings
 
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
         srv.listen(64)
         url = f"http://127.0.0.1:{srv.getsockname()[1]}"
-        settings = make_settings(server_home, llm={"model": str(tiny_model_dir), "vllm_url": url,
+        settings = settings_at(server_home, llm={"model": str(tiny_model_dir), "vllm_url": url,
                                                    "request_timeout_seconds": 1.0})
         keys = create_keys(settings, tag=f"-{uuid.uuid4().hex[:6]}")
         with TestClient(create_app(settings), timeout=30) as c:

@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from tests import ui_support
+from tests.conftest import settings_at
 from tests.fixtures_finetune import private_home, untrained_adapter
-from tests.fixtures_server import LiveServer, bearer, create_keys, make_settings
+from tests.fixtures_server import LiveServer, bearer, create_keys
 from tests.ui_support import Session
 
 pytestmark = [pytest.mark.vllm, pytest.mark.browser, pytest.mark.integration, pytest.mark.network]
@@ -40,7 +41,7 @@ def loop(server_home: Path, tiny_model_dir: Path, vllm_server: str, shared_data:
     from server.auth import KeyStore
 
     home = private_home(server_home, tmp_path_factory.mktemp("ui-loop") / "home")
-    settings = make_settings(home, llm={"model": str(tiny_model_dir), "vllm_url": vllm_server},
+    settings = settings_at(home, llm={"model": str(tiny_model_dir), "vllm_url": vllm_server},
                              retrieval={"context_tokens": 96})
     reg = AdapterRegistry(settings.adapters_dir)
     reg.promote(ADAPTER, reg.create_version(ADAPTER, untrained_adapter(tiny_model_dir, tmp_path_factory.mktemp("v1")),
