@@ -4,7 +4,7 @@ that each area's fixtures stay next to each other and out of each other's way.""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,6 +74,9 @@ class CliResult:
     code: int
     out: str  # stdout
     err: str  # stderr
+
+    def __iter__(self) -> Iterator[Any]:  # code, out, err = cli(...)
+        return iter((self.code, self.out, self.err))
 
 
 @pytest.fixture()

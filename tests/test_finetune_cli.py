@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from finetune.registry import AdapterRegistry
 from finetune.store import CorrectionStore
@@ -21,24 +21,17 @@ class NoChunks:
         return [[] for _ in articles]
 
 
-@pytest.fixture()
-def cli(settings: Settings, ft_articles: list[Article], monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+@pytest.fixture(autouse=True)
+def corpus(settings: Settings, ft_articles: list[Article], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six PubMedQA articles in the store; vLLM "down" (nothing listens at its URL)."""
     with CorpusStore(settings.corpus_db) as store:
         store.apply(ft_articles[:6], NoChunks())
-    monkeypatch.setenv("PUBMIND_LLM__VLLM_URL", "http://127.0.0.1:9")  # nothing listens: vLLM is "down"
-    return CliRunner()
+    monkeypatch.setenv("PUBMIND_LLM__VLLM_URL", "http://127.0.0.1:9")
 
 
-def run(cli: CliRunner, settings: Settings, *args: str) -> tuple[int, str, str]:
-    from pubmind.cli import main
-
-    r = cli.invoke(main, ["--home", str(settings.home), "--preset", "test", *args], catch_exceptions=False)
-    return r.exit_code, r.stdout, r.stderr
-
-
-def test_pubmedqa_conversion_and_import(cli: CliRunner, settings: Settings, shared_data: Path, tmp_path: Path) -> None:
+def test_pubmedqa_conversion_and_import(cli: Any, settings: Settings, shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "pqa.jsonl"
-    code, stdout, _ = run(cli, settings, "feedback", "pubmedqa", str(shared_data / "pubmedqa/data/ori_pqal.json"),
+    code, stdout, _ = cli("feedback", "pubmedqa", str(shared_data / "pubmedqa/data/ori_pqal.json"),
                           str(out), "--limit", "3")
     assert code == 0
     assert "wrote 3 corrections" in stdout
@@ -46,7 +39,7 @@ def test_pubmedqa_conversion_and_import(cli: CliRunner, settings: Settings, shar
     assert rows[0]["pmids"] == [21645374]
     assert rows[0]["corrected_answer"].endswith("[PMID:21645374]")
     assert rows[0]["corrected_answer"].split(".")[0] in ("Yes", "No", "Maybe")
-    code, stdout, _ = run(cli, settings, "feedback", "import", str(out), "--accept", "--curator", "alice")
+    code, stdout, _ = cli("feedback", "import", str(out), "--accept", "--curator", "alice")
     assert code == 0
     assert "imported 3 corrections" in stdout
     accepted = CorrectionStore(settings.app_db).accepted()
@@ -55,7 +48,7 @@ def test_pubmedqa_conversion_and_import(cli: CliRunner, settings: Settings, shar
     assert accepted[0].source == "import:pqa.jsonl"
 
 
-def test_import_is_all_or_nothing(cli: CliRunner, settings: Settings, ft_articles: list[Article],
+def test_import_is_all_or_nothing(cli: Any, settings: Settings, ft_articles: list[Article],
                                   tmp_path: Path) -> None:
     p = ft_articles[0].pmid
     path = tmp_path / "bad.jsonl"
@@ -65,7 +58,7 @@ def test_import_is_all_or_nothing(cli: CliRunner, settings: Settings, ft_article
         "{not json",
         json.dumps({"question": "Q3?", "corrected_answer": "x", "colour": "red"}),
     ]) + "\n")
-    code, _, stderr = run(cli, settings, "feedback", "import", str(path))
+    code, _, stderr = cli("feedback", "import", str(path))
     assert code == 2
     assert "bad.jsonl:2: corrected_answer cites PMIDs not in the corpus: [5555]" in stderr
     assert "bad.jsonl:3: invalid JSON" in stderr
@@ -74,9 +67,9 @@ def test_import_is_all_or_nothing(cli: CliRunner, settings: Settings, ft_article
     assert CorrectionStore(settings.app_db).find() == []
 
 
-def test_review_and_adapters_promote_rollback(cli: CliRunner, settings: Settings, tmp_path: Path) -> None:
+def test_review_and_adapters_promote_rollback(cli: Any, settings: Settings, tmp_path: Path) -> None:
     fb = CorrectionStore(settings.app_db).add(question="Q?", corrected_answer="A", pmids=[], curator="c")
-    code, stdout, _ = run(cli, settings, "feedback", "review", fb.id, "--status", "accepted")
+    code, stdout, _ = cli("feedback", "review", fb.id, "--status", "accepted")
     assert code == 0
     assert CorrectionStore(settings.app_db).get(fb.id).status == "accepted"
     src = tmp_path / "src"
@@ -85,21 +78,21 @@ def test_review_and_adapters_promote_rollback(cli: CliRunner, settings: Settings
     reg = AdapterRegistry(settings.adapters_dir)
     for _ in range(2):
         reg.create_version("onco", src, {"base_model": "tiny"})
-    code, stdout, _ = run(cli, settings, "adapters", "promote", "onco", "1")
+    code, stdout, _ = cli("adapters", "promote", "onco", "1")
     assert code == 0
     assert json.loads(stdout)["lora_name"] == "onco@v1"
-    code, stdout, _ = run(cli, settings, "adapters", "promote", "onco", "2")
+    code, stdout, _ = cli("adapters", "promote", "onco", "2")
     served = json.loads(stdout)["served"]
     assert served["serving"] == "onco@v2"
     assert "not reachable" in served["vllm"]  # said, not hidden
-    code, stdout, _ = run(cli, settings, "adapters", "rollback", "onco")
+    code, stdout, _ = cli("adapters", "rollback", "onco")
     assert code == 0
     assert json.loads(stdout)["current"] == 1
-    code, stdout, _ = run(cli, settings, "adapters", "list")
+    code, stdout, _ = cli("adapters", "list")
     assert json.loads(stdout)[0]["current"] == 1
-    code, _, stderr = run(cli, settings, "adapters", "promote", "onco", "7")
+    code, _, stderr = cli("adapters", "promote", "onco", "7")
     assert code == 1
     assert "has no version 7" in stderr
-    code, _, stderr = run(cli, settings, "retune", "--adapter", "onco", "--min-examples", "5")
+    code, _, stderr = cli("retune", "--adapter", "onco", "--min-examples", "5")
     assert code == 1
     assert "1 accepted corrections, a re-tune needs min_examples=5" in stderr

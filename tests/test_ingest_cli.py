@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from ingest.cli import corpus_stats
 from ingest.parse import iter_records
@@ -122,19 +121,6 @@ def test_query_pipeline_against_fake_eutils(eutils_settings, hash_embedder, meta
 
 
 # ------------------------------------------------------------------------------------------- CLI
-@pytest.fixture()
-def cli(settings) -> Callable[..., tuple[int, str, str]]:
-    from pubmind.cli import main
-
-    runner = CliRunner()
-
-    def run(*args: str) -> tuple[int, str, str]:
-        res = runner.invoke(main, list(args), catch_exceptions=False)
-        return res.exit_code, res.stdout, res.stderr
-
-    return run
-
-
 @pytest.mark.integration
 def test_cli_end_to_end_with_minilm(cli, settings, tmp_path: Path) -> None:
     code, out, err = cli("ingest", "file", "--no-progress", "--json", str(SAMPLE_1334), str(SAMPLE_1335))

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from ingest.cli import corpus_stats
 from ingest.parse import iter_records
@@ -23,7 +22,7 @@ from ingest.sync import STATE_KEY, RemoteFile, Syncer, SyncState, parse_listing,
 from pubmind.errors import Conflict
 from pubmind.records import Article, Deletion
 from retrieval.indexer import Indexer
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, CliResult
 from tests.fixtures_ingest import SAMPLE_1334, SAMPLE_1335, HashEmbedder
 from tests.nlm_mirror import Mirror, MirrorServer, add_file, md5_sidecar
 
@@ -83,19 +82,13 @@ def make_syncer(settings, indexer: Indexer, mirror: Mirror) -> Iterator[Callable
 
 
 @pytest.fixture()
-def sync_cli(settings, hash_embedder: HashEmbedder, monkeypatch: pytest.MonkeyPatch,
-             mirror: Mirror) -> Callable[..., tuple[int, str, str]]:
-    """``pubmind ...`` in-process, the embedder swapped for the hash stand-in, the mirror set by env."""
-    from pubmind.cli import main
-
+def sync_cli(cli: Callable[..., CliResult], hash_embedder: HashEmbedder, monkeypatch: pytest.MonkeyPatch,
+             mirror: Mirror) -> Callable[..., CliResult]:
+    """``pubmind ...`` in-process (the conftest ``cli``), the embedder swapped for the hash stand-in, the
+    mirror set by env."""
     monkeypatch.setattr("retrieval.embed.Embedder", lambda _cfg: hash_embedder)
     monkeypatch.setenv("PUBMIND_SYNC__MIRROR", mirror.url)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        res = CliRunner().invoke(main, list(args), catch_exceptions=False)
-        return res.exit_code, res.stdout, res.stderr
-
-    return run
+    return cli
 
 
 def applied(settings) -> list[str]:

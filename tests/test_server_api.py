@@ -64,7 +64,9 @@ def test_health_ready(live: dict[str, Any]) -> None:
     r = httpx.get(live["url"] + "/health", headers=bearer(live["keys"]["admin"]))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["status"] == "ready" and body["index"]["count"] > 0 and body["index"]["version"]
+    assert body["status"] == "ready"
+    assert body["index"]["count"] > 0
+    assert body["index"]["version"]
     assert httpx.get(live["url"] + "/health").json() == {"status": "ready", "reason": None}
 
 
@@ -77,21 +79,29 @@ def test_query_answer_records_provenance(live: dict[str, Any]) -> None:
         r = c.post("/v1/query", json={"question": QUESTION, "k": 5})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["id"].startswith("ans_") and isinstance(body["answer"], str) and body["answer"]
-    assert body["model"] == "base" and body["adapter"] is None and body["index_version"]
+    assert body["id"].startswith("ans_")
+    assert isinstance(body["answer"], str)
+    assert body["answer"]
+    assert body["model"] == "base"
+    assert body["adapter"] is None
+    assert body["index_version"]
     ev = body["evidence"]
-    assert len(ev) == 5 and [e["rank"] for e in ev] == [1, 2, 3, 4, 5]
+    assert len(ev) == 5
+    assert [e["rank"] for e in ev] == [1, 2, 3, 4, 5]
     assert LACE_PMID in [e["pmid"] for e in ev]
     assert all(e["url"] == f"https://pubmed.ncbi.nlm.nih.gov/{e['pmid']}/" for e in ev)
     in_prompt = {e["pmid"] for e in ev if e["in_prompt"]}
-    assert in_prompt and {c["pmid"] for c in body["citations"]} <= in_prompt
+    assert in_prompt
+    assert {c["pmid"] for c in body["citations"]} <= in_prompt
     assert not set(body["unsupported_citations"]) & in_prompt
     assert {"retrieval", "prompt", "generation", "verify", "total"} <= set(body["timings_ms"])
     assert body["usage"]["completion_tokens"] > 0
     fs = AnswerStore(live["settings"].app_db)
     stored = fs.get(body["id"])
     fs.close()
-    assert stored.question == QUESTION and stored.answer == body["answer"] and stored.model == "base"
+    assert stored.question == QUESTION
+    assert stored.answer == body["answer"]
+    assert stored.model == "base"
     assert [p for p, _ in stored.retrieved] == [e["pmid"] for e in ev]
     assert stored.index_version == body["index_version"]
     assert stored.timings_ms["generation"] > 0
@@ -108,15 +118,19 @@ def test_query_answer_records_provenance(live: dict[str, Any]) -> None:
 def test_query_stream_event_order(live: dict[str, Any]) -> None:
     with client(live) as c:
         r = c.post("/v1/query", json={"question": QUESTION, "k": 3, "stream": True})
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
     events = sse_events(r.text)
     names = [e for e, _ in events]
-    assert names[0] == "evidence" and names[-2:] == ["citations", "done"]
-    assert set(names[1:-2]) == {"delta"} and len(names) > 3
+    assert names[0] == "evidence"
+    assert names[-2:] == ["citations", "done"]
+    assert set(names[1:-2]) == {"delta"}
+    assert len(names) > 3
     assert len(events[0][1]["evidence"]) == 3
     answer = "".join(d["text"] for e, d in events if e == "delta")
     cites = events[-2][1]
-    assert cites["answer"] == answer and cites["id"] == events[-1][1]["id"]
+    assert cites["answer"] == answer
+    assert cites["id"] == events[-1][1]["id"]
 
 
 def test_query_search_mode_with_filters(live: dict[str, Any]) -> None:
@@ -125,8 +139,11 @@ def test_query_search_mode_with_filters(live: dict[str, Any]) -> None:
                                       "filters": {"year_from": 2012}})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["answer"] is None and body["citations"] == [] and "generation" not in body["timings_ms"]
-    assert body["evidence"] and all(e["year"] >= 2012 for e in body["evidence"])
+    assert body["answer"] is None
+    assert body["citations"] == []
+    assert "generation" not in body["timings_ms"]
+    assert body["evidence"]
+    assert all(e["year"] >= 2012 for e in body["evidence"])
     assert LACE_PMID not in [e["pmid"] for e in body["evidence"]]  # 2011: filtered out before top-k
 
 
@@ -145,7 +162,8 @@ def test_citation_verification_end_to_end(live: dict[str, Any]) -> None:
         return cited, await rag.finish(prep, text, "stop", 10, 12, 5.0)
 
     cited, ans = asyncio.run(run())
-    assert [c.pmid for c in ans.citations] == [cited] and ans.unsupported == [outside]
+    assert [c.pmid for c in ans.citations] == [cited]
+    assert ans.unsupported == [outside]
     from finetune.store import AnswerStore
 
     fs = AnswerStore(live["settings"].app_db)
@@ -158,20 +176,25 @@ def test_openai_client_chat(live: dict[str, Any]) -> None:
     oa = openai.OpenAI(base_url=live["url"] + "/v1", api_key=live["keys"]["reader"], max_retries=0)
     msgs = [{"role": "system", "content": "ignored"}, {"role": "user", "content": QUESTION}]
     resp = oa.chat.completions.create(model="base", messages=msgs, max_tokens=16)
-    assert resp.object == "chat.completion" and resp.choices[0].message.role == "assistant"
-    assert resp.choices[0].message.content and resp.choices[0].finish_reason in ("stop", "length")
+    assert resp.object == "chat.completion"
+    assert resp.choices[0].message.role == "assistant"
+    assert resp.choices[0].message.content
+    assert resp.choices[0].finish_reason in ("stop", "length")
     assert resp.usage.completion_tokens > 0
     extra = resp.model_extra
-    assert extra["answer_id"].startswith("ans_") and isinstance(extra["citations"], list)
+    assert extra["answer_id"].startswith("ans_")
+    assert isinstance(extra["citations"], list)
 
     chunks = list(oa.chat.completions.create(model="base", messages=msgs, max_tokens=16, stream=True,
                                              stream_options={"include_usage": True}))
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text
     finals = [ch for ch in chunks if ch.choices and ch.choices[0].finish_reason]
-    assert len(finals) == 1 and finals[0].model_extra["answer_id"].startswith("ans_")
+    assert len(finals) == 1
+    assert finals[0].model_extra["answer_id"].startswith("ans_")
     assert isinstance(finals[0].model_extra["citations"], list)
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
 
     # a conversation: retrieval on the last user message, earlier turns kept
     conv = [{"role": "user", "content": "What is PCD?"}, {"role": "assistant", "content": "Cell death."}, msgs[1]]
@@ -181,13 +204,17 @@ def test_openai_client_chat(live: dict[str, Any]) -> None:
 def test_openai_client_models_adapter_and_errors(live: dict[str, Any]) -> None:
     oa = openai.OpenAI(base_url=live["url"] + "/v1", api_key=live["keys"]["reader"], max_retries=0)
     ids = [m.id for m in oa.models.list()]
-    assert ids[0] == "base" and "lace" in ids and "lace@v1" in ids
+    assert ids[0] == "base"
+    assert "lace" in ids
+    assert "lace@v1" in ids
     # the adapter is loaded into vLLM on first use, by alias and by version
     r1 = oa.chat.completions.create(model="lace", messages=[{"role": "user", "content": QUESTION}], max_tokens=8)
-    assert r1.model == "lace" and r1.choices[0].message.content
+    assert r1.model == "lace"
+    assert r1.choices[0].message.content
     with client(live) as c:
         body = c.post("/v1/query", json={"question": QUESTION, "model": "lace@v1", "k": 2}).json()
-    assert body["adapter"] == "lace@v1" and body["model"] == "lace@v1"
+    assert body["adapter"] == "lace@v1"
+    assert body["model"] == "lace@v1"
     llm = live["settings"].llm
     assert "lace@v1" in httpx.get(llm.vllm_url + "/v1/models", headers=bearer(llm.vllm_api_key)).text
 
@@ -204,7 +231,8 @@ def test_openai_client_models_adapter_and_errors(live: dict[str, Any]) -> None:
 def test_articles_and_metrics(live: dict[str, Any]) -> None:
     with client(live) as c:
         art = c.get(f"/v1/articles/{LACE_PMID}").json()
-        assert art["article"]["pmid"] == LACE_PMID and art["article"]["year"] == 2011
+        assert art["article"]["pmid"] == LACE_PMID
+        assert art["article"]["year"] == 2011
         assert "lace plant" in " ".join(sec["text"] for sec in art["article"]["abstract"])
         assert art["url"].endswith(f"/{LACE_PMID}/")
         assert c.get("/v1/articles/1").status_code == 404

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from click.testing import CliRunner
 from litestar import Litestar, Request, Router, get
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
@@ -34,7 +33,8 @@ def assert_openai_error(resp: httpx.Response, status: int, *, param: str | None 
                         contains: str = "") -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     body = resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == OPENAI_ERROR_KEYS, body
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == OPENAI_ERROR_KEYS, body
     if param is not None:
         assert body["error"]["param"] == param, body
     assert contains.lower() in body["error"]["message"].lower(), body
@@ -67,8 +67,11 @@ def test_keystore_create_authenticate_revoke(tmp_path: Path) -> None:
 
 def test_role_order() -> None:
     admin, curator, reader = Principal("a", "admin"), Principal("c", "curator"), Principal("r", "reader")
-    assert admin.allows("curator") and admin.allows("reader") and curator.allows("reader")
-    assert not reader.allows("curator") and not curator.allows("admin")
+    assert admin.allows("curator")
+    assert admin.allows("reader")
+    assert curator.allows("reader")
+    assert not reader.allows("curator")
+    assert not curator.allows("admin")
     with pytest.raises(InvalidInput, match="role must be one of"):
         require_role("superuser")
 
@@ -246,7 +249,8 @@ def test_models_articles_metrics_docs(client: Any) -> None:
     c, keys = client
     h = bearer(keys["reader"])
     models = c.get("/v1/models", headers=h).json()
-    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["base", "base:plain"]
+    assert models["object"] == "list"
+    assert [m["id"] for m in models["data"]] == ["base", "base:plain"]
     assert_openai_error(c.get("/v1/models"), 401)
     assert_openai_error(c.get("/v1/articles/123", headers=h), 404, param="pmid", contains="PMID 123")
     assert_openai_error(c.get("/v1/articles/abc", headers=h), 404)  # not an int: no such route
@@ -366,27 +370,26 @@ def test_vllm_client_error_mapping() -> None:
 
 
 # ---- CLI ----------------------------------------------------------------------------------------------
-def test_keys_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pubmind.cli import main
-
-    monkeypatch.setenv("PUBMIND_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("PUBMIND_PRESET", "test")
-    runner = CliRunner()
-    r = runner.invoke(main, ["keys", "create", "--role", "curator", "--name", "carol"])
-    assert r.exit_code == 0, r.output
-    key = r.output.strip().splitlines()[-1]
+def test_keys_cli(cli: Any, settings: Any) -> None:
+    r = cli("keys", "create", "--role", "curator", "--name", "carol")
+    assert r.code == 0, r.err
+    key = r.out.strip().splitlines()[-1]
     assert key.startswith("pm_")
-    ks = KeyStore(tmp_path / "home" / "app.sqlite")
+    ks = KeyStore(settings.app_db)
     assert _who(ks.authenticate(key)) == ("carol", "curator")
-    r = runner.invoke(main, ["keys", "create", "--role", "reader", "--name", "carol"])
-    assert r.exit_code == 1 and "already exists" in r.output
-    r = runner.invoke(main, ["keys", "list"])
-    assert r.exit_code == 0 and '"name": "carol"' in r.output and key not in r.output
-    r = runner.invoke(main, ["keys", "revoke", "carol"])
-    assert r.exit_code == 0
+    r = cli("keys", "create", "--role", "reader", "--name", "carol")
+    assert r.code == 1
+    assert "already exists" in r.err
+    r = cli("keys", "list")
+    assert r.code == 0
+    assert '"name": "carol"' in r.out
+    assert key not in r.out
+    r = cli("keys", "revoke", "carol")
+    assert r.code == 0
     assert ks.authenticate(key) is None
-    r = runner.invoke(main, ["keys", "revoke", "carol"])
-    assert r.exit_code == 1 and "no active API key named 'carol'" in r.output
+    r = cli("keys", "revoke", "carol")
+    assert r.code == 1
+    assert "no active API key named 'carol'" in r.err
 
 
 def test_query_batcher_coalesces_concurrent_calls() -> None:
@@ -426,7 +429,9 @@ def test_query_batcher_coalesces_concurrent_calls() -> None:
     for t in threads:
         t.join()
     assert {i: v[0] for i, v in out.items()} == {i: float(i) for i in range(1, 11)}  # each got its own row
-    assert sum(emb.batches[1:]) == 10 and max(emb.batches) <= 4 and len(emb.batches) - 1 < 10
+    assert sum(emb.batches[1:]) == 10
+    assert max(emb.batches) <= 4
+    assert len(emb.batches) - 1 < 10
     with pytest.raises(ValueError, match="bad text"):
         qb.encode_queries(["boom"])
     assert qb.encode_queries(["ok"]).shape == (1, 2)  # still usable after an error
