@@ -87,6 +87,36 @@ def bench_store(home: Path, copies: int, batch: int) -> dict[str, float]:
             "store_records_per_cpu_s": round(len(records) / c)}
 
 
+def _written_bytes() -> int:
+    """Bytes this process passed to write() so far (``wchar`` in /proc/self/io)."""
+    return int(dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())["wchar"])
+
+
+def bench_checkpoints(home: Path, total: int, step: int, kind: str) -> dict[str, float]:
+    """An index grown to ``total`` random unit vectors (dim 384, MiniLM's) and saved every ``step``, the way
+    ``Indexer.sync`` checkpoints: bytes written and seconds spent by the saves."""
+    import numpy as np
+
+    from pubmind.settings import load_settings
+    from retrieval.index import VectorIndex
+
+    settings = load_settings(preset="test", home=home, index={"kind": kind})
+    fp = {"model": "bench", "dim": 384, "normalize": True, "max_seq_length": 128, "query_prefix": "",
+          "passage_prefix": ""}
+    ix = VectorIndex.open(settings.index_dir, settings, fp)
+    rng = np.random.default_rng(0)
+    save_s, save_bytes = 0.0, 0
+    for start in range(0, total, step):
+        v = rng.standard_normal((step, 384)).astype(np.float32)
+        ix.add(np.arange(start, start + step, dtype=np.int64) * 1000 + 1, v / np.linalg.norm(v, axis=1, keepdims=True))
+        b0, t0 = _written_bytes(), time.perf_counter()
+        ix.save()
+        save_s, save_bytes = save_s + time.perf_counter() - t0, save_bytes + _written_bytes() - b0
+    return {"kind": kind, "vectors": total, "saves": total // step, "save_seconds": round(save_s, 2),
+            "save_mib": round(save_bytes / 2**20, 1), "index_mib": round(total * 384 * 4 / 2**20, 1),
+            "segments": ix.info().get("segments", 1)}
+
+
 def bench_pipeline(home: Path, files: list[Path]) -> tuple[dict[str, float], list[str], int]:
     """Ingest ``files`` into a fresh home: parse + store + chunk first, then the embedding stage
     (``Indexer.sync``) timed on its own, in wall and CPU seconds (the CPU is shared: CPU time is the
@@ -135,11 +165,21 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--repeats", type=int, default=3, help="parse passes (best is reported)")
     ap.add_argument("--store-only", action="store_true", help="only the store-writes part")
+    ap.add_argument("--index-only", action="store_true", help="only the index checkpoint part")
+    ap.add_argument("--index-vectors", type=int, default=100_000, help="vectors for the index checkpoint part")
+    ap.add_argument("--index-step", type=int, default=10_000, help="vectors between index checkpoints")
     ap.add_argument("--store-copies", type=int, default=20, help="copies of the baseline subset for the store part")
     ap.add_argument("--store-batch", type=int, default=1000, help="records per store transaction")
     ap.add_argument("files", nargs="*", type=Path, default=PIPELINE_FILES,
                     help="files for the pipeline/embedding part (default: the 2020 baseline + update subsets)")
     args = ap.parse_args()
+    if args.index_only:
+        with tempfile.TemporaryDirectory(prefix="pubmind-bench-") as home:
+            ck = bench_checkpoints(Path(home), args.index_vectors, args.index_step, "flat")
+        print(json.dumps(ck, indent=2) if args.json else
+              f"index checkpoints ({ck['kind']}): {ck['vectors']} vectors, {ck['saves']} saves: {ck['save_mib']} MiB "
+              f"written in {ck['save_seconds']} s (index {ck['index_mib']} MiB, {ck['segments']} segments)")
+        return
     with tempfile.TemporaryDirectory(prefix="pubmind-bench-") as home:
         store = bench_store(Path(home), args.store_copies, args.store_batch)
     store_line = (f"store: {store['records']} records, {store['chunks']} chunks, {store['batch']} per transaction: "

@@ -1,16 +1,21 @@
 """Self-describing FAISS vector index folder.
 
 Layout of ``settings.index_dir`` (``g`` = save generation; the manifest names the live files):
-  manifest.json          fingerprint, dim, metric, normalisation, chunking, kind + params, counts, generation
-  index.g000007.faiss    the FAISS index; its internal labels are *slots* 0..slots-1 (insertion order)
-  ids.g000007.npy        (slots,) int64 slot -> chunk id
+  manifest.json          fingerprint, dim, metric, normalisation, chunking, kind + params, counts, generation,
+                         ``segments`` (slots per segment, in order)
+  index.g000007.faiss    one segment: the FAISS index of the slots added between two saves; the segments
+                         merged in order make the searched index, whose labels are *slots* 0..slots-1
+  ids.g000007.npy        (segment slots,) int64 slot -> chunk id, beside its segment
   alive.g000007.npy      (slots,) bool, False = tombstone (deleted/replaced chunk)
   vectors.<random>.f16   ivfpq only: (slots, dim) float16 exact vectors, append-only between rebuilds;
                          used to train, to rebuild and to re-rank (``pq_refine``) without re-embedding
 Deletes are tombstones for every kind (FAISS HNSW cannot remove); searches exclude them with an
 ``IDSelectorBitmap``; a save rebuilds the index when tombstones exceed ``compact_fraction`` of slots.
-Saves write new generation files (temp + fsync + rename), then the manifest the same way, then delete
-the previous generation: a crash at any point leaves the previous generation intact.
+Saves are append-only for flat and IVF-PQ: a save writes one new segment (the vectors added since the
+last save) and the alive bitmap (1 byte per slot), not the whole index. A whole index is written as one
+segment (compaction) after a rebuild or training, past ``MAX_SEGMENTS``, and at every HNSW save (graphs
+cannot be merged). Saves write new files (temp + fsync + rename), then the manifest the same way, then
+delete files no manifest names: a crash at any point leaves the previous generation intact.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from pubmind.durable import fsync_dir, write_atomic
 from pubmind.errors import ConfigError, IndexMismatch, InvalidInput, ServiceUnavailable
 from pubmind.settings import Settings
 
-FORMAT = 1
+FORMAT = 2  # 2: segments; format 1 (one index/ids file) is read as one segment
+MAX_SEGMENTS = 32  # a save past this many segments writes the whole index as one
 MANIFEST = "manifest.json"
 COMPACT_FRACTION = 0.2  # rebuild on save when tombstones exceed this share of slots
 EXACT_MAX = 20_000  # filtered searches over at most this many vectors are exact (brute force)
@@ -77,6 +83,11 @@ class VectorIndex:
         self._alive = np.zeros(0, bool)  # slot -> not tombstoned
         self._n = 0  # slots used
         self._dead = 0
+        self._segments: list[tuple[str, str, int]] = []  # saved (index file, ids file, slots), in slot order
+        self._saved = 0  # slots in saved segments
+        self._whole = False  # slots renumbered or structure changed since the last save: write one segment
+        self._tail: faiss.Index | None = None  # flat/ivfpq: the vectors added since the last save
+        self._template: faiss.Index | None = None  # ivfpq: empty trained structure for new tails
         self._vec_file: str | None = None  # ivfpq: name of the float16 side file
         self._vec_map: np.memmap | None = None
         self._files: dict[str, str] = {}
@@ -97,6 +108,7 @@ class VectorIndex:
             if readonly:
                 raise ServiceUnavailable(f"no vector index at {folder} (manifest.json missing); ingest first")
             folder.mkdir(parents=True, exist_ok=True)
+            self._tail = self._empty_tail(self._index)
             return self
         self._load_retrying()
         if not readonly:
@@ -123,8 +135,8 @@ class VectorIndex:
 
     def _load(self) -> None:
         m = json.loads((self.folder / MANIFEST).read_text())
-        if m.get("format") != FORMAT:
-            raise IndexMismatch(f"index {self.folder}: manifest format {m.get('format')!r}, expected {FORMAT}")
+        if m.get("format") not in (1, FORMAT):
+            raise IndexMismatch(f"index {self.folder}: manifest format {m.get('format')!r}, expected 1 or {FORMAT}")
         for key, want in self._expected().items():
             if m.get(key) != want and (key != "chunking" or self._check_chunking):
                 raise IndexMismatch(
@@ -132,8 +144,12 @@ class VectorIndex:
                     f"current settings give {key}={json.dumps(want, sort_keys=True)}; rebuild the index "
                     f"(delete {self.folder} and re-sync) or restore the settings", param=key)
         files = m["files"]
-        index = faiss.read_index(str(self.folder / files["index"]))
-        ids = np.load(self.folder / files["ids"])
+        if m["format"] == 1:
+            segments = [(files["index"], files["ids"], int(m["slots"]))]
+        else:
+            segments = [(files[f"index.{i}"], files[f"ids.{i}"], int(n)) for i, n in enumerate(m["segments"])]
+        index = self._read_segments(segments)
+        ids = np.concatenate([np.zeros(0, np.int64), *(np.load(self.folder / f) for _, f, _ in segments)])
         alive = np.load(self.folder / files["alive"])
         n = int(m["slots"])
         assert index.ntotal == n == len(ids) == len(alive), (
@@ -147,8 +163,38 @@ class VectorIndex:
         self._vec_file = files.get("vectors")
         self._vec_map = None
         self._files = files
+        self._segments, self._saved, self._whole = segments, n, False
+        self._tail = None if self.readonly else self._empty_tail(index)
         self._configure()
         self._reset_lookup()
+
+    def _read_segments(self, segments: list[tuple[str, str, int]]) -> faiss.Index:
+        """The searched index: the segments' indexes merged in slot order, one segment in memory at a time."""
+        self._template = None
+        if not segments:  # saved empty
+            return self._empty_base()
+        index: faiss.Index | None = None
+        total, start = sum(n for _, _, n in segments), 0
+        for seg_file, _, seg_slots in segments:
+            seg = faiss.read_index(str(self.folder / seg_file))
+            assert seg.ntotal == seg_slots, f"index {self.folder}: {seg_file} has {seg.ntotal} vectors, not {seg_slots}"
+            if len(segments) == 1:
+                index = seg
+            elif isinstance(seg, faiss.IndexFlat):  # copy into one preallocated array (merge_from regrows it)
+                if index is None:
+                    index = faiss.IndexFlatIP(self.dim)
+                    index.codes.resize(total * self.dim * 4)
+                    index.ntotal = total
+                _flat_view(index, total)[start : start + seg_slots] = _flat_view(seg, seg_slots)
+            elif index is None:
+                index = seg
+            else:  # IVF lists store labels: shift the segment's 0.. to its slots
+                index.merge_from(seg, start)
+            if start == 0 and isinstance(seg, faiss.IndexIVF) and not self.readonly:
+                self._empty_tail(seg)  # the writer's template, from the first segment before merging
+            start += seg_slots
+        assert index is not None, f"index {self.folder}: manifest lists no segment"
+        return index
 
     def _configure(self) -> None:
         s = self.settings.index
@@ -173,9 +219,14 @@ class VectorIndex:
         if self._n and self._dead > COMPACT_FRACTION * self._n:
             self._rebuild(self._fresh_like())
         g = self.generation + 1
-        files = {"index": f"index.g{g:06d}.faiss", "ids": f"ids.g{g:06d}.npy", "alive": f"alive.g{g:06d}.npy"}
-        write_atomic(self.folder / files["index"], lambda p: faiss.write_index(self._index, str(p)))
-        write_atomic(self.folder / files["ids"], lambda p: _save_npy(p, self._ids[: self._n]))
+        segments = list(self._segments)
+        if self._whole or self._tail is None or len(segments) >= MAX_SEGMENTS:  # compaction: one segment
+            segments = [self._write_segment(g, self._index, 0)] if self._n else []
+        elif self._n > self._saved:  # append: only the vectors added since the last save
+            segments.append(self._write_segment(g, self._tail, self._saved))
+        files = {"alive": f"alive.g{g:06d}.npy"}
+        for i, (seg_file, ids_file, _) in enumerate(segments):
+            files[f"index.{i}"], files[f"ids.{i}"] = seg_file, ids_file
         write_atomic(self.folder / files["alive"], lambda p: _save_npy(p, self._alive[: self._n]))
         if self._vec_file is not None:
             files["vectors"] = self._vec_file
@@ -186,13 +237,38 @@ class VectorIndex:
             "format": FORMAT, "generation": g, **self._expected(), "dim": self.dim, "metric": "inner_product",
             "normalize": bool(self.fingerprint.get("normalize")), "trained": self.trained, "nlist": self.nlist,
             "count": len(self), "slots": self._n, "tombstones": self._dead, "files": files,
+            "segments": [n for _, _, n in segments],
             "created_at": self.created_at, "built_at": now,
         }
         fsync_dir(self.folder)
         write_atomic(self.folder / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
         fsync_dir(self.folder)
         self.generation, self._files = g, files
+        self._segments, self._saved, self._whole = segments, self._n, False
+        self._tail = self._empty_tail(self._index)
         self._cleanup()
+
+    def _write_segment(self, g: int, index: faiss.Index, start: int) -> tuple[str, str, int]:
+        """Write ``index`` (the slots from ``start`` on) and their chunk ids as generation ``g``'s segment."""
+        seg_file, ids_file = f"index.g{g:06d}.faiss", f"ids.g{g:06d}.npy"
+        assert start + index.ntotal == self._n, f"segment from slot {start} has {index.ntotal} of {self._n - start}"
+        write_atomic(self.folder / seg_file, lambda p: faiss.write_index(index, str(p)))
+        write_atomic(self.folder / ids_file, lambda p: _save_npy(p, self._ids[start : self._n]))
+        return seg_file, ids_file, int(index.ntotal)
+
+    def _empty_tail(self, like: faiss.Index) -> faiss.Index | None:
+        """An empty index of ``like``'s structure to collect the next segment (None for HNSW: its graph
+        cannot be merged, so each save writes it whole). IVF-PQ: a copy of the trained quantizer and PQ,
+        cloned from an empty template (cloning ``like`` itself would copy all its lists)."""
+        if self.kind == "hnsw":
+            return None
+        if not isinstance(like, faiss.IndexIVF):
+            return faiss.IndexFlatIP(self.dim)
+        if self._template is None:
+            template = faiss.clone_index(like)
+            template.reset()
+            self._template = template
+        return faiss.clone_index(self._template)
 
     def _cleanup(self) -> None:
         """Delete files of other generations and temp files (writer only)."""
@@ -244,6 +320,8 @@ class VectorIndex:
     def _rebuild(self, fresh: faiss.Index) -> None:
         """Move the live vectors (in slot order) into ``fresh``; tombstones disappear, slots renumber."""
         live = np.flatnonzero(self._alive[: self._n])
+        self._template = None  # a new structure (training) or the same one (compaction): re-derive it
+        self._empty_tail(fresh)  # while ``fresh`` is empty: a cheap template
         new_vec_file = _new_vec_name() if self.kind == "ivfpq" else None
         blocks = range(0, len(live), BLOCK)
         with open(self.folder / new_vec_file, "wb") if new_vec_file else contextlib.nullcontext() as out:
@@ -256,6 +334,8 @@ class VectorIndex:
         self._index = fresh
         self._ids, self._alive = self._ids[live].copy(), np.ones(len(live), bool)
         self._n, self._dead = len(live), 0
+        self._whole = True  # slots renumbered: the next save writes one segment
+        self._tail = self._empty_tail(fresh)
         if new_vec_file:
             self._vec_file, self._vec_map = new_vec_file, None  # the old file goes at the next save's cleanup
         self._configure()
@@ -330,6 +410,8 @@ class VectorIndex:
                 assert f.tell() == self._n * self.dim * 2, f"{self._vec_file} has {f.tell()} bytes, expected {self._n * self.dim * 2}"
                 f.write(vecs.astype(np.float16).tobytes())
         self._index.add(vecs)
+        if self._tail is not None:
+            self._tail.add(vecs)
         n = self._n + len(ids)
         if n > len(self._ids):
             cap = max(n, 2 * len(self._ids), 1024)
@@ -437,6 +519,7 @@ class VectorIndex:
 
     def info(self) -> dict[str, Any]:
         return {"kind": self.kind, "dim": self.dim, "count": len(self), "slots": self._n, "tombstones": self._dead,
+                "segments": len(self._segments),
                 "generation": self.generation, "trained": self.trained, "nlist": self.nlist,
                 "folder": str(self.folder)}
 
@@ -450,6 +533,11 @@ def _search_params(kind: str, trained: bool, sel: faiss.IDSelector | None, *, ef
     if kind == "ivfpq" and trained:
         return faiss.SearchParametersIVF(nprobe=nprobe, sel=sel)  # type: ignore[call-arg]
     return faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
+
+
+def _flat_view(index: faiss.Index, n: int) -> np.ndarray:
+    """(n, dim) float32 view (no copy) of an IndexFlat's vectors."""
+    return faiss.rev_swig_ptr(index.get_xb(), n * index.d).reshape(n, index.d)  # type: ignore[attr-defined]  # get_xb: not in faiss's stubs
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

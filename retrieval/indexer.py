@@ -205,8 +205,9 @@ class Indexer:
 
     def checkpoint_interval(self) -> int:
         """Vectors between index saves: ``index.save_every``, or ``CHECKPOINT_GROWTH`` of the index if
-        larger. A save rewrites the whole index, so a fixed interval would make a full-PubMed build write
-        O(N^2) bytes; a proportional one keeps it O(N) (and a crash re-embeds at most that share)."""
+        larger. Flat and IVF-PQ saves append a segment (O(new vectors)); HNSW saves rewrite the whole graph,
+        so a fixed interval would make a full-PubMed HNSW build write O(N^2) bytes; a proportional one keeps
+        it O(N), keeps the segment count logarithmic, and a crash re-embeds at most that share."""
         return max(self.settings.index.save_every, int(CHECKPOINT_GROWTH * len(self.index)))
 
     def rechunk(self, progress: bool = True) -> IndexerStats:

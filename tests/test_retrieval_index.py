@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import faiss
 import numpy as np
 import pytest
 
@@ -247,3 +248,80 @@ def test_empty_and_bad_input(settings) -> None:
         ix.add(np.array([1, 1]), vecs[:2])
     with pytest.raises(Exception, match="vecs shape"):
         ix.add(np.array([1]), vecs[:2])
+
+
+def manifest(s) -> dict:
+    return json.loads((s.index_dir / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+def test_save_appends_a_segment_instead_of_rewriting_the_index(settings, kind) -> None:
+    s = cfg(settings, kind)
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1500, seed=8)
+    ix.add(ids[:1300], vecs[:1300])  # ivfpq: trained by now
+    ix.save()
+    first = manifest(s)["files"]["index.0"]
+    first_stat = (s.index_dir / first).stat()
+    ix.add(ids[1300:], vecs[1300:])
+    ix.remove(ids[:3])  # a tombstone in the first segment
+    ix.save()
+    m = manifest(s)
+    assert m["segments"] == [1300, 200]
+    assert m["files"]["index.0"] == first
+    assert (s.index_dir / first).stat().st_mtime_ns == first_stat.st_mtime_ns  # not rewritten
+    assert faiss.read_index(str(s.index_dir / m["files"]["index.1"])).ntotal == 200  # only the new vectors
+    again = VectorIndex.open(s.index_dir, s, FP, readonly=True)
+    want, got = ix.search(vecs[:40], 5), again.search(vecs[:40], 5)
+    assert np.array_equal(want[1], got[1])
+    assert np.allclose(want[0], got[0])
+    assert len(again) == 1497
+    assert np.array_equal(again.ids(), np.sort(ids[3:]))
+
+
+def test_segments_are_compacted_past_the_limit(settings, monkeypatch) -> None:
+    monkeypatch.setattr(vi, "MAX_SEGMENTS", 3)
+    s = cfg(settings, "flat")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(500, seed=9)
+    counts = []
+    for i in range(5):
+        ix.add(ids[i * 100 : (i + 1) * 100], vecs[i * 100 : (i + 1) * 100])
+        ix.save()
+        counts.append(len(manifest(s)["segments"]))
+    assert counts == [1, 2, 3, 1, 2]
+    assert {p.name for p in s.index_dir.iterdir()} == {"manifest.json", *manifest(s)["files"].values()}
+    _, got = VectorIndex.open(s.index_dir, s, FP, readonly=True).search(vecs[::50], 1)
+    assert got[:, 0].tolist() == ids[::50].tolist()
+
+
+def test_hnsw_saves_one_segment(settings) -> None:
+    s = cfg(settings, "hnsw")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(200, seed=10)
+    ix.add(ids[:100], vecs[:100])
+    ix.save()
+    ix.add(ids[100:], vecs[100:])
+    ix.save()
+    assert manifest(s)["segments"] == [200]
+
+
+def test_format_1_index_still_opens(settings) -> None:
+    """An index saved before segments (one index/ids file, format 1) opens and keeps its vectors."""
+    s = cfg(settings, "flat")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(300, seed=11)
+    ix.add(ids, vecs)
+    ix.save()
+    m = manifest(s)
+    files = m["files"]
+    m["files"] = {"index": files["index.0"], "ids": files["ids.0"], "alive": files["alive"]}
+    m["format"] = 1
+    del m["segments"]
+    (s.index_dir / "manifest.json").write_text(json.dumps(m))
+    old = VectorIndex.open(s.index_dir, s, FP)
+    _, got = old.search(vecs[:5], 1)
+    assert got[:, 0].tolist() == ids[:5].tolist()
+    old.add(*data(10, seed=12))
+    old.save()
+    assert manifest(s)["segments"] == [300, 10]
