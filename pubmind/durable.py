@@ -142,3 +142,5 @@ class ReaderPool:
             for db in self._all:
                 db.close()
             self._all.clear()
+            while not self._idle.empty():  # closed connections must not be handed out again
+                self._idle.get_nowait()
