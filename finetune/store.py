@@ -56,11 +56,12 @@ CREATE TABLE IF NOT EXISTS answers (
     filters TEXT,
     sampling TEXT,
     conversation_sha256 TEXT,
-    stack TEXT
+    stack TEXT,
+    finish_reason TEXT
 );
 """
 # Columns added after the first release: an older app.sqlite gets them (NULL for the answers it already holds).
-ANSWERS_ADDED_COLUMNS = ("requester", "filters", "sampling", "conversation_sha256", "stack")
+ANSWERS_ADDED_COLUMNS = ("requester", "filters", "sampling", "conversation_sha256", "stack", "finish_reason")
 CORRECTIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
     id TEXT PRIMARY KEY,
@@ -118,6 +119,7 @@ class Answer(msgspec.Struct, kw_only=True):
     sampling: dict[str, Any] | None = None  # temperature, max_tokens and the other sampling parameters sent to vLLM
     conversation_sha256: str | None = None  # of the conversation as the client sent it (history + question)
     stack: dict[str, Any] | None = None  # library versions that produced it (pubmind.versions.stack_versions)
+    finish_reason: str | None = None  # vLLM's (stop, length), or client_disconnected / error for a cut-off stream
 
 
 class Correction(msgspec.Struct, kw_only=True):
@@ -228,6 +230,7 @@ class AnswerStore(_Tables):
         sampling: dict[str, Any] | None = None,
         conversation_sha256: str | None = None,
         stack: dict[str, Any] | None = None,
+        finish_reason: str | None = None,
     ) -> str:
         """Keep a served answer with its provenance; returns its id (``ans_...``), which clients quote in
         feedback."""
@@ -239,12 +242,12 @@ class AnswerStore(_Tables):
         with self._txn() as db:
             db.execute(
                 "INSERT INTO answers (id, created_at, question, answer, model, adapter_version, index_version, "
-                "retrieved, citations, timings_ms, requester, filters, sampling, conversation_sha256, stack) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "retrieved, citations, timings_ms, requester, filters, sampling, conversation_sha256, stack, "
+                "finish_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (answer_id, time.time(), question, answer, model, adapter_version, index_version,
                  json.dumps([[int(p), float(s)] for p, s in retrieved]),
                  json.dumps(list(citations), default=_json_default), json.dumps(dict(timings_ms)),
-                 requester, enc(filters), enc(sampling), conversation_sha256, enc(stack)),
+                 requester, enc(filters), enc(sampling), conversation_sha256, enc(stack), finish_reason),
             )
         return answer_id
 
@@ -258,7 +261,7 @@ class AnswerStore(_Tables):
             model=r["model"], adapter_version=r["adapter_version"], index_version=r["index_version"],
             retrieved=[(int(p), float(s)) for p, s in json.loads(r["retrieved"])],
             citations=json.loads(r["citations"]), timings_ms=json.loads(r["timings_ms"]),
-            requester=r["requester"], conversation_sha256=r["conversation_sha256"],
+            requester=r["requester"], conversation_sha256=r["conversation_sha256"], finish_reason=r["finish_reason"],
             **{k: None if r[k] is None else json.loads(r[k]) for k in ("filters", "sampling", "stack")},
         )
 

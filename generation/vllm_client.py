@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,8 +288,9 @@ class VllmClient(_Base):
 
     async def chat_stream(self, messages: Sequence[dict[str, str]], model: str, *, max_tokens: int,
                           temperature: float = 0.0, extra: dict[str, Any] | None = None
-                          ) -> AsyncIterator[ChatDelta]:
-        """Text deltas as vLLM produces them; the last one carries finish_reason and token usage."""
+                          ) -> AsyncGenerator[ChatDelta, None]:
+        """Text deltas as vLLM produces them; the last one carries finish_reason and token usage. Closing the
+        generator closes the HTTP stream (vLLM then aborts the request)."""
         body = _chat_body(messages, model, max_tokens=max_tokens, temperature=temperature, stream=True,
                           extra=extra)
         path = "/v1/chat/completions"
@@ -298,10 +299,15 @@ class VllmClient(_Base):
                 if resp.status_code >= 400:
                     await resp.aread()
                     _raise_for(resp, "chat completion")
+                complete = False
                 async for line in resp.aiter_lines():
+                    complete = complete or line.strip() == "data: [DONE]"
                     delta = _parse_sse_line(line)
                     if delta is not None:
                         yield delta
+                if not complete:  # the connection closed mid-answer (vLLM killed or restarted)
+                    raise ServiceUnavailable(f"vLLM at {self.base_url} ended the stream before the answer was "
+                                             f"complete (no [DONE])")
         except httpx.HTTPError as e:
             raise self._unavailable(path, e) from e
 

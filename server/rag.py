@@ -12,7 +12,8 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,7 +253,7 @@ class RagService:
         ans.logprobs = result.logprobs
         return ans
 
-    async def stream(self, prep: Prepared, sampling: Sampling | None = None) -> AsyncIterator[ChatDelta]:
+    async def stream(self, prep: Prepared, sampling: Sampling | None = None) -> AsyncGenerator[ChatDelta, None]:
         """vLLM's deltas (retried once after reloading the adapter if vLLM no longer knows it); the caller then
         calls ``finish`` with the joined text (``StreamRelay``)."""
         sampling = sampling or Sampling()
@@ -260,11 +261,12 @@ class RagService:
         for attempt in (0, 1):
             started = False
             try:
-                async for d in self.vllm.chat_stream(prep.messages, prep.served, max_tokens=prep.max_tokens,
-                                                     temperature=self._temperature(sampling),
-                                                     extra=sampling.extra):
-                    started = True
-                    yield d
+                async with aclosing(self.vllm.chat_stream(prep.messages, prep.served, max_tokens=prep.max_tokens,
+                                                          temperature=self._temperature(sampling),
+                                                          extra=sampling.extra)) as deltas:
+                    async for d in deltas:
+                        started = True
+                        yield d
                 return
             except NotFound:
                 if prep.adapter is None or started or attempt:
@@ -293,7 +295,8 @@ class RagService:
             question=prep.question, answer=text, model=prep.model, adapter_version=prep.adapter,
             index_version=prep.index_version, retrieved=[(int(h.pmid), float(h.score)) for h in prep.hits],
             citations=cited, timings_ms=timings, requester=prep.requester, filters=prep.filters,
-            sampling=prep.sampling, conversation_sha256=prep.conversation_sha256, stack=stack))
+            sampling=prep.sampling, conversation_sha256=prep.conversation_sha256, stack=stack,
+            finish_reason=finish_reason))
         self.count(prep.served, gen_ms, prompt_tokens, completion_tokens)
         self.metrics.unsupported.inc(len(report.unsupported))
         return Answered(id=answer_id, text=text, citations=citations, unsupported=list(report.unsupported),
@@ -313,7 +316,7 @@ class RagService:
         self.metrics.tokens.labels("completion", served).inc(completion_tokens)
 
 
-async def primed(agen: AsyncIterator[ChatDelta]) -> AsyncIterator[ChatDelta]:
+async def primed(agen: AsyncGenerator[ChatDelta, None]) -> AsyncGenerator[ChatDelta, None]:
     """Wait for the first delta before the response starts, so vLLM being down or rejecting the request is an
     HTTP error (503/4xx) instead of a 200 stream that fails."""
     try:
@@ -321,11 +324,12 @@ async def primed(agen: AsyncIterator[ChatDelta]) -> AsyncIterator[ChatDelta]:
     except StopAsyncIteration:
         first = None
 
-    async def rest() -> AsyncIterator[ChatDelta]:
-        if first is not None:
-            yield first
-            async for d in agen:
-                yield d
+    async def rest() -> AsyncGenerator[ChatDelta, None]:
+        async with aclosing(agen):  # closing this closes vLLM's stream: vLLM aborts the request
+            if first is not None:
+                yield first
+                async for d in agen:
+                    yield d
 
     return rest()
 
@@ -346,6 +350,7 @@ class StreamRelay:
         self.parts: list[str] = []
         self.finish_reason: str | None = None
         self.prompt_tokens = self.completion_tokens = 0
+        self.done = False
 
     @classmethod
     async def start(cls, rag: RagService, prep: Prepared, sampling: Sampling | None = None) -> StreamRelay:
@@ -364,5 +369,20 @@ class StreamRelay:
                 self.completion_tokens = d.completion_tokens
 
     async def finish(self) -> Answered:
+        self.done = True
         return await self.rag.finish(self.prep, "".join(self.parts), self.finish_reason, self.prompt_tokens,
                                      self.completion_tokens, (time.perf_counter() - self.started) * 1000)
+
+    async def abandon(self, reason: str) -> None:
+        """The stream ended before ``finish`` (the client went away, or vLLM failed midway): close vLLM's stream
+        (vLLM aborts the request) and record what was generated with ``reason`` as its finish reason
+        (``client_disconnected``, ``error``). Shielded: it runs while the response task is being cancelled."""
+        if self.done:
+            return
+        self.done = True
+        with anyio.CancelScope(shield=True):
+            close = getattr(self.deltas, "aclose", None)
+            if close is not None:
+                await close()
+            await self.rag.finish(self.prep, "".join(self.parts), reason, self.prompt_tokens,
+                                  self.completion_tokens, (time.perf_counter() - self.started) * 1000)

@@ -116,6 +116,9 @@ class FakeVllm:
         self.reply = "Mitochondria take part {cite} (see also PMID 99999999)."
         self.finish_reason = "stop"
         self.chunk_chars = 3
+        self.delay_s = 0.0  # between streamed chunks
+        self.drop_after: int | None = None  # close the connection after this many chunks (vLLM killed)
+        self.aborted = 0  # streams the client closed before the end (vLLM would abort those requests)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -156,9 +159,18 @@ class FakeVllm:
                 chunks = [{"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
                 chunks += [{"choices": [{"index": 0, "delta": {}, "finish_reason": fake.finish_reason}]},
                            {"choices": [], "usage": usage}]
-                for c in chunks:
-                    self.wfile.write(b"data: " + json.dumps(c).encode() + b"\n\n")
-                self.wfile.write(b"data: [DONE]\n\n")
+                try:
+                    for i, c in enumerate(chunks):
+                        if fake.drop_after is not None and i == fake.drop_after:
+                            self.close_connection = True
+                            self.connection.shutdown(socket.SHUT_RDWR)  # dies mid-stream, no [DONE]
+                            return
+                        self.wfile.write(b"data: " + json.dumps(c).encode() + b"\n\n")
+                        self.wfile.flush()
+                        time.sleep(fake.delay_s)
+                    self.wfile.write(b"data: [DONE]\n\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    fake.aborted += 1
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

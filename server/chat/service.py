@@ -189,9 +189,12 @@ class ChatService:
                     yield chunk({"content": text})
                 end = await rendered.finish()
             except PubmindError as e:
+                await rendered.relay.abandon("error")
                 yield sse.data(sse.error_payload(e))
                 yield sse.DONE
                 return
+            finally:
+                await rendered.relay.abandon("client_disconnected")  # a no-op once finished
             ans = end.answered
             yield chunk({"content": end.last, "annotations": end.annotations} if end.last or end.annotations else {},
                         ans.finish_reason or "stop", citations=ans.citations, unsupported_citations=ans.unsupported,

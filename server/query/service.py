@@ -54,8 +54,11 @@ class QueryService:
                     yield sse.event("delta", {"text": text})
                 ans = await relay.finish()
             except PubmindError as e:
+                await relay.abandon("error")
                 yield sse.event("error", sse.error_payload(e))
                 return
+            finally:
+                await relay.abandon("client_disconnected")  # a no-op once finished
             yield sse.event("citations", {"id": ans.id, "answer": ans.text, "citations": ans.citations,
                                           "unsupported_citations": ans.unsupported})
             yield sse.event("done", {"id": ans.id, "finish_reason": ans.finish_reason, "timings_ms": ans.timings_ms,

@@ -96,8 +96,11 @@ class ResponsesService:
                     yield ev("response.output_text.delta", **where, delta=text, logprobs=[])
                 end = await rendered.finish()
             except PubmindError as e:
+                await rendered.relay.abandon("error")
                 yield ev("error", code=e.code or "server_error", message=e.message, param=e.param)
                 return
+            finally:
+                await rendered.relay.abandon("client_disconnected")  # a no-op once finished
             if end.last:
                 yield ev("response.output_text.delta", **where, delta=end.last, logprobs=[])
             ans = end.answered
