@@ -6,14 +6,22 @@ to the store, so a truncated/malformed file never leaves half its records behind
 file is recorded (path + md5) in the store's bookkeeping; an unchanged file is skipped next time, a
 crash between apply and bookkeeping just re-applies it (upserts are idempotent). In a run over many
 files, bad files are collected and reported at the end; the good ones are ingested.
+
+Several files are parsed and chunked in parallel (``ingest.workers`` processes, one file each, at most
+2 files per worker in flight): a worker writes the file's spool with each article's chunks; the single
+writer applies the spools in file order, exactly as the one-process path would, so the store, the index
+and the crash-safety guarantees are the same.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +33,13 @@ from ingest.eutils import EutilsClient
 from ingest.parse import is_source_file, iter_records, verify_md5
 from pubmind.errors import BadSourceFile
 from pubmind.records import Article, Deletion, article_from_json, article_to_json
-from pubmind.settings import Settings
+from pubmind.settings import ChunkingSettings, Settings
+from retrieval.chunking import Chunk, Chunker
 
 Record = Article | Deletion
 _int_tuple = msgspec.json.Decoder(tuple[int, ...])
+_chunks_enc, _chunks_dec = msgspec.json.Encoder(), msgspec.json.Decoder(list[Chunk])
+CHUNK_BATCH = 256  # articles per chunk_many() call in a parse worker
 
 
 @dataclass
@@ -80,26 +91,90 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
     return list(unique.values())
 
 
-def spool_records(records: Iterable[Record], spool: Path) -> tuple[int, int]:
-    """Write records as JSON lines ('A' article / 'D' deletion); returns (articles, deleted PMIDs)."""
+def spool_records(records: Iterable[Record], spool: Path, chunker: Chunker | None = None) -> tuple[int, int]:
+    """Write records as JSON lines ('A' article / 'D' deletion; with a ``chunker``, each 'A' line is
+    followed by a 'C' line of its chunks); returns (articles, deleted PMIDs)."""
     n_art = n_del = 0
     enc = msgspec.json.Encoder()
+    held: list[Article] = []  # articles waiting for one chunk_many() call (record order is kept)
+
     with open(spool, "wb") as f:
+        def put_held() -> None:
+            for a, cs in zip(held, chunker.chunk_many(held) if chunker else [[]] * len(held), strict=True):
+                f.write(b"A" + article_to_json(a) + b"\n")
+                if chunker:
+                    f.write(b"C" + _chunks_enc.encode(cs) + b"\n")
+            held.clear()
+
         for r in records:
             if isinstance(r, Article):
-                f.write(b"A" + article_to_json(r) + b"\n")
+                held.append(r)
                 n_art += 1
+                if len(held) >= CHUNK_BATCH:
+                    put_held()
             else:
+                put_held()
                 f.write(b"D" + enc.encode(r.pmids) + b"\n")
                 n_del += len(r.pmids)
+        put_held()
     return n_art, n_del
 
 
-def read_spool(spool: Path) -> Iterator[Record]:
+def read_spool(spool: Path) -> Iterator[Record | tuple[Article, list[Chunk]]]:
+    """Records back in order; an article spooled with its chunks comes as (article, chunks)."""
+    last: Article | None = None
     with open(spool, "rb") as f:
         for line in f:
             kind, body = line[:1], line[1:-1]
-            yield article_from_json(body) if kind == b"A" else Deletion(pmids=_int_tuple.decode(body))
+            if kind == b"C":
+                assert last is not None, f"{spool}: chunks line without an article"
+                yield last, _chunks_dec.decode(body)
+                last = None
+                continue
+            if last is not None:
+                yield last
+                last = None
+            if kind == b"A":
+                last = article_from_json(body)
+            else:
+                yield Deletion(pmids=_int_tuple.decode(body))
+    if last is not None:
+        yield last
+
+
+# ---- parse workers (spawned processes: nothing of the writer's state is shared) ---------------------
+_worker_chunker: Chunker | None = None
+
+
+def _worker_init(tokenizer: Any, chunking: ChunkingSettings) -> None:
+    global _worker_chunker
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core per worker
+    _worker_chunker = Chunker(tokenizer, chunking)
+
+
+def _worker_parse(path: str, spool: str) -> tuple[int, int, str | None]:
+    """Parse + chunk ``path`` into ``spool``: (articles, deleted PMIDs, error message of a bad file)."""
+    try:
+        n_art, n_del = spool_records(iter_records(Path(path), check_md5=False), Path(spool), _worker_chunker)
+    except BadSourceFile as e:
+        return 0, 0, e.message
+    return n_art, n_del, None
+
+
+def worker_count(settings: Settings, n_files: int) -> int:
+    """Parse processes for ``n_files`` files: ``ingest.workers`` (0: the CPU count), at most one per file."""
+    want = settings.ingest.workers or len(os.sched_getaffinity(0))
+    return max(1, min(want, n_files))
+
+
+@dataclass
+class _Parsed:
+    """A file parsed into a spool, waiting to be applied."""
+    key: str
+    md5: str
+    spool: Path
+    articles: int
+    deletions: int
 
 
 class Pipeline:
@@ -136,10 +211,13 @@ class Pipeline:
         report = IngestReport()
         files = discover(paths)
         pending, synced = 0, []
-        with tqdm(files, desc="files", unit="file", disable=not self.progress or len(files) < 2) as bar:
-            for path in bar:
-                bar.set_postfix_str(path.name)
-                res = self.ingest_file(path, force=force, sync=False)
+        workers = worker_count(self.settings, len(files))
+        results = (self._parallel(files, force, workers) if workers > 1 else
+                   (self.ingest_file(path, force=force, sync=False) for path in files))
+        with tqdm(total=len(files), desc="files", unit="file", disable=not self.progress or len(files) < 2) as bar:
+            for res in results:
+                bar.set_postfix_str(Path(res.path).name)
+                bar.update()
                 report.files.append(res)
                 pending += res.apply.get("chunks_added", 0) + res.apply.get("chunks_removed", 0)
                 if sync and pending >= self.settings.index.save_every:  # embed as we go on long runs
@@ -155,34 +233,87 @@ class Pipeline:
     def ingest_file(self, path: str | Path, *, force: bool = False, sync: bool = True) -> FileResult:
         """Parse ``path`` completely, then apply it. Returns ``failed`` (with the error) for a bad file
         (nothing of it is applied); other errors (store, embedder) propagate."""
-        path = Path(path)
+        checked = self._check(Path(path), force)
+        if isinstance(checked, FileResult):
+            return checked
+        key, md5 = checked
+        spool = self._new_spool()
+        try:
+            try:
+                recs = iter_records(Path(path), check_md5=False)  # checked above
+                if self.progress:
+                    recs = tqdm(recs, desc=f"parse {Path(path).name}", unit="rec", leave=False)
+                n_art, n_del = spool_records(recs, spool)
+            except BadSourceFile as e:
+                return FileResult(key, "failed", md5=md5, error=e.message)
+            return self._apply(_Parsed(key, md5, spool, n_art, n_del), sync)
+        finally:
+            spool.unlink(missing_ok=True)
+
+    def _check(self, path: Path, force: bool) -> tuple[str, str] | FileResult:
+        """(key, md5) of a file to ingest, or its result: failed (md5 sidecar mismatch) / skipped."""
         key = str(path.resolve())
         try:
             md5 = verify_md5(path)
         except BadSourceFile as e:
             return FileResult(key, "failed", error=e.message)
-        store = self.indexer.store
-        if not force and store.file_done(key, md5):
+        if not force and self.indexer.store.file_done(key, md5):
             return FileResult(key, "skipped", md5=md5)
-        spool_dir = self.settings.ingest_dir
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="spool-", suffix=".jsonl", dir=spool_dir)
+        return key, md5
+
+    def _new_spool(self) -> Path:
+        self.settings.ingest_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="spool-", suffix=".jsonl", dir=self.settings.ingest_dir)
         os.close(fd)
-        spool = Path(tmp)
-        try:
+        return Path(tmp)
+
+    def _apply(self, p: _Parsed, sync: bool) -> FileResult:
+        stats = self.indexer.apply(read_spool(p.spool), progress=self.progress, sync=sync)
+        counts = {"articles": p.articles, "deletions": p.deletions, **stats.apply.to_dict()}
+        self.indexer.store.mark_file(p.key, p.md5, counts)
+        return FileResult(p.key, "ingested", md5=p.md5, articles=p.articles, deletions=p.deletions,
+                          apply=stats.apply.to_dict())
+
+    def _parallel(self, files: list[Path], force: bool, workers: int) -> Iterator[FileResult]:
+        """Parse + chunk ``files`` in ``workers`` processes; apply each (in file order) as it is ready.
+        At most ``2 * workers`` parsed spools wait on disk; all are removed however this ends."""
+        ctx = mp.get_context("spawn")  # the writer holds torch/sqlite state that must not be forked
+        inflight: deque[tuple[Path, tuple[str, str] | FileResult, Path | None, Future[Any] | None]] = deque()
+        todo = iter(files)
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(self.indexer.chunker.tokenizer, self.settings.chunking)) as pool:
             try:
-                recs = iter_records(path, check_md5=False)  # checked above
-                if self.progress:
-                    recs = tqdm(recs, desc=f"parse {path.name}", unit="rec", leave=False)
-                n_art, n_del = spool_records(recs, spool)
-            except BadSourceFile as e:
-                return FileResult(key, "failed", md5=md5, error=e.message)
-            stats = self.indexer.apply(read_spool(spool), progress=self.progress, sync=sync)
-        finally:
-            spool.unlink(missing_ok=True)
-        counts = {"articles": n_art, "deletions": n_del, **stats.apply.to_dict()}
-        store.mark_file(key, md5, counts)
-        return FileResult(key, "ingested", md5=md5, articles=n_art, deletions=n_del, apply=stats.apply.to_dict())
+                while True:
+                    while len(inflight) < 2 * workers and (path := next(todo, None)) is not None:
+                        checked = self._check(path, force)
+                        if isinstance(checked, FileResult):
+                            inflight.append((path, checked, None, None))
+                        else:
+                            sp = self._new_spool()
+                            inflight.append((path, checked, sp, pool.submit(_worker_parse, str(path), str(sp))))
+                    if not inflight:
+                        return
+                    _, checked, out, fut = inflight[0]
+                    if isinstance(checked, FileResult) or out is None or fut is None:
+                        assert isinstance(checked, FileResult)
+                        inflight.popleft()
+                        yield checked
+                        continue
+                    try:
+                        n_art, n_del, err = fut.result()
+                        key, md5 = checked
+                        if err is not None:
+                            yield FileResult(key, "failed", md5=md5, error=err)
+                        else:
+                            yield self._apply(_Parsed(key, md5, out, n_art, n_del), sync=False)
+                    finally:
+                        out.unlink(missing_ok=True)
+                        inflight.popleft()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+                for _, _, left, _ in inflight:
+                    if left is not None:
+                        left.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------------------------------- PubMed
     def ingest_query(self, query: str, *, mindate: str | None = None, maxdate: str | None = None,

@@ -36,6 +36,9 @@ class EmbeddingSettings(BaseModel):
     )
     query_prefix: str = Field("", description="Text prepended to queries (e.g. 'query: ' for E5 models).")
     passage_prefix: str = Field("", description="Text prepended to passages (e.g. 'passage: ').")
+    fp16: bool = Field(
+        True, description="Run the encoder in float16 on CUDA devices (about 2x faster; cosine >= 0.999 to "
+        "float32); on CPU it always runs in float32. Vectors are stored as float32 either way.")
 
 
 class ChunkingSettings(BaseModel):
@@ -64,6 +67,10 @@ class IndexSettings(BaseModel):
     )
     train_min: int = Field(100_000, ge=1000, description="IVF-PQ: vectors needed before training.")
     save_every: int = Field(50_000, ge=1, description="Checkpoint the index after this many new vectors.")
+    expected_vectors: int = Field(
+        0, ge=0, description="IVF-PQ: chunk vectors the index is expected to hold when complete (all of PubMed: "
+        "about 1e8); nlist is chosen from it (about 8*sqrt(N), FAISS's 4-16*sqrt(N)) instead of from the "
+        "vectors present at training (0: unknown, use those).")
 
 
 class EutilsSettings(BaseModel):
@@ -119,6 +126,22 @@ class SyncSettings(BaseModel):
         0.0, ge=0, description="'pubmind serve' runs a sync this often (e.g. 24 for daily; 0: never), swapping the "
         "new index generation in live; results go to the log, metrics and the audit trail.")
     first_delay_seconds: float = Field(300.0, ge=0, description="Wait after start-up before the first scheduled sync.")
+
+
+class IngestSettings(BaseModel):
+    workers: int = Field(
+        0, ge=0, le=256, description="Processes that parse and chunk files in parallel when several files are "
+        "ingested (one file per process; the single writer applies them in file order). 0: the CPU count; "
+        "1: parse in the writer process.")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where chunk texts are embedded: 'local' (the writer's own embedder) or 'ray' "
+        "(an actor pool on a Ray cluster: one actor per GPU, or CPU actors where there is none).")
+    ray_address: str = Field(
+        "local", description="executor='ray': 'local' starts a local Ray; 'auto' or 'ray://host:10001' "
+        "joins a running cluster (ray start / KubeRay).")
+    ray_actors: int = Field(
+        0, ge=0, le=1024, description="executor='ray': embedding actors (0: one per GPU in the cluster, "
+        "else one per 2 CPUs).")
 
 
 class RetrievalSettings(BaseModel):
@@ -376,6 +399,7 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings, description="FAISS index.")
     eutils: EutilsSettings = Field(default_factory=EutilsSettings, description="NCBI E-utilities client.")
     sync: SyncSettings = Field(default_factory=SyncSettings, description="'pubmind sync' from NLM's PubMed mirror.")
+    ingest: IngestSettings = Field(default_factory=IngestSettings, description="Bulk ingest: parallel parsing, Ray.")
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings, description="Search.")
     llm: LLMSettings = Field(default_factory=LLMSettings, description="Generation through vLLM.")
     server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP API.")

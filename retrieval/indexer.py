@@ -12,7 +12,7 @@ import fcntl
 import json
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pubmind.errors import Conflict, IndexMismatch
 from pubmind.records import Article, Deletion
 from pubmind.settings import Settings
-from retrieval.chunking import Chunker
+from retrieval.chunking import Chunk, Chunker
 from retrieval.index import VectorIndex
 from retrieval.store import ApplyResult, CorpusStore
 
@@ -58,6 +58,22 @@ class IndexerStats(msgspec.Struct, kw_only=True):
 
     def to_dict(self) -> dict[str, Any]:
         return msgspec.to_builtins(self)
+
+
+Prechunked = tuple[Article, list[Chunk]]  # an article with the chunks a Chunker with these settings gave it
+
+
+class _ChunkLookup:
+    """ChunkerLike over chunks made elsewhere (parallel parse workers); keyed by the article object, so
+    a PMID seen twice in one batch (two versions) gets each version's own chunks."""
+
+    def __init__(self, chunker: Chunker, made: dict[int, list[Chunk]]) -> None:
+        self.chunker, self.made = chunker, made  # id(article) -> chunks
+
+    def chunk_many(self, articles: Sequence[Article]) -> list[list[Chunk]]:
+        todo = [a for a in articles if id(a) not in self.made]
+        extra = iter(self.chunker.chunk_many(todo) if todo else [])
+        return [self.made[id(a)] if id(a) in self.made else next(extra) for a in articles]
 
 
 CHUNKING_META = "chunking"
@@ -130,30 +146,35 @@ class Indexer:
         self.close()
 
     # ---- writing --------------------------------------------------------------------------------
-    def apply(self, records: Iterable[Article | Deletion], progress: bool = True, batch_size: int = 1000,
-              sync: bool = True) -> IndexerStats:
+    def apply(self, records: Iterable[Article | Deletion | Prechunked], progress: bool = True,
+              batch_size: int = 1000, sync: bool = True) -> IndexerStats:
         """Stream records into the store, ``batch_size`` per transaction, syncing the index whenever
-        ``index.save_every`` chunks are pending and at the end (unless ``sync=False``)."""
+        ``index.save_every`` chunks are pending and at the end (unless ``sync=False``). A ``Prechunked``
+        item brings its chunks (made by ``ingest.parallel`` workers with the same chunking settings)."""
         assert not self.needs_rechunk, "call rechunk() first: the stored chunks use other chunking settings"
         stats = IndexerStats()
         buf: list[Article | Deletion] = []
+        made: dict[int, list[Chunk]] = {}  # id(article) -> its chunks, for Prechunked items in buf
         pending = 0
 
         def flush() -> None:
-            nonlocal pending, buf
-            r = self.store.apply(buf, self.chunker)
+            nonlocal pending, buf, made
+            r = self.store.apply(buf, _ChunkLookup(self.chunker, made) if made else self.chunker)
             stats.apply += r
             stats.records += len(buf)
             pbar.update(len(buf))
-            buf = []
+            buf, made = [], {}
             pending += r.chunks_added
             if sync and pending >= self.settings.index.save_every:
                 stats.sync += self.sync(progress=progress)
                 pending = 0
 
         with tqdm(desc="apply", unit="rec", disable=not progress) as pbar:
-            for rec in records:
-                buf.append(rec)
+            for item in records:
+                if isinstance(item, tuple):
+                    made[id(item[0])] = item[1]
+                    item = item[0]
+                buf.append(item)
                 if len(buf) >= batch_size:
                     flush()
             if buf:
