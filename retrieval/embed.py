@@ -1,4 +1,8 @@
-"""Sentence-transformers embedder: model resolution, batched encoding, fingerprint for the index manifest."""
+"""Sentence-transformers embedder: model resolution, batched encoding, fingerprint for the index manifest.
+
+Throughput: the Indexer hands ``encode_passages`` pages of >= 16k texts; sentence-transformers sorts each
+call by length before batching, so a batch pads to its own longest text, not the page's. On CUDA the
+model runs in float16 (``embedding.fp16``), vectors come back float32 either way."""
 
 from __future__ import annotations
 
@@ -41,6 +45,9 @@ class Embedder:
             raise ConfigError(f"embedding.model={settings.model!r}: cannot load: {e}", param="embedding.model") from e
         if settings.max_seq_length is not None:
             self.model.max_seq_length = settings.max_seq_length
+        self.fp16 = settings.fp16 and str(self.model.device).startswith("cuda")  # CPU half is slow and lossy
+        if self.fp16:
+            self.model.half()
         self.tokenizer = self.model.tokenizer
         dim, max_len = self.model.get_embedding_dimension(), self.model.max_seq_length
         if dim is None or max_len is None:
