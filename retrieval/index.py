@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from pubmind.durable import fsync_dir, write_atomic
 from pubmind.errors import ConfigError, IndexMismatch, InvalidInput, ServiceUnavailable
-from pubmind.settings import Settings
+from pubmind.settings import IndexSettings, Settings
 
 FORMAT = 2  # 2: segments; format 1 (one index/ids file) is read as one segment
 MAX_SEGMENTS = 32  # a save past this many segments writes the whole index as one
@@ -44,10 +44,32 @@ MANIFEST = "manifest.json"
 COMPACT_FRACTION = 0.2  # rebuild on save when tombstones exceed this share of slots
 EXACT_MAX = 20_000  # filtered searches over at most this many vectors are exact (brute force)
 BLOCK = 65_536  # vectors per block when rebuilding / brute-forcing
+MIN_PER_CELL = 39  # FAISS: k-means wants at least 39 training vectors per centroid
+TRAIN_PER_CELL = 64  # training sample size per IVF cell (capped by the vectors present)
 # Files this index writes: generation files, the float16 side file, and write_atomic's temp files.
 _OWN_FILE = re.compile(r"^(index|ids|alive)\.g\d{6}\.(faiss|npy)$|^vectors\.[0-9a-f]{12}\.f16$|"
                        r"^\.((index|ids|alive)\.g\d{6}\.(faiss|npy)|manifest\.json)\..*\.tmp$")
 
+
+
+def target_nlist(n: int) -> int:
+    """IVF cells for an index of ``n`` vectors: FAISS's guideline is 4*sqrt(N) .. 16*sqrt(N); we take the
+    power of two nearest 8*sqrt(N), i.e. 5.7-11.3*sqrt(N) (1e6 -> 8192, 1e8 -> 65536)."""
+    return 2 ** round(math.log2(8 * math.sqrt(max(n, 1))))
+
+
+def choose_nlist(expected: int, available: int) -> int:
+    """IVF cells for an index expected to hold ``expected`` vectors (or ``available``, if more), trained
+    on the ``available`` ones: ``target_nlist``, capped so every cell gets ``MIN_PER_CELL`` of them."""
+    return max(1, min(target_nlist(max(expected, available)), available // MIN_PER_CELL))
+
+
+def train_at(s: IndexSettings) -> int:
+    """Vectors an IVF-PQ index waits for before training: ``train_min``, or enough to train the nlist
+    that ``expected_vectors`` calls for (``MIN_PER_CELL`` per cell), whichever is larger."""
+    if s.expected_vectors <= 0 or s.ivf_nlist:
+        return s.train_min
+    return max(s.train_min, MIN_PER_CELL * target_nlist(s.expected_vectors))
 
 
 def _structural(settings: Settings) -> dict[str, Any]:
@@ -306,13 +328,13 @@ class VectorIndex:
         """ivfpq: train IVF-PQ on the stored exact vectors, then rebuild into it."""
         s = self.settings.index
         live = np.flatnonzero(self._alive[: self._n])
-        nlist = s.ivf_nlist or max(1, min(int(4 * math.sqrt(len(live))), len(live) // 39))
+        nlist = s.ivf_nlist or choose_nlist(max(s.expected_vectors, len(live)), len(live))
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFPQ(quantizer, self.dim, nlist, s.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
         ivf.own_fields = True
         quantizer.this.disown()  # type: ignore[attr-defined]  # SWIG ownership handle, not in faiss's stubs
         rng = np.random.default_rng(0)
-        sample = np.sort(rng.choice(live, size=min(len(live), max(256 * 64, nlist * 64)), replace=False))
+        sample = np.sort(rng.choice(live, size=min(len(live), max(256 * 64, nlist * TRAIN_PER_CELL)), replace=False))
         ivf.train(self._vectors(sample))
         self.trained, self.nlist = True, nlist
         self._rebuild(ivf)
@@ -422,7 +444,7 @@ class VectorIndex:
         self._n = n
         self._delta_cache = None
         assert self._index.ntotal == self._n, f"faiss ntotal {self._index.ntotal} != slots {self._n}"
-        if self.kind == "ivfpq" and not self.trained and len(self) >= self.settings.index.train_min:
+        if self.kind == "ivfpq" and not self.trained and len(self) >= train_at(self.settings.index):
             self._train()
 
     def remove(self, ids: np.ndarray) -> int:
