@@ -86,7 +86,11 @@ class Indexer:
     def __init__(self, settings: Settings, embedder: EmbedderLike | None = None, *,
                  allow_rechunk: bool = False) -> None:
         """``allow_rechunk``: open a store chunked with other settings; call ``rechunk()`` before writing."""
-        if embedder is None:
+        if embedder is None and settings.ingest.executor == "ray":
+            from retrieval.distributed import RayEmbedder
+
+            embedder = RayEmbedder(settings)
+        elif embedder is None:
             from retrieval.embed import Embedder
 
             embedder = Embedder(settings.embedding)
