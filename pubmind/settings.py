@@ -59,7 +59,8 @@ class IndexSettings(BaseModel):
     hnsw_m: int = Field(32, ge=4, description="HNSW: neighbours per node.")
     hnsw_ef_construction: int = Field(80, ge=8, description="HNSW: build-time beam width.")
     hnsw_ef_search: int = Field(64, ge=8, description="HNSW: search-time beam width.")
-    ivf_nlist: int = Field(0, ge=0, description="IVF-PQ: coarse cells (0: about 4*sqrt(N) at training).")
+    ivf_nlist: int = Field(0, ge=0, description="IVF-PQ: coarse cells (0: the power of two nearest "
+                           "8*sqrt(N), N = index.expected_vectors or the vectors present at training).")
     ivf_nprobe: int = Field(128, ge=1, description="IVF-PQ: cells visited per query (128: recall@10 ~0.94 at 1M).")
     pq_m: int = Field(48, ge=1, description="IVF-PQ: sub-quantisers (bytes per vector with 8-bit codes).")
     pq_refine: bool = Field(
