@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                    "corrected_answer": f"{v['final_decision'].capitalize()}. "
                                                                        f"{phrase} [PMID:{pmid}]."})
                 r.raise_for_status()
-                cur.patch(f"/v1/feedback/{r.json()['id']}", json={"status": "accepted"}).raise_for_status()
+                adm.patch(f"/v1/feedback/{r.json()['id']}", json={"status": "accepted"}).raise_for_status()  # not its author
             t_accepted = time.monotonic()
             hp = {"target_modules": ALL_LINEAR, "learning_rate": 0.01, "batch_size": 1, "epochs": args.epochs,
                   "lora_dropout": 0.0}

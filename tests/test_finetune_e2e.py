@@ -115,7 +115,9 @@ def test_correct_retune_promote_serve_rollback(loop: dict[str, Any], monkeypatch
             ids.append(fb["id"])
         assert reader.patch(f"/v1/feedback/{ids[0]}", json={"status": "accepted"}).status_code == 403
         for fid in ids:
-            r = curator.patch(f"/v1/feedback/{fid}", json={"status": "accepted"})
+            own = curator.patch(f"/v1/feedback/{fid}", json={"status": "accepted"})
+            assert own.status_code == 403  # its author may not review it; another reviewer (the admin) does
+            r = admin.patch(f"/v1/feedback/{fid}", json={"status": "accepted"})
             assert r.status_code == 200, r.text
             assert r.json()["status"] == "accepted", r.text
         listed = curator.get("/v1/feedback", params={"status": "accepted"}).json()
@@ -197,7 +199,7 @@ def test_cancel_through_the_api_keeps_the_served_version(loop: dict[str, Any],
             it = loop["items"][0]
             fb = curator.post("/v1/feedback", json={"question": it["question"], "corrected_answer": it["answer"],
                                                     "pmids": [it["pmid"]]}).json()
-            curator.patch(f"/v1/feedback/{fb['id']}", json={"status": "accepted"}).raise_for_status()
+            admin.patch(f"/v1/feedback/{fb['id']}", json={"status": "accepted"}).raise_for_status()
         served = reader.get("/v1/adapters").json()["data"]
         (ours,) = [a for a in served if a["name"] == ADAPTER]
         monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -106,8 +106,10 @@ def test_query_answer_records_provenance(live: dict[str, Any]) -> None:
     assert stored.index_version == body["index_version"]
     assert stored.timings_ms["generation"] > 0
     ks = KeyStore(live["settings"].app_db)
-    assert stored.requester == ks.key_id("reader")
+    reader = ks.authenticate(live["keys"]["reader"])
     ks.close()
+    assert reader is not None
+    assert stored.requester == reader.key_id
     assert stored.sampling is not None
     assert stored.sampling["max_tokens"] > 0
     assert stored.conversation_sha256 == conversation_hash([{"role": "user", "content": QUESTION}])
