@@ -264,8 +264,8 @@ class ServerSettings(BaseModel):
         False, description="Web workbench: mark the session cookies Secure (set it when served over HTTPS)."
     )
     curators_review_own: bool = Field(
-        False, description="Web workbench: a curator may accept or reject their own correction (off: another "
-        "curator must review it)."
+        False, description="A curator may accept or reject their own correction, in the workbench and through "
+        "PATCH /v1/feedback (off: another curator or an admin must review it)."
     )
 
 
