@@ -86,6 +86,7 @@ class Indexer:
     def __init__(self, settings: Settings, embedder: EmbedderLike | None = None, *,
                  allow_rechunk: bool = False) -> None:
         """``allow_rechunk``: open a store chunked with other settings; call ``rechunk()`` before writing."""
+        self._own_embedder = embedder is None
         if embedder is None and settings.ingest.executor == "ray":
             from retrieval.distributed import RayEmbedder
 
@@ -139,6 +140,8 @@ class Indexer:
     def close(self) -> None:
         if hasattr(self, "store"):
             self.store.close()
+        if self._own_embedder and hasattr(self.embedder, "close"):
+            self.embedder.close()  # RayEmbedder: its actors
         if not self._lockf.closed:
             fcntl.flock(self._lockf, fcntl.LOCK_UN)
             self._lockf.close()

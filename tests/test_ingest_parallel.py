@@ -89,3 +89,35 @@ def test_prechunked_two_versions_in_one_batch(settings, hash_embedder, tmp_path)
     chunks = [t for (t,) in db.execute("SELECT text FROM chunks WHERE pmid = ?", (art.pmid,))]
     assert chunks
     assert all(t.startswith("Second version") for t in chunks), chunks
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+class FailingEmbedder:
+    """Fails on its first encode: a crash of the writer while parse workers still have files in flight."""
+
+    def __init__(self, inner: HashEmbedder) -> None:
+        self.tokenizer, self.dim, self.fingerprint = inner.tokenizer, inner.dim, inner.fingerprint
+
+    def encode_passages(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        raise _Boom("embedder died")
+
+
+def test_writer_crash_leaves_no_spools_and_rerun_completes(make_settings, hash_embedder, tmp_path):
+    files = REAL[1:] + REAL[:1]
+    s = make_settings(home=tmp_path / "crash", ingest={"workers": 2}, index={"save_every": 100})
+    with Indexer(s, FailingEmbedder(hash_embedder)) as ix, Pipeline(s, indexer=ix, progress=False) as p:
+        try:
+            p.ingest_files(files)
+            raised = False
+        except _Boom:
+            raised = True
+    assert raised
+    assert not list(s.ingest_dir.glob("spool-*"))
+    _, after, ids, _ = _ingest(s, hash_embedder, files)
+    _, clean, clean_ids, _ = _ingest(make_settings(home=tmp_path / "clean", ingest={"workers": 1}), hash_embedder, files)
+    for table in ("articles", "chunks", "fts"):
+        assert after[table] == clean[table], table
+    assert np.array_equal(ids, clean_ids)
