@@ -13,7 +13,8 @@ What it does:
    them streamed) until ``--minutes`` have passed. Each request has a 120 s timeout; the loop is bounded.
 4. At 50% of the time it SIGKILLs the vLLM process (the supervisor must restart it; requests meanwhile get
    503s). At 25% it ingests 20 more abstracts, which saves a new index generation that the server swaps in.
-5. Goal: no error other than 503 while vLLM restarts; RSS and open fds about flat (end vs start after warm-up).
+5. Goal: no error other than 503 while vLLM restarts; RSS and open fds about flat: sampled every 15 s, the
+   end compared with the first sample after a minute at full concurrency (pools and caches grown by then).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ async def soak(args: argparse.Namespace, settings: Settings, questions: list[str
 
             for i in range(4):  # warm-up
                 await one(i)
-            start_usage = usage(api)
+            samples: list[dict[str, float]] = []
             t_start = time.monotonic()
             t_end = t_start + args.minutes * 60
             counter = 0
@@ -167,9 +168,14 @@ async def soak(args: argparse.Namespace, settings: Settings, questions: list[str
                     except httpx.HTTPError:
                         pass
 
-            await asyncio.gather(chaos(), *(worker() for _ in range(args.clients)))
+            async def sample() -> None:  # RSS and fds every 15 s while the load runs
+                while time.monotonic() < t_end:
+                    samples.append({"at_s": round(time.monotonic() - t_start, 1), **usage(api)})
+                    await asyncio.sleep(15)
+
+            await asyncio.gather(chaos(), sample(), *(worker() for _ in range(args.clients)))
             wall = time.monotonic() - t_start
-            end_usage = usage(api)
+            samples.append({"at_s": round(wall, 1), **usage(api)})
     finally:
         api_proc.send_signal(signal.SIGINT)
         try:
@@ -179,6 +185,10 @@ async def soak(args: argparse.Namespace, settings: Settings, questions: list[str
         ks.revoke(key_name)
         ks.close()
     total = sum(kinds.values())
+    # "start" is the first sample after a minute at full concurrency (connection pools, caches and worker
+    # threads have grown to the load by then); growth from there to the end is what would be a leak
+    warm = next((s for s in samples if s["at_s"] >= 60), samples[0])
+    start_usage, end_usage = warm, samples[-1]
     unexpected = {k: v for k, v in kinds.items() if k not in ("200", "503")}
     return {
         "config": {"minutes": args.minutes, "clients": args.clients, "max_tokens": args.max_tokens,
@@ -188,7 +198,7 @@ async def soak(args: argparse.Namespace, settings: Settings, questions: list[str
         "latency_ok": {"p50_ms": pct(latencies, 50) * 1000 if latencies else None,
                        "p95_ms": pct(latencies, 95) * 1000 if latencies else None,
                        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else None},
-        "events": events, "usage_start": start_usage, "usage_end": end_usage,
+        "events": events, "usage_start": start_usage, "usage_end": end_usage, "usage_samples": samples,
         "ratios": {"rss_end_over_start": end_usage["rss_mib"] / start_usage["rss_mib"],
                    "fds_end_over_start": end_usage["open_fds"] / start_usage["open_fds"]},
     }
