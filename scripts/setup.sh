@@ -61,7 +61,7 @@ if ! up_to_date .venv "$app_stamp" locks/app.txt; then
   # pubmind itself, editable, built with the locked setuptools (no unpinned build environment).
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   check_lock .venv locks/app.txt
-  .venv/bin/python -P pubmind/versions.py --covers locks/app.txt pyproject.toml minilm,dev \
+  .venv/bin/python -P pubmind/versions.py --covers locks/app.txt pyproject.toml minilm,dev,ray \
     || die "locks/app.txt is older than pyproject.toml (above): run scripts/lock.sh, then commit locks/"
   echo "$app_stamp" > .venv/.pubmind-stamp
 else
