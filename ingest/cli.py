@@ -24,8 +24,12 @@ def ingest_group() -> None:
 @click.option("--force", is_flag=True, help="Re-apply files already ingested with the same MD5.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
+              help="Embed on a Ray cluster: 'local' (start one here), 'auto' or ray://HOST:10001 "
+                   "(ingest.executor=ray, ingest.ray_address).")
 @handle_errors
-def ingest_file_cmd(paths: tuple[str, ...], force: bool, as_json: bool, no_progress: bool) -> None:
+def ingest_file_cmd(paths: tuple[str, ...], force: bool, as_json: bool, no_progress: bool,
+                    ray_address: str | None) -> None:
     """Ingest PubMed XML (.xml, .xml.gz), MEDLINE text (.txt, .nbib) files or directories of them.
 
     Bad files are skipped (nothing of them is applied) and listed at the end; the exit code is then 1.
@@ -33,6 +37,9 @@ def ingest_file_cmd(paths: tuple[str, ...], force: bool, as_json: bool, no_progr
     from ingest.pipeline import run_files
 
     settings = get_settings()
+    if ray_address is not None:
+        ingest = settings.ingest.model_copy(update={"executor": "ray", "ray_address": ray_address})
+        settings = settings.model_copy(update={"ingest": ingest})
     report = run_files(settings, paths, force=force, progress=not no_progress)
     summary = report.summary()
     audit(settings, "ingest.run", ",".join(paths)[:1000], after={"files": summary["files"],

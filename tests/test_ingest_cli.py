@@ -12,7 +12,7 @@ import pytest
 from ingest.cli import corpus_stats
 from ingest.parse import iter_records
 from ingest.pipeline import Pipeline, discover
-from pubmind.errors import BadSourceFile
+from pubmind.errors import BadSourceFile, NotFound
 from pubmind.records import Article, Deletion
 from retrieval.indexer import Indexer
 from tests.fixtures_ingest import BASELINE_1015, ENTREZ, SAMPLE_1334, SAMPLE_1335, UPDATE_1016
@@ -164,3 +164,20 @@ def test_cli_ingest_pubmed(cli, fake_eutils, monkeypatch: pytest.MonkeyPatch) ->
     code, out, err = cli("ingest", "pubmed", "--query", "x", "--mindate", "soon")
     assert code == 2
     assert "mindate 'soon' is not a date" in err
+
+
+def test_cli_ray_flag_selects_the_ray_executor(cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``--ray ADDRESS`` sets ingest.executor=ray and ingest.ray_address for that run (the Ray path itself is
+    tested in test_retrieval_distributed.py)."""
+    import ingest.pipeline
+
+    seen: list[tuple[str, str]] = []
+
+    def fake_run_files(settings, paths, **kw):
+        seen.append((settings.ingest.executor, settings.ingest.ray_address))
+        raise NotFound("stop here", param="paths")
+
+    monkeypatch.setattr(ingest.pipeline, "run_files", fake_run_files)
+    assert cli("ingest", "file", "--ray", "ray://head:10001", str(tmp_path)).code == 1
+    assert cli("ingest", "file", str(tmp_path)).code == 1
+    assert seen == [("ray", "ray://head:10001"), ("local", "local")]
