@@ -121,15 +121,13 @@ class AuditLog:
         where: list[str] = []
         params: list[Any] = []
         if action:
-            if action.endswith("."):
-                where.append("action LIKE ?")
-                params.append(action.replace("%", "").replace("_", "\\_") + "%")
-            elif action not in ACTIONS:
+            if not action.endswith(".") and action not in ACTIONS:
                 raise InvalidInput(f"action={action!r} is not an audit action; one of {list(ACTIONS)} "
                                    f"(or a prefix such as 'correction.')", param="action")
-            else:
-                where.append("action = ?")
-                params.append(action)
+            # a prefix names the actions it starts (the vocabulary is fixed: no LIKE patterns to escape)
+            wanted = [a for a in ACTIONS if a.startswith(action)] if action.endswith(".") else [action]
+            where.append(f"action IN ({','.join('?' * len(wanted))})" if wanted else "0")
+            params.extend(wanted)
         for col, val in (("target", target), ("key_id", key_id)):
             if val is not None:
                 where.append(f"{col} = ?")
@@ -145,7 +143,7 @@ class AuditLog:
                + " ORDER BY id DESC LIMIT ? OFFSET ?")
         with self._lock:
             rows: Sequence[sqlite3.Row] = self._db.execute(
-                sql.replace("action LIKE ?", "action LIKE ? ESCAPE '\\'"), [*params, limit, offset]).fetchall()
+                sql, [*params, limit, offset]).fetchall()
         return [AuditEntry(id=r[0], at=r[1], key_id=r[2], role=r[3], action=r[4], target=r[5],
                            before=None if r[6] is None else json.loads(r[6]),
                            after=None if r[7] is None else json.loads(r[7])) for r in rows]
