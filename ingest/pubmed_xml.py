@@ -165,7 +165,15 @@ def _text(el: etree._Element | None) -> str:
     """All text under ``el`` (inline markup such as <i>, <sup>, MathML flattened), whitespace-normalised."""
     if el is None:
         return ""
+    if not len(el):  # leaf (most elements): no itertext
+        return _norm(el.text or "")
     return " ".join("".join(el.itertext()).split())
+
+
+def _norm(t: str) -> str:
+    """``" ".join(t.split())``, without the split when ``t`` has no whitespace but single spaces (str's
+    printable characters include no whitespace other than ' ')."""
+    return t.strip(" ") if "  " not in t and t.isprintable() else " ".join(t.split())
 
 
 def _opt(el: etree._Element | None) -> str | None:
@@ -173,10 +181,7 @@ def _opt(el: etree._Element | None) -> str | None:
         return None
     if not len(el):  # leaf: the common case, skip itertext
         t = el.text
-        if not t:
-            return None
-        t = t.strip()
-        return (" ".join(t.split()) if "  " in t or "\n" in t else t) or None
+        return _norm(t) or None if t else None
     return _text(el) or None
 
 
@@ -238,17 +243,22 @@ def _authors(parent: etree._Element | None) -> tuple[Author, ...]:
     for a in al.iterfind("Author"):
         if a.get("ValidYN") == "N":  # NLM marks erroneous author entries kept for the record
             continue
+        f: dict[str, str | None] = {}  # one pass over the children (the first of each name wins)
         orcid = None
-        for ident in a.iterfind("Identifier"):
-            if ident.get("Source") == "ORCID" and ident.text:
-                m = _ORCID_RE.search(ident.text)
-                orcid = m.group(1).upper() if m else ident.text.strip()
-                break
-        out.append(Author(
-            last_name=_opt(a.find("LastName")), fore_name=_opt(a.find("ForeName")),
-            initials=_opt(a.find("Initials")), collective_name=_opt(a.find("CollectiveName")), orcid=orcid,
-        ))
+        for c in a:
+            tag = c.tag
+            if tag in _AUTHOR_FIELDS:
+                if tag not in f:
+                    f[tag] = _opt(c)
+            elif tag == "Identifier" and orcid is None and c.get("Source") == "ORCID" and c.text:
+                m = _ORCID_RE.search(c.text)
+                orcid = m.group(1).upper() if m else c.text.strip()
+        out.append(Author(last_name=f.get("LastName"), fore_name=f.get("ForeName"), initials=f.get("Initials"),
+                          collective_name=f.get("CollectiveName"), orcid=orcid))
     return tuple(out)
+
+
+_AUTHOR_FIELDS = frozenset(("LastName", "ForeName", "Initials", "CollectiveName"))
 
 
 def _doi_pmc(id_list: etree._Element | None, article: etree._Element | None,

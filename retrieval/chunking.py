@@ -8,6 +8,8 @@ between consecutive chunks. Chunk ids are stable: ``pmid * 1000 + seq``.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -18,6 +20,8 @@ from pubmind.records import Article
 from pubmind.settings import ChunkingSettings
 
 MAX_CHUNKS_PER_ARTICLE = 1000
+WORD_CACHE_MAX = 1 << 20  # words whose token counts are remembered (~100 MB at most); cleared when full
+log = logging.getLogger("pubmind.ingest")
 
 
 class Chunk(msgspec.Struct, frozen=True):
@@ -69,6 +73,30 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in out if s]
 
 
+# Tokenizer parts under which a text's token count is the sum of its space-separated words' counts:
+# normalizers that map characters one by one, pre-tokenizers that split at every space (a word never
+# joins its neighbour), and models that encode each pre-token alone (Hugging Face ``tokenizers``).
+_PER_CHAR_NORMALIZERS = {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
+_SPLITTING_PRE = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Punctuation", "Digits", "ByteLevel",
+                  "Metaspace"}
+
+
+def _word_additive(config: dict[str, Any]) -> bool:
+    """True if ``tokenizer.json``'s pipeline counts a single-spaced text as the sum of its words."""
+    def parts(node: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
+        return [] if node is None else node[key] if node.get("type") == "Sequence" else [node]
+
+    norms = parts(config.get("normalizer"), "normalizers")
+    pres = parts(config.get("pre_tokenizer"), "pretokenizers")
+    model = config.get("model") or {}
+    return (all(n.get("type") in _PER_CHAR_NORMALIZERS for n in norms)
+            and bool(pres) and all(p.get("type") in _SPLITTING_PRE for p in pres)
+            and all(p.get("use_regex", True) for p in pres if p.get("type") == "ByteLevel")
+            and all(p.get("split", True) for p in pres if p.get("type") == "Metaspace")
+            and model.get("type") in {"WordPiece", "BPE", "Unigram"} and not model.get("dropout")
+            and not any(" " in t.get("content", " ") for t in config.get("added_tokens") or []))
+
+
 class Chunker:
     """Token-aware chunker bound to one tokenizer and chunking settings; ``chunk_many`` batches the
     tokenizer calls for many articles (the store calls it once per transaction)."""
@@ -83,13 +111,35 @@ class Chunker:
         # them; the transformers wrapper toggles them per call, so the shared object is not usable directly).
         backend: Any = getattr(tokenizer, "backend_tokenizer", None)  # tokenizers.Tokenizer (untyped here)
         self._backend: Any = None
+        self._words: dict[str, int] | None = None  # word -> token count, where counts add up by word
         if hasattr(backend, "encode_batch_fast"):
             self._backend = type(backend).from_str(backend.to_str())
             self._backend.no_padding()
             self._backend.no_truncation()
+            if _word_additive(json.loads(backend.to_str())):
+                self._words = {}
+            else:
+                log.info("chunking: this tokenizer's counts are not additive by word; every sentence is tokenized")
 
     def _count(self, texts: list[str]) -> list[int]:
-        """Token counts (no special tokens) of texts as they appear after a space inside a chunk."""
+        """Token counts (no special tokens) of single-spaced texts as they appear after a space inside a
+        chunk. With a word-additive tokenizer, the sum of the cached counts of the texts' words (each as
+        " word"): only unseen words go through the tokenizer (PubMed's words repeat: ~10x fewer calls)."""
+        if not texts:
+            return []
+        if self._words is not None:
+            words, split = self._words, [t.split(" ") for t in texts]
+            new = list({w for ws in split for w in ws if w not in words})
+            if len(words) + len(new) > WORD_CACHE_MAX:  # start afresh with this call's words
+                words.clear()
+                new = list({w for ws in split for w in ws})
+            for w, n in zip(new, self._count_full(new), strict=True):
+                words[w] = n
+            return [sum(map(words.__getitem__, ws)) for ws in split]
+        return self._count_full(texts)
+
+    def _count_full(self, texts: list[str]) -> list[int]:
+        """Token counts of ``texts`` (each after a space) from the tokenizer itself."""
         if not texts:
             return []
         spaced = [" " + t for t in texts]

@@ -71,3 +71,70 @@ def test_overlong_sentence_and_title_are_cut(minilm_tokenizer) -> None:
 def test_chunk_id_bounds() -> None:
     with pytest.raises(AssertionError, match="seq"):
         make_chunk_id(1, 1000)
+
+
+# ---- token counts from the per-word cache ----------------------------------------------------------
+def _pubmedqa_sentences(shared_data, n: int = 3000) -> list[str]:
+    import json
+
+    data = json.loads((shared_data / "pubmedqa/data/ori_pqal.json").read_text())
+    sents = [s for v in data.values() for c in v["CONTEXTS"] for s in split_sentences(" ".join(c.split()))]
+    odd = ["Café naïve β-blocker 5 µg/kg × 2", "中文 混合 text", "x" * 150, "a - b -- c", "[MASK] [CLS]x",
+           "p<0.05,n=12;95%CI", "Ⅻ ﬁne ½ dose"]  # accents, CJK, an over-long word, special tokens, NFKC
+    return sents[:n] + odd
+
+
+@pytest.mark.parametrize("which", ["minilm", "tiny_llm"])
+def test_cached_counts_equal_the_tokenizer(which, minilm_tokenizer, shared_data, request) -> None:
+    """The per-word cache gives the tokenizer's own counts (WordPiece and byte-level BPE), cold and warm,
+    and the same chunks as counting every sentence."""
+    if which == "minilm":
+        tok = minilm_tokenizer
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(request.getfixturevalue("tiny_model_dir"))
+    sents = _pubmedqa_sentences(shared_data)
+    c = Chunker(tok, ChunkingSettings(max_tokens=64))
+    assert c._words is not None  # both tokenizers are additive by word
+    full = c._count_full(sents)
+    assert c._count(sents) == full
+    assert c._count(sents) == full  # warm
+    plain = Chunker(tok, ChunkingSettings(max_tokens=64))
+    plain._words = None
+    arts = [Article(pmid=i + 1, title=sents[i], abstract=(AbstractSection(text=" ".join(sents[i:i + 9])),))
+            for i in range(0, 600, 3)]
+    assert c.chunk_many(arts) == plain.chunk_many(arts)
+
+
+def test_word_cache_is_bounded(minilm_tokenizer, shared_data, monkeypatch) -> None:
+    import retrieval.chunking as chunking
+
+    monkeypatch.setattr(chunking, "WORD_CACHE_MAX", 500)
+    c = Chunker(minilm_tokenizer, ChunkingSettings())
+    sents = _pubmedqa_sentences(shared_data, 400)
+    counts = [c._count(sents[i:i + 20]) for i in range(0, len(sents), 20)]
+    assert c._words is not None
+    assert len(c._words) <= 500
+    assert [n for part in counts for n in part] == c._count_full(sents)
+
+
+@pytest.mark.parametrize(("config", "additive"), [
+    ({"normalizer": {"type": "BertNormalizer"}, "pre_tokenizer": {"type": "BertPreTokenizer"},
+      "model": {"type": "WordPiece"}}, True),
+    ({"normalizer": None, "pre_tokenizer": {"type": "ByteLevel", "use_regex": True}, "model": {"type": "BPE"}}, True),
+    ({"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Lowercase"}]},
+      "pre_tokenizer": {"type": "Metaspace", "split": True}, "model": {"type": "Unigram"}}, True),
+    ({"normalizer": None, "pre_tokenizer": {"type": "Metaspace", "split": False}, "model": {"type": "Unigram"}}, False),
+    ({"normalizer": {"type": "Replace"}, "pre_tokenizer": {"type": "Whitespace"}, "model": {"type": "BPE"}}, False),
+    ({"normalizer": None, "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Split"}]},
+      "model": {"type": "BPE"}}, False),
+    ({"normalizer": None, "pre_tokenizer": None, "model": {"type": "BPE"}}, False),
+    ({"normalizer": None, "pre_tokenizer": {"type": "Whitespace"}, "model": {"type": "BPE", "dropout": 0.1}}, False),
+    ({"normalizer": None, "pre_tokenizer": {"type": "Whitespace"}, "model": {"type": "WordPiece"},
+      "added_tokens": [{"content": "New York"}]}, False),
+])
+def test_word_additive_tokenizers(config, additive) -> None:
+    from retrieval.chunking import _word_additive
+
+    assert _word_additive(config) is additive
