@@ -42,17 +42,19 @@ class SyncStats(msgspec.Struct, kw_only=True):
     removed: int = 0  # vectors removed (deleted or replaced chunks)
     saves: int = 0  # index checkpoints
     seconds: float = 0.0
+    embed_seconds: float = 0.0  # in the encoder
+    index_seconds: float = 0.0  # adding vectors to the index (and IVF-PQ training when it happens)
+    save_seconds: float = 0.0  # index checkpoints + marking their chunks indexed
 
     def __iadd__(self, o: SyncStats) -> SyncStats:
-        self.embedded += o.embedded
-        self.removed += o.removed
-        self.saves += o.saves
-        self.seconds += o.seconds
+        for f in self.__struct_fields__:
+            setattr(self, f, getattr(self, f) + getattr(o, f))
         return self
 
 
 class IndexerStats(msgspec.Struct, kw_only=True):
     records: int = 0
+    store_seconds: float = 0.0  # store transactions (records, chunks, FTS5; chunking unless prechunked)
     apply: ApplyResult = msgspec.field(default_factory=ApplyResult)
     sync: SyncStats = msgspec.field(default_factory=SyncStats)
 
@@ -96,6 +98,7 @@ class Indexer:
 
             embedder = Embedder(settings.embedding)
         self.settings, self.embedder = settings, embedder
+        self.totals = IndexerStats()  # everything this Indexer applied and synced (per-stage seconds)
         settings.home.mkdir(parents=True, exist_ok=True)
         self._lockf = open(settings.home / "indexer.lock", "w")  # noqa: SIM115 (held until close())
         try:
@@ -154,7 +157,7 @@ class Indexer:
 
     # ---- writing --------------------------------------------------------------------------------
     def apply(self, records: Iterable[Article | Deletion | Prechunked], progress: bool = True,
-              batch_size: int = 1000, sync: bool = True) -> IndexerStats:
+              batch_size: int = 4000, sync: bool = True) -> IndexerStats:
         """Stream records into the store, ``batch_size`` per transaction, syncing the index whenever
         ``index.save_every`` chunks are pending and at the end (unless ``sync=False``). A ``Prechunked``
         item brings its chunks (made by ``ingest.parallel`` workers with the same chunking settings)."""
@@ -166,7 +169,11 @@ class Indexer:
 
         def flush() -> None:
             nonlocal pending, buf, made
+            t = time.perf_counter()
             r = self.store.apply(buf, _ChunkLookup(self.chunker, made) if made else self.chunker)
+            stats.store_seconds += time.perf_counter() - t
+            self.totals.store_seconds += time.perf_counter() - t
+            self.totals.records += len(buf)
             stats.apply += r
             stats.records += len(buf)
             pbar.update(len(buf))
@@ -209,16 +216,22 @@ class Indexer:
 
         def checkpoint() -> None:
             nonlocal removed, unsaved, n_unsaved
+            t = time.perf_counter()
             self.index.save()
             self.store.mark_indexed(np.concatenate(unsaved) if unsaved else [], removed)
+            st.save_seconds += time.perf_counter() - t
             st.saves += 1
             removed, unsaved, n_unsaved = removed[:0], [], 0
 
         with tqdm(total=total, desc="embed", unit="chunk", disable=not progress) as pbar:
             while rows := self.store.pending_chunks(min(page, self.checkpoint_interval() - n_unsaved), after):
                 ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                t = time.perf_counter()
                 vecs = self.embedder.encode_passages([r[1] for r in rows])
+                t1 = time.perf_counter()
                 self.index.add(ids, vecs)  # replaces any vector already stored under these ids
+                st.embed_seconds += t1 - t
+                st.index_seconds += time.perf_counter() - t1
                 unsaved.append(ids)
                 n_unsaved += len(ids)
                 st.embedded += len(ids)
@@ -229,6 +242,7 @@ class Indexer:
         if n_unsaved or len(removed):
             checkpoint()
         st.seconds = time.perf_counter() - t0
+        self.totals.sync += st
         return st
 
     def checkpoint_interval(self) -> int:

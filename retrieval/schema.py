@@ -3,12 +3,15 @@
 FTS5 (``chunks_fts``) is external-content over ``chunks.text``. Version 1 kept it in sync with row triggers;
 version 2 drops them: the store writes the FTS rows itself, a whole batch per statement, in the same
 transaction as the chunks (``retrieval.store._write_chunks``). Measured on 72.7k real chunks: 6.3 CPU-s
-through triggers, 2.0 through batched statements.
+through triggers, 2.0 through batched statements. Version 3 raises FTS5's in-memory term buffer
+(``hashsize``, default 1 MiB) to 64 MiB, so a bulk transaction of a few thousand articles is flushed
+as one level-0 segment instead of several (less merging: 1.1-1.3x faster bulk writes, measured by
+bench/scale.py); the buffer lives only inside a write transaction.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -72,6 +75,9 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 DROP TRIGGER IF EXISTS chunks_ai;
 DROP TRIGGER IF EXISTS chunks_ad;
 DROP TRIGGER IF EXISTS chunks_au;
+""",
+    3: """
+INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('hashsize', 67108864);
 """,
 }
 

@@ -51,6 +51,12 @@ def fts_consistent(store: CorpusStore) -> None:
     store._query("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
 
 
+def test_fts_term_buffer_is_raised_for_bulk_writes(store: CorpusStore) -> None:
+    """Schema 3: FTS5 keeps up to 64 MiB of new terms in memory per transaction (default 1 MiB)."""
+    rows = dict(store._query("SELECT k, v FROM chunks_fts_config"))
+    assert rows["hashsize"] == 64 * 2**20
+
+
 def test_fts_is_written_by_the_store_not_row_triggers(store: CorpusStore) -> None:
     assert store._query("SELECT name FROM sqlite_master WHERE type = 'trigger'") == []
 
@@ -85,6 +91,7 @@ def test_version_1_store_is_migrated(settings, chunker: Chunker) -> None:
     try:
         assert store.stats()["schema_version"] == SCHEMA_VERSION
         assert store._query("SELECT name FROM sqlite_master WHERE type = 'trigger'") == []
+        assert dict(store._query("SELECT k, v FROM chunks_fts_config"))["hashsize"] == 64 * 2**20
         assert [c for c, _ in store.fts_search("okapi", 5)] == [7000]
         store.apply([make_article(8, title="Okapi habitat")], chunker)
         fts_consistent(store)
