@@ -219,10 +219,10 @@ def one(records: int, workers: int, fast: bool, kind: str, queries: int) -> dict
 
 def encoder_rate(sample: int) -> dict[str, Any]:
     """The real encoder (``embedding.model``, default MiniLM) on ``sample`` chunk texts of a generated file."""
+    from ingest.parse import iter_records
     from pubmind.settings import load_settings
     from retrieval.chunking import Chunker
     from retrieval.embed import Embedder
-    from ingest.parse import iter_records
 
     with tempfile.TemporaryDirectory(prefix="pubmind-enc-") as tmp:
         files = generate(Path(tmp), PER_FILE)
