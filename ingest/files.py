@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import re
 from pathlib import Path
 from typing import IO, cast
@@ -45,8 +46,12 @@ def verify_md5(path: str | Path) -> str:
     return digest
 
 
-def open_binary(path: Path) -> IO[bytes]:
-    """``path`` opened for reading bytes, decompressed on the fly if it is gzip (by magic number)."""
+def open_binary(path: Path, data: bytes | None = None) -> IO[bytes]:
+    """``path`` opened for reading bytes, decompressed on the fly if it is gzip (by magic number); with
+    ``data`` (the file's bytes, read elsewhere), a stream over those bytes instead."""
+    if data is not None:
+        raw = io.BytesIO(data)
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")) if data[:2] == b"\x1f\x8b" else raw
     with open(path, "rb") as f:
         magic = f.read(2)
     if magic == b"\x1f\x8b":

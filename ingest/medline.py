@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import re
 import zlib
 from collections.abc import Iterator
@@ -34,7 +35,8 @@ _CC_TAGS = {
 _DP_RE = re.compile(r"^(\d{4})(?: ([A-Za-z]{3})(?: (\d{1,2}))?)?$")
 
 
-def iter_medline(path: Path) -> Iterator[Record]:
+def iter_medline(path: Path, data: bytes | None = None) -> Iterator[Record]:
+    """Records of a MEDLINE text file; ``data``: the file's bytes (read elsewhere), ``path`` then only names it."""
     name = str(path)
     state = {"line": 0}
 
@@ -43,10 +45,9 @@ def iter_medline(path: Path) -> Iterator[Record]:
             state["line"] += 1
             yield ln
 
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     n = 0
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
+        with _open_text(path, data) as fh:
             for rec in Medline.parse(lines(fh)):
                 n += 1
                 yield _medline_article(rec, name, state["line"])
@@ -56,6 +57,15 @@ def iter_medline(path: Path) -> Iterator[Record]:
         raise BadSourceFile(name, f"truncated or corrupt gzip: {e}") from None
     if n == 0:
         raise BadSourceFile(name, "empty file (no MEDLINE records)", line=1)
+
+
+def _open_text(path: Path, data: bytes | None) -> IO[str]:
+    """``path`` (or its bytes ``data``) as UTF-8 text, gunzipped when the name ends in .gz."""
+    gz = path.name.lower().endswith(".gz")
+    if data is not None:
+        raw = io.BytesIO(data)
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw) if gz else raw, encoding="utf-8")
+    return gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8")
 
 
 def _medline_article(rec: dict[str, Any], name: str, line: int) -> Article:

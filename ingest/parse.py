@@ -34,16 +34,19 @@ __all__ = ["MEDLINE_SUFFIXES", "SUFFIXES", "XML_SUFFIXES", "Article", "Deletion"
            "file_md5", "is_source_file", "iter_records", "iter_xml", "parse_xml_bytes", "verify_md5"]
 
 
-def iter_records(path: str | Path, *, check_md5: bool = True) -> Iterator[Record]:
-    """Yield the records of one PubMed file (XML, XML.gz, MEDLINE text), streaming."""
+def iter_records(path: str | Path, *, check_md5: bool = True, data: bytes | None = None) -> Iterator[Record]:
+    """Yield the records of one PubMed file (XML, XML.gz, MEDLINE text), streaming. ``data``: the file's
+    bytes, read elsewhere (a Ray parse task on another machine); ``path`` then only names the file (its
+    format, its errors) and is not opened."""
     path = Path(path)
     name = str(path)
-    if not path.is_file():
-        raise BadSourceFile(name, "no such file")
-    if check_md5:
-        verify_md5(path)
+    if data is None:
+        if not path.is_file():
+            raise BadSourceFile(name, "no such file")
+        if check_md5:
+            verify_md5(path)
     if path.name.lower().endswith(MEDLINE_SUFFIXES):
-        yield from iter_medline(path)
+        yield from iter_medline(path, data)
         return
-    with open_binary(path) as fh:
+    with open_binary(path, data) as fh:
         yield from iter_xml(fh, name)

@@ -10,21 +10,28 @@ files, bad files are collected and reported at the end; the good ones are ingest
 Several files are parsed and chunked in parallel (``ingest.workers`` processes, one file each, at most
 2 files per worker in flight): a worker writes the file's spool with each article's chunks; the single
 writer applies the spools in file order, exactly as the one-process path would, so the store, the index
-and the crash-safety guarantees are the same.
+and the crash-safety guarantees are the same. With ``ingest.executor = "ray"`` each file is parsed and
+chunked by a Ray task instead (on any machine of the cluster): the writer sends the file's bytes, the task
+returns the spool's lines gzip-compressed, and the writer spools and applies them in the same order.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
+import logging
 import multiprocessing as mp
 import os
+import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import msgspec
 from tqdm import tqdm
@@ -35,8 +42,11 @@ from pubmind.errors import BadSourceFile
 from pubmind.records import Article, Deletion, article_from_json, article_to_json
 from pubmind.settings import ChunkingSettings, Settings
 from retrieval.chunking import Chunk, Chunker
+from retrieval.distributed import ray_init
 
+log = logging.getLogger("pubmind.ingest")
 Record = Article | Deletion
+ParseResult = tuple[int, int, str | None]  # articles, deleted PMIDs, error message of a bad file
 _int_tuple = msgspec.json.Decoder(tuple[int, ...])
 _chunks_enc, _chunks_dec = msgspec.json.Encoder(), msgspec.json.Decoder(list[Chunk])
 CHUNK_BATCH = 256  # articles per chunk_many() call in a parse worker
@@ -51,6 +61,7 @@ class FileResult:
     deletions: int = 0
     error: str | None = None
     apply: dict[str, Any] = field(default_factory=dict)
+    parsed_by: str | None = None  # "writer" | "process" | "ray" (a Ray task); None: not parsed (skipped)
 
 
 @dataclass
@@ -65,7 +76,11 @@ class IngestReport:
 
     def summary(self) -> dict[str, Any]:
         by = {s: sum(1 for f in self.files if f.status == s) for s in ("ingested", "skipped", "failed")}
-        return {"files": by, "articles": sum(f.articles for f in self.files),
+        parsed: dict[str, int] = {}
+        for f in self.files:
+            if f.parsed_by:
+                parsed[f.parsed_by] = parsed.get(f.parsed_by, 0) + 1
+        return {"files": by, "parsed_by": parsed, "articles": sum(f.articles for f in self.files),
                 "deletions": sum(f.deletions for f in self.files), "sync": self.sync,
                 "seconds": round(self.seconds, 2),
                 "failed": [{"path": f.path, "error": f.error} for f in self.failed]}
@@ -91,14 +106,14 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
     return list(unique.values())
 
 
-def spool_records(records: Iterable[Record], spool: Path, chunker: Chunker | None = None) -> tuple[int, int]:
+def spool_records(records: Iterable[Record], spool: Path | IO[bytes], chunker: Chunker | None = None) -> tuple[int, int]:
     """Write records as JSON lines ('A' article / 'D' deletion; with a ``chunker``, each 'A' line is
-    followed by a 'C' line of its chunks); returns (articles, deleted PMIDs)."""
+    followed by a 'C' line of its chunks) to a file or an open stream; returns (articles, deleted PMIDs)."""
     n_art = n_del = 0
     enc = msgspec.json.Encoder()
     held: list[Article] = []  # articles waiting for one chunk_many() call (record order is kept)
 
-    with open(spool, "wb") as f:
+    with open(spool, "wb") if isinstance(spool, Path) else nullcontext(spool) as f:
         def put_held() -> None:
             for a, cs in zip(held, chunker.chunk_many(held) if chunker else [[]] * len(held), strict=True):
                 f.write(b"A" + article_to_json(a) + b"\n")
@@ -152,13 +167,36 @@ def _worker_init(tokenizer: Any, chunking: ChunkingSettings) -> None:
     _worker_chunker = Chunker(tokenizer, chunking)
 
 
-def _worker_parse(path: str, spool: str) -> tuple[int, int, str | None]:
-    """Parse + chunk ``path`` into ``spool``: (articles, deleted PMIDs, error message of a bad file)."""
+def _worker_parse(path: str, spool: str) -> ParseResult:
+    """Parse + chunk ``path`` into ``spool``."""
     try:
         n_art, n_del = spool_records(iter_records(Path(path), check_md5=False), Path(spool), _worker_chunker)
     except BadSourceFile as e:
         return 0, 0, e.message
     return n_art, n_del, None
+
+
+# ---- Ray parse tasks (any machine of the cluster: only the file's bytes travel, not its path) ----------
+_ray_chunker: tuple[str, Chunker] | None = None  # (object id of its (tokenizer, settings), chunker): per worker
+
+
+def _ray_parse(data: bytes, name: str, setup: list[Any]) -> tuple[int, int, str | None, bytes]:
+    """Ray task: parse + chunk one file's ``data`` (``name``: the writer's path, for the format and the
+    errors); ``setup``: [ref of (tokenizer, ChunkingSettings)], fetched once per worker. Returns the
+    ``ParseResult`` and the spool's lines, gzip-compressed (b"" for a bad file)."""
+    global _ray_chunker
+    import ray
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one CPU per task
+    if _ray_chunker is None or _ray_chunker[0] != setup[0].hex():
+        _ray_chunker = (setup[0].hex(), Chunker(*ray.get(setup[0])))
+    buf = io.BytesIO()
+    try:
+        with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1) as out:
+            n_art, n_del = spool_records(iter_records(name, data=data), cast(IO[bytes], out), _ray_chunker[1])
+    except BadSourceFile as e:
+        return 0, 0, e.message, b""
+    return n_art, n_del, None, buf.getvalue()
 
 
 def worker_count(settings: Settings, n_files: int) -> int:
@@ -212,8 +250,12 @@ class Pipeline:
         files = discover(paths)
         pending, synced = 0, []
         workers = worker_count(self.settings, len(files))
-        results = (self._parallel(files, force, workers) if workers > 1 else
-                   (self.ingest_file(path, force=force, sync=False) for path in files))
+        if self.settings.ingest.executor == "ray" and len(files) > 1:
+            results = self._on_ray(files, force)
+        elif workers > 1:
+            results = self._parallel(files, force, workers)
+        else:
+            results = (self.ingest_file(path, force=force, sync=False) for path in files)
         with tqdm(total=len(files), desc="files", unit="file", disable=not self.progress or len(files) < 2) as bar:
             for res in results:
                 bar.set_postfix_str(Path(res.path).name)
@@ -245,8 +287,8 @@ class Pipeline:
                     recs = tqdm(recs, desc=f"parse {Path(path).name}", unit="rec", leave=False)
                 n_art, n_del = spool_records(recs, spool)
             except BadSourceFile as e:
-                return FileResult(key, "failed", md5=md5, error=e.message)
-            return self._apply(_Parsed(key, md5, spool, n_art, n_del), sync)
+                return FileResult(key, "failed", md5=md5, error=e.message, parsed_by="writer")
+            return self._apply(_Parsed(key, md5, spool, n_art, n_del), sync, "writer")
         finally:
             spool.unlink(missing_ok=True)
 
@@ -267,53 +309,97 @@ class Pipeline:
         os.close(fd)
         return Path(tmp)
 
-    def _apply(self, p: _Parsed, sync: bool) -> FileResult:
+    def _apply(self, p: _Parsed, sync: bool, parsed_by: str) -> FileResult:
         stats = self.indexer.apply(read_spool(p.spool), progress=self.progress, sync=sync)
         counts = {"articles": p.articles, "deletions": p.deletions, **stats.apply.to_dict()}
         self.indexer.store.mark_file(p.key, p.md5, counts)
         return FileResult(p.key, "ingested", md5=p.md5, articles=p.articles, deletions=p.deletions,
-                          apply=stats.apply.to_dict())
+                          apply=stats.apply.to_dict(), parsed_by=parsed_by)
+
+    def _in_order(self, files: list[Path], force: bool, window: int, parsed_by: str,
+                  submit: Callable[[Path, Path], Callable[[], ParseResult]], stop: Callable[[], None]) -> Iterator[FileResult]:
+        """Parse ``files`` elsewhere and apply each (in file order) as it is ready: ``submit(path, spool)``
+        starts parsing ``path`` and returns a wait that blocks until ``spool`` is written; ``stop()`` ends
+        (or waits out) all parsing. At most ``window`` parsed files wait; all spools are removed however this
+        ends, after ``stop()``, so no parse writes a spool after its removal."""
+        inflight: deque[tuple[tuple[str, str] | FileResult, Path | None, Callable[[], ParseResult] | None]] = deque()
+        todo = iter(files)
+        try:
+            while True:
+                while len(inflight) < window and (path := next(todo, None)) is not None:
+                    checked = self._check(path, force)
+                    if isinstance(checked, FileResult):
+                        inflight.append((checked, None, None))
+                    else:
+                        sp = self._new_spool()
+                        inflight.append((checked, sp, submit(path, sp)))
+                if not inflight:
+                    return
+                checked, out, wait = inflight[0]
+                if isinstance(checked, FileResult) or out is None or wait is None:
+                    assert isinstance(checked, FileResult)
+                    inflight.popleft()
+                    yield checked
+                    continue
+                try:
+                    n_art, n_del, err = wait()
+                    key, md5 = checked
+                    if err is not None:
+                        yield FileResult(key, "failed", md5=md5, error=err, parsed_by=parsed_by)
+                    else:
+                        yield self._apply(_Parsed(key, md5, out, n_art, n_del), False, parsed_by)
+                finally:
+                    out.unlink(missing_ok=True)
+                    inflight.popleft()
+        finally:
+            stop()
+            for _, left, _ in inflight:
+                if left is not None:
+                    left.unlink(missing_ok=True)
 
     def _parallel(self, files: list[Path], force: bool, workers: int) -> Iterator[FileResult]:
-        """Parse + chunk ``files`` in ``workers`` processes; apply each (in file order) as it is ready.
-        At most ``2 * workers`` parsed spools wait on disk; all are removed however this ends."""
+        """Parse + chunk ``files`` in ``workers`` processes (each writes its file's spool), at most
+        ``2 * workers`` files in flight."""
         ctx = mp.get_context("spawn")  # the writer holds torch/sqlite state that must not be forked
-        inflight: deque[tuple[Path, tuple[str, str] | FileResult, Path | None, Future[Any] | None]] = deque()
-        todo = iter(files)
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(self.indexer.chunker.tokenizer, self.settings.chunking)) as pool:
-            try:
-                while True:
-                    while len(inflight) < 2 * workers and (path := next(todo, None)) is not None:
-                        checked = self._check(path, force)
-                        if isinstance(checked, FileResult):
-                            inflight.append((path, checked, None, None))
-                        else:
-                            sp = self._new_spool()
-                            inflight.append((path, checked, sp, pool.submit(_worker_parse, str(path), str(sp))))
-                    if not inflight:
-                        return
-                    _, checked, out, fut = inflight[0]
-                    if isinstance(checked, FileResult) or out is None or fut is None:
-                        assert isinstance(checked, FileResult)
-                        inflight.popleft()
-                        yield checked
-                        continue
-                    try:
-                        n_art, n_del, err = fut.result()
-                        key, md5 = checked
-                        if err is not None:
-                            yield FileResult(key, "failed", md5=md5, error=err)
-                        else:
-                            yield self._apply(_Parsed(key, md5, out, n_art, n_del), sync=False)
-                    finally:
-                        out.unlink(missing_ok=True)
-                        inflight.popleft()
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-                for _, _, left, _ in inflight:
-                    if left is not None:
-                        left.unlink(missing_ok=True)
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(self.indexer.chunker.tokenizer, self.settings.chunking))
+
+        def submit(path: Path, spool: Path) -> Callable[[], ParseResult]:
+            return pool.submit(_worker_parse, str(path), str(spool)).result
+
+        yield from self._in_order(files, force, 2 * workers, "process", submit,
+                                  lambda: pool.shutdown(wait=True, cancel_futures=True))
+
+    def _on_ray(self, files: list[Path], force: bool) -> Iterator[FileResult]:
+        """Parse + chunk ``files`` as Ray tasks (one CPU each): the writer ``ray.put``s a file's bytes, the
+        task returns its spool compressed, the writer spools it. In flight: ``2 * ingest.workers`` files, or
+        twice the CPUs the cluster has free once the embedding actors are placed."""
+        ray = ray_init(self.settings)
+        setup = [ray.put((self.indexer.chunker.tokenizer, self.settings.chunking))]  # once; starts the indexer
+        cpus = self.settings.ingest.workers or int(ray.available_resources().get("CPU", 1))
+        window = 2 * max(1, cpus)
+        task = ray.remote(num_cpus=1)(_ray_parse)
+        running: dict[Path, Any] = {}  # spool -> ObjectRef of the task that fills it
+        log.info("ingest: parsing on Ray (%s): %d files, window %d", self.settings.ingest.ray_address,
+                 len(files), window)
+
+        def submit(path: Path, spool: Path) -> Callable[[], ParseResult]:
+            running[spool] = task.remote(ray.put(path.read_bytes()), str(path), setup)
+
+            def wait() -> ParseResult:
+                n_art, n_del, err, payload = ray.get(running.pop(spool))
+                with gzip.GzipFile(fileobj=io.BytesIO(payload)) as src, open(spool, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                return n_art, n_del, err
+
+            return wait
+
+        def stop() -> None:
+            for ref in running.values():
+                ray.cancel(ref)
+            running.clear()
+
+        yield from self._in_order(files, force, window, "ray", submit, stop)
 
     # ---------------------------------------------------------------------------------------- PubMed
     def ingest_query(self, query: str, *, mindate: str | None = None, maxdate: str | None = None,

@@ -133,16 +133,18 @@ class IngestSettings(BaseModel):
     workers: int = Field(
         0, ge=0, le=256, description="Processes that parse and chunk files in parallel when several files are "
         "ingested (one file per process; the single writer applies them in file order). 0: the CPU count; "
-        "1: parse in the writer process.")
+        "1: parse in the writer process. executor='ray': twice this many files in flight to Ray parse tasks "
+        "(0: twice the cluster's CPUs the embedding actors leave free).")
     executor: Literal["local", "ray"] = Field(
-        "local", description="Where chunk texts are embedded: 'local' (the writer's own embedder) or 'ray' "
-        "(an actor pool on a Ray cluster: one actor per GPU, or CPU actors where there is none).")
+        "local", description="Where files are parsed and chunk texts embedded: 'local' (the writer's processes "
+        "and embedder) or 'ray' (a Ray cluster: one parse task per file when several are ingested, and an "
+        "embedding actor pool: one actor per GPU, or CPU actors where there is none).")
     ray_address: str = Field(
         "local", description="executor='ray': 'local' starts a local Ray; 'auto' or 'ray://host:10001' "
         "joins a running cluster (ray start / KubeRay).")
     ray_actors: int = Field(
         0, ge=0, le=1024, description="executor='ray': embedding actors (0: one per GPU in the cluster, "
-        "else one per 2 CPUs).")
+        "else one per 2 of the CPUs the parse tasks leave: they keep 1 in 8, at least 1).")
 
 
 class RetrievalSettings(BaseModel):

