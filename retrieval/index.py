@@ -431,9 +431,14 @@ class VectorIndex:
             with open(self.folder / self._vec_file, "ab") as f:
                 assert f.tell() == self._n * self.dim * 2, f"{self._vec_file} has {f.tell()} bytes, expected {self._n * self.dim * 2}"
                 f.write(vecs.astype(np.float16).tobytes())
-        self._index.add(vecs)
-        if self._tail is not None:
-            self._tail.add(vecs)
+        if self._tail is not None and isinstance(self._index, faiss.IndexIVF):
+            codes = self._index.sa_encode(vecs)  # (n, list-number + PQ bytes): encode once, add to both
+            self._index.add_sa_codes(codes)  # labels continue from ntotal (slots), as add() gives them
+            self._tail.add_sa_codes(codes)
+        else:
+            self._index.add(vecs)
+            if self._tail is not None:
+                self._tail.add(vecs)
         n = self._n + len(ids)
         if n > len(self._ids):
             cap = max(n, 2 * len(self._ids), 1024)

@@ -325,3 +325,25 @@ def test_format_1_index_still_opens(settings) -> None:
     old.add(*data(10, seed=12))
     old.save()
     assert manifest(s)["segments"] == [300, 10]
+
+
+def test_ivfpq_add_encodes_once_like_faiss_add(settings) -> None:
+    """Trained IVF-PQ: vectors are encoded once and the codes go to the index and the next segment; both
+    hold exactly what faiss's own ``add`` would store."""
+    s = cfg(settings, "ivfpq")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1500, seed=10)
+    ix.add(ids[:1300], vecs[:1300])
+    assert ix.trained
+    ref = faiss.clone_index(ix._index)
+    ix.save()
+    ix.add(ids[1300:], vecs[1300:])
+    ref.add(vecs[1300:])
+    tail = faiss.clone_index(ix._empty_tail(ix._index))
+    tail.add(vecs[1300:])
+    for got, want in ((ix._index, ref), (ix._tail, tail)):
+        faiss.extract_index_ivf(got).nprobe = faiss.extract_index_ivf(want).nprobe = ix.nlist
+        d_got, i_got = got.search(vecs[1250:], 20)
+        d_want, i_want = want.search(vecs[1250:], 20)
+        assert np.array_equal(i_got, i_want)
+        assert np.array_equal(d_got, d_want)
