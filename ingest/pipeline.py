@@ -367,8 +367,11 @@ class Pipeline:
         def submit(path: Path, spool: Path) -> Callable[[], ParseResult]:
             return pool.submit(_worker_parse, str(path), str(spool)).result
 
-        yield from self._in_order(files, force, 2 * workers, "process", submit,
-                                  lambda: pool.shutdown(wait=True, cancel_futures=True))
+        from retrieval.index import faiss_threads  # here: parse workers import this module, not faiss
+
+        with faiss_threads(len(os.sched_getaffinity(0)) - workers):  # the cores the workers leave
+            yield from self._in_order(files, force, 2 * workers, "process", submit,
+                                      lambda: pool.shutdown(wait=True, cancel_futures=True))
 
     def _on_ray(self, files: list[Path], force: bool) -> Iterator[FileResult]:
         """Parse + chunk ``files`` as Ray tasks (one CPU each): the writer ``ray.put``s a file's bytes, the

@@ -121,3 +121,25 @@ def test_writer_crash_leaves_no_spools_and_rerun_completes(make_settings, hash_e
     for table in ("articles", "chunks", "fts"):
         assert after[table] == clean[table], table
     assert np.array_equal(ids, clean_ids)
+
+
+def test_writer_faiss_uses_the_cores_the_workers_leave(make_settings, hash_embedder, monkeypatch):
+    """While 2 parse workers run, the writer's FAISS calls run on the cores left (at least 1 thread), and
+    the process-wide thread count is restored afterwards."""
+    import os
+
+    import faiss
+
+    seen: list[int] = []
+    real_sync = Indexer.sync
+
+    def sync(self, *a, **kw):
+        seen.append(faiss.omp_get_max_threads())
+        return real_sync(self, *a, **kw)
+
+    monkeypatch.setattr(Indexer, "sync", sync)
+    before = faiss.omp_get_max_threads()
+    s = make_settings(ingest={"workers": 2}, index={"save_every": 50})
+    _ingest(s, hash_embedder, REAL[:3])
+    assert seen[0] == max(1, len(os.sched_getaffinity(0)) - 2)
+    assert faiss.omp_get_max_threads() == before

@@ -347,3 +347,10 @@ def test_ivfpq_add_encodes_once_like_faiss_add(settings) -> None:
         d_want, i_want = want.search(vecs[1250:], 20)
         assert np.array_equal(i_got, i_want)
         assert np.array_equal(d_got, d_want)
+
+
+def test_faiss_threads_is_scoped() -> None:
+    before = faiss.omp_get_max_threads()
+    with vi.faiss_threads(0):
+        assert faiss.omp_get_max_threads() == 1  # at least one
+    assert faiss.omp_get_max_threads() == before
