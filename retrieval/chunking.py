@@ -55,6 +55,14 @@ _ABBREV = re.compile(
     r"(?:\b(?:e\.g|i\.e|et al|vs|Fig|Figs|Dr|Mr|Mrs|Ms|Prof|No|approx|ca|cf|Ref|St|Inc|Ltd|Co|Jr|Sr)\.|\b[A-Z]\.)$"
 )
 
+_ABBREV_TAIL = 12  # > the longest abbreviation ("approx.") + the character before it (for \b)
+
+
+def _single_spaced(t: str) -> str:
+    """``" ".join(t.split())``; parsed records are single-spaced already, so check first (str's printable
+    characters include no whitespace other than ' ')."""
+    return t.strip(" ") if "  " not in t and t.isprintable() else " ".join(t.split())
+
 
 def split_sentences(text: str) -> list[str]:
     """Split text into sentences (keeps the text of every sentence; whitespace between them is dropped)."""
@@ -62,7 +70,7 @@ def split_sentences(text: str) -> list[str]:
     start = 0
     for m in _SENT_END.finditer(text):
         piece = text[start : m.start()]
-        if _ABBREV.search(piece.rstrip("\"')]")):
+        if _ABBREV.search(piece.rstrip("\"')]")[-_ABBREV_TAIL:]):  # the tail holds any match + 1 char
             continue  # "et al. Smith" / "e.g. Foo": not a boundary
         end = m.start() + len(m.group(0).rstrip())  # keep a closing quote/bracket with its sentence
         out.append(text[start:end].strip())
@@ -160,13 +168,13 @@ class Chunker:
     def chunk_many(self, articles: Sequence[Article]) -> list[list[Chunk]]:
         """Chunks for each article (same order); an article with neither title nor abstract gets []."""
         s = self.settings
-        titles = [" ".join(a.title.split()) for a in articles]
+        titles = [_single_spaced(a.title) for a in articles]
         # Sentence units per article; the first sentence of a labelled section carries its label.
         units: list[list[str]] = []
         for a in articles:
             u: list[str] = []
             for sec in a.abstract:
-                sents = split_sentences(" ".join(sec.text.split()))
+                sents = split_sentences(_single_spaced(sec.text))
                 if sents and sec.label:
                     sents[0] = f"{sec.label}: {sents[0]}"
                 u.extend(sents)
