@@ -32,6 +32,7 @@ tokenizer's, warm about 15x).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import itertools
@@ -172,13 +173,15 @@ def _queries(settings: Any, ix: Any, embedder: Any, n: int) -> dict[str, Any]:
     return out
 
 
-def one(records: int, workers: int, fast: bool, kind: str, queries: int) -> dict[str, Any]:
+def one(records: int, workers: int, fast: bool, kind: str, queries: int, keep: str | None = None) -> dict[str, Any]:
     """Runs in a fresh process: generate, then ingest ``records`` records into a fresh home, then query."""
     from ingest.pipeline import Pipeline
     from pubmind.settings import load_settings
     from retrieval.indexer import Indexer
 
-    with tempfile.TemporaryDirectory(prefix="pubmind-scale-", dir=os.environ.get("PUBMIND_BENCH_TMP")) as tmp:
+    where = contextlib.nullcontext(str(Path(keep) / str(records))) if keep else \
+        tempfile.TemporaryDirectory(prefix="pubmind-scale-", dir=os.environ.get("PUBMIND_BENCH_TMP"))
+    with where as tmp:
         t = time.perf_counter()
         files = generate(Path(tmp) / "files", records)
         gen_s = time.perf_counter() - t
@@ -253,12 +256,13 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200, help="PubMedQA questions timed per mode (0: none).")
     ap.add_argument("--encoder-sample", type=int, default=2000,
                     help="With --fast-embedder: chunk texts to time the real encoder on (0: skip).")
+    ap.add_argument("--keep", metavar="DIR", help="Keep each size's files and home under DIR/<records>.")
     ap.add_argument("--json", action="store_true", help="Print JSON.")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: one size
     ap.add_argument("--encoder-only", action="store_true", help=argparse.SUPPRESS)  # child: encoder rate
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(one(a.one, a.workers, a.fast_embedder, a.index, a.queries)))
+        print(json.dumps(one(a.one, a.workers, a.fast_embedder, a.index, a.queries, a.keep)))
         return
     if a.encoder_only:
         print(json.dumps(encoder_rate(a.encoder_sample)))
@@ -266,6 +270,7 @@ def main() -> None:
     sizes_wanted = [10_000, 100_000] if a.quick else a.sizes
     flags = ["--workers", str(a.workers), "--index", a.index, "--queries", str(a.queries)]
     flags += ["--fast-embedder"] if a.fast_embedder else []
+    flags += ["--keep", a.keep] if a.keep else []
     sizes = []
     for n in sizes_wanted:
         r = _child(["--one", str(n), *flags])

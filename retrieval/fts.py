@@ -51,16 +51,18 @@ def search_sql(match: str, limit: int, filters: tuple[str, list[Any]] | None) ->
 
 
 class TermStats:
-    """Document frequencies of the store's FTS5 terms (an ``fts5vocab`` table in the temp schema of a
-    private read-only connection: nothing is written to the store). Cached; counts may lag the corpus."""
+    """Document frequencies of query words in the store's FTS5 index, counted up to a cap through a private
+    read-only connection (nothing is written to the store). A word is counted as BM25 matches it (a quoted
+    MATCH term: the porter stem), and only up to ``cap`` chunks: FTS5 knows a term's frequency only by
+    reading its whole posting list (a common word's is millions of entries at PubMed scale), while pruning
+    only needs to know whether a word fits the budget. Cached; counts may lag the corpus."""
 
     CACHE_MAX = 200_000
 
     def __init__(self, db_path: str | Path) -> None:
         self._db = sqlite3.connect(f"file:{Path(db_path).absolute()}?mode=ro", uri=True, check_same_thread=False)
-        self._db.execute("CREATE VIRTUAL TABLE temp.fts_vocab USING fts5vocab(main, 'chunks_fts', 'row')")
         self._lock = threading.Lock()
-        self._cache: dict[str, int | None] = {}
+        self._cache: dict[tuple[str, int], int] = {}
 
     _shared: ClassVar[dict[str, TermStats]] = {}
     _shared_lock = threading.Lock()
@@ -74,37 +76,38 @@ class TermStats:
                 cls._shared[key] = cls(key)
             return cls._shared[key]
 
-    def df(self, word: str) -> int | None:
-        """Chunks containing ``word``'s stem (porter stems are prefixes of the word, or end in i for y);
-        None when no stem is found."""
-        if word in self._cache:
-            return self._cache[word]
-        cands = ([word[:-1] + "i"] if word.endswith("y") else []) + [word[:n] for n in range(len(word), 2, -1)]
-        out = None
+    def df(self, word: str, cap: int = LEX_POSTINGS_BUDGET + 1) -> int:
+        """Chunks matching ``word`` as a BM25 query term, counted up to ``cap`` (reads at most ``cap``
+        postings); 0 when none."""
+        key = (word, cap)
+        if key in self._cache:
+            return self._cache[key]
+        term = '"' + word.replace('"', '""') + '"'
         with self._lock:
-            for c in cands:
-                row = self._db.execute("SELECT doc FROM temp.fts_vocab WHERE term = ?", (c,)).fetchone()
-                if row:
-                    out = int(row[0])
-                    break
+            try:
+                n = int(self._db.execute("SELECT count(*) FROM (SELECT 1 FROM chunks_fts WHERE chunks_fts MATCH ? "
+                                         "LIMIT ?)", (term, cap)).fetchone()[0])
+            except sqlite3.OperationalError:  # a word the FTS5 query syntax refuses even quoted: unsearchable
+                n = 0
             if len(self._cache) >= self.CACHE_MAX:
                 self._cache.clear()
-            self._cache[word] = out
-        return out
+            self._cache[key] = n
+        return n
 
     def prune(self, query: str, budget: int = LEX_POSTINGS_BUDGET) -> str:
         """The query's BM25 terms, rarest first, while their summed document frequency fits ``budget``
-        (the rarest term is always kept); the query unchanged if all fit."""
+        (the rarest term is always kept; among words over the budget, the first in the query); the query
+        unchanged if all fit. Each count reads at most ``budget + 1`` postings."""
         expr = fts_query(query)
         if expr is None:
             return query
         terms = [t.replace('""', '"') for t in _TERM.findall(expr)]
-        dfs = [self.df(t) or 0 for t in terms]
+        dfs = [self.df(t, budget + 1) for t in terms]
         if sum(dfs) <= budget:
             return query
         kept: list[str] = []
         total = 0
-        for df, t in sorted(zip(dfs, terms, strict=True)):
+        for df, _, t in sorted(zip(dfs, range(len(terms)), terms, strict=True)):
             if kept and total + df > budget:
                 break
             kept.append(t)

@@ -286,7 +286,9 @@ def test_common_terms_are_pruned_from_bm25_queries(searcher: Searcher, monkeypat
     assert ts.df("cefazolin") == 1
     assert ts.df("studies") == ts.df("study")
     assert ts.df("study") == 6
-    assert ts.df("xylophone") is None
+    assert ts.df("xylophone") == 0
+    assert ts.df("study", cap=4) == 4  # counted only up to the cap
+    assert ts.prune("study diabetes", budget=3) == "study"  # both over the budget: the first word is kept
     q = "diabetes insulin cefazolin"
     assert ts.prune(q) == q  # everything fits the default budget: unchanged
     assert ts.prune(q, budget=5) == "cefazolin"  # rarest kept, common ones dropped
