@@ -27,6 +27,8 @@ tokenizer's, warm about 15x).
     HF_HUB_OFFLINE=1 .venv/bin/python bench/scale.py --quick --fast-embedder   # 10k and 100k records
     HF_HUB_OFFLINE=1 .venv/bin/python bench/scale.py --fast-embedder           # 10k, 100k, 1M
     HF_HUB_OFFLINE=1 .venv/bin/python bench/scale.py --sizes 20000 200000 --json
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/scale.py --sizes 1000000 --fast-embedder --keep /tmp/keep
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/scale.py --fast-embedder --query-home /tmp/keep/1000000/home
 """
 
 from __future__ import annotations
@@ -154,14 +156,14 @@ def _index_ram_mib(index: Any) -> float:
     return round(n * per / 2**20, 1)
 
 
-def _queries(settings: Any, ix: Any, embedder: Any, n: int) -> dict[str, Any]:
+def _queries(settings: Any, store: Any, index: Any, embedder: Any, n: int) -> dict[str, Any]:
     """p50/p95 ms of ``n`` PubMedQA questions per mode (the stand-in or real encoder included)."""
     from retrieval.search import Searcher
 
     qs = [v["QUESTION"] for v in json.loads(PUBMEDQA.read_text()).values()][:n]
-    searcher = Searcher(settings, ix.store, ix.index, embedder)
+    searcher = Searcher(settings, store, index, embedder)
     out: dict[str, Any] = {}
-    for mode in ("hybrid", "dense"):
+    for mode in ("hybrid", "dense", "lexical"):
         searcher.search(qs[0], k=10, mode=mode)  # warm
         ms = []
         for q in qs:
@@ -199,7 +201,7 @@ def one(records: int, workers: int, fast: bool, kind: str, queries: int, keep: s
             kids = resource.getrusage(resource.RUSAGE_CHILDREN)
             tot, sync = ix.totals, ix.totals.sync
             chunks, index_ram, info = len(ix.index), _index_ram_mib(ix.index), ix.index.info()
-            q = _queries(settings, ix, ix.embedder, queries) if queries else {}
+            q = _queries(settings, ix.store, ix.index, ix.embedder, queries) if queries else {}
         home = Path(tmp) / "home"
         disk = {"store_mib": round(sum(f.stat().st_size for f in home.glob(settings.corpus_db.name + "*")) / 2**20, 1),
                 "index_mib": _dir_mib(settings.index_dir), "home_mib": _dir_mib(home)}
@@ -218,6 +220,23 @@ def one(records: int, workers: int, fast: bool, kind: str, queries: int, keep: s
             "peak_rss_mib": round(peak), "rss_before_ingest_mib": round(rss0), "index_ram_mib": index_ram,
             "peak_rss_less_index_mib": round(peak - index_ram),
             "worker_peak_rss_mib": round(kids.ru_maxrss / 1024), **disk, **q}
+
+
+def queries_on(home: str, fast: bool, kind: str, n: int) -> dict[str, Any]:
+    """Query latency on a home kept by ``--keep`` (read-only), e.g. on a quiet machine after the ingest."""
+    from pubmind.settings import load_settings
+    from retrieval.embed import Embedder
+    from retrieval.index import VectorIndex
+    from retrieval.store import CorpusStore
+
+    settings = load_settings(home=home, index={"kind": kind})
+    embedder: Any = Hash384() if fast else Embedder(settings.embedding)
+    store = CorpusStore(settings.corpus_db)
+    try:
+        index = VectorIndex.open(settings.index_dir, settings, embedder.fingerprint, readonly=True)
+        return {"home": home, "chunks": len(index), **_queries(settings, store, index, embedder, n)}
+    finally:
+        store.close()
 
 
 def encoder_rate(sample: int) -> dict[str, Any]:
@@ -257,12 +276,16 @@ def main() -> None:
     ap.add_argument("--encoder-sample", type=int, default=2000,
                     help="With --fast-embedder: chunk texts to time the real encoder on (0: skip).")
     ap.add_argument("--keep", metavar="DIR", help="Keep each size's files and home under DIR/<records>.")
+    ap.add_argument("--query-home", metavar="HOME", help="Only time queries on a home kept by --keep.")
     ap.add_argument("--json", action="store_true", help="Print JSON.")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: one size
     ap.add_argument("--encoder-only", action="store_true", help=argparse.SUPPRESS)  # child: encoder rate
     a = ap.parse_args()
     if a.one:
         print(json.dumps(one(a.one, a.workers, a.fast_embedder, a.index, a.queries, a.keep)))
+        return
+    if a.query_home:
+        print(json.dumps(queries_on(a.query_home, a.fast_embedder, a.index, a.queries)))
         return
     if a.encoder_only:
         print(json.dumps(encoder_rate(a.encoder_sample)))

@@ -52,9 +52,10 @@ def dense(index: VectorIndex, qv: np.ndarray, n: int, allowed: np.ndarray | None
     return ids[0][ok], scores[0][ok]
 
 
-def lexical(store: CorpusStore, terms: TermStats, query: str, n: int, filters: Filters) -> Ranked:
+def lexical(store: CorpusStore, terms: TermStats, query: str, n: int, filters: Filters, *,
+            keep_common: bool = True) -> Ranked:
     """Top-n chunks by BM25 (common words pruned to bound the cost, see ``TermStats.prune``)."""
-    rows = store.fts_search(terms.prune(query), n, None if filters.empty else filters)
+    rows = store.fts_search(terms.prune(query, keep_common=keep_common), n, None if filters.empty else filters)
     return np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.float64)
 
 

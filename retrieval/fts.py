@@ -94,10 +94,12 @@ class TermStats:
             self._cache[key] = n
         return n
 
-    def prune(self, query: str, budget: int = LEX_POSTINGS_BUDGET) -> str:
+    def prune(self, query: str, budget: int = LEX_POSTINGS_BUDGET, *, keep_common: bool = True) -> str:
         """The query's BM25 terms, rarest first, while their summed document frequency fits ``budget``
-        (the rarest term is always kept; among words over the budget, the first in the query); the query
-        unchanged if all fit. Each count reads at most ``budget + 1`` postings."""
+        (the rarest term is always kept; the query unchanged if all fit). Each count reads at most
+        ``budget + 1`` postings. When every word is in more than ``budget`` chunks, BM25 would score a whole
+        posting list (seconds at PubMed scale) for words of little weight: ``keep_common`` keeps the first
+        of them (a lexical-only search), otherwise "" is returned (hybrid search: dense only)."""
         expr = fts_query(query)
         if expr is None:
             return query
@@ -105,6 +107,8 @@ class TermStats:
         dfs = [self.df(t, budget + 1) for t in terms]
         if sum(dfs) <= budget:
             return query
+        if min(dfs) > budget and not keep_common:
+            return ""
         kept: list[str] = []
         total = 0
         for df, _, t in sorted(zip(dfs, range(len(terms)), terms, strict=True)):

@@ -130,9 +130,10 @@ class Searcher:
         r = self.settings.retrieval
         start, per_pmid = r.candidates, r.one_per_pmid
 
-        def lexical() -> Candidates:
-            return candidates.deepen(lambda n: candidates.lexical(self.store, self.terms, query, n, f),
-                                     depth, start, per_pmid)
+        def lexical() -> Candidates:  # hybrid: no BM25 when every word is common (see TermStats.prune)
+            return candidates.deepen(
+                lambda n: candidates.lexical(self.store, self.terms, query, n, f, keep_common=mode == "lexical"),
+                depth, start, per_pmid)
 
         if mode == "lexical":
             return None, {}, lexical()

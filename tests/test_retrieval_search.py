@@ -289,6 +289,8 @@ def test_common_terms_are_pruned_from_bm25_queries(searcher: Searcher, monkeypat
     assert ts.df("xylophone") == 0
     assert ts.df("study", cap=4) == 4  # counted only up to the cap
     assert ts.prune("study diabetes", budget=3) == "study"  # both over the budget: the first word is kept
+    assert ts.prune("study diabetes", budget=3, keep_common=False) == ""  # ... or none (hybrid)
+    assert ts.prune("study cefazolin", budget=3, keep_common=False) == "cefazolin"
     q = "diabetes insulin cefazolin"
     assert ts.prune(q) == q  # everything fits the default budget: unchanged
     assert ts.prune(q, budget=5) == "cefazolin"  # rarest kept, common ones dropped
@@ -296,6 +298,10 @@ def test_common_terms_are_pruned_from_bm25_queries(searcher: Searcher, monkeypat
     monkeypatch.setattr(type(ts).prune, "__defaults__", (5,))  # budget 5 postings
     hits = searcher.search(q, k=5, mode="lexical")
     assert [h.pmid for h in hits] == [1005]  # only the rare term was searched
+    assert searcher.search("study diabetes", k=5, mode="lexical")  # every word common: the first is searched
+    hybrid = searcher.search("study diabetes", k=5, mode="hybrid")
+    assert hybrid  # dense answers ...
+    assert all(h.lexical is None for h in hybrid)  # ... and BM25 scored nothing
 
 
 def test_search_cli_json(corpus_settings, cli) -> None:
