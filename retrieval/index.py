@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -39,6 +40,7 @@ from pubmind.durable import fsync_dir, write_atomic
 from pubmind.errors import ConfigError, IndexMismatch, InvalidInput, ServiceUnavailable
 from pubmind.settings import IndexSettings, Settings
 
+log = logging.getLogger("pubmind.ingest")
 FORMAT = 2  # 2: segments; format 1 (one index/ids file) is read as one segment
 MAX_SEGMENTS = 32  # a save past this many segments writes the whole index as one
 MANIFEST = "manifest.json"
@@ -349,7 +351,10 @@ class VectorIndex:
         quantizer.this.disown()  # type: ignore[attr-defined]  # SWIG ownership handle, not in faiss's stubs
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(live, size=min(len(live), max(256 * 64, nlist * TRAIN_PER_CELL)), replace=False))
+        log.info("index: training IVF-PQ (nlist %d, pq_m %d) on %d of %d vectors", nlist, s.pq_m, len(sample), len(live))
+        t0 = time.perf_counter()
         ivf.train(self._vectors(sample))
+        log.info("index: IVF-PQ trained in %.1f s; moving %d vectors into it", time.perf_counter() - t0, len(live))
         self.trained, self.nlist = True, nlist
         self._rebuild(ivf)
 

@@ -354,3 +354,15 @@ def test_faiss_threads_is_scoped() -> None:
     with vi.faiss_threads(0):
         assert faiss.omp_get_max_threads() == 1  # at least one
     assert faiss.omp_get_max_threads() == before
+
+
+def test_ivfpq_training_is_logged(settings, caplog) -> None:
+    """Training is the one long step of an IVF-PQ build without a progress bar: it is logged."""
+    s = cfg(settings, "ivfpq")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1300, seed=11)
+    with caplog.at_level("INFO", logger="pubmind.ingest"):
+        ix.add(ids, vecs)
+    assert ix.trained
+    assert any("training IVF-PQ" in r.getMessage() for r in caplog.records)
+    assert any("IVF-PQ trained in" in r.getMessage() for r in caplog.records)
