@@ -21,9 +21,12 @@ corpus grows size by size, like an ingest; at each size an IVF-PQ index is built
 store with the product's defaults (pq_m, nprobe, pq_refine, train_min 100k or the whole corpus if smaller;
 ``expected_vectors`` = the corpus where the product would train for it, nlist by ``choose_nlist``).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/haystack.py --quick          # 0 and 5k distractor chunks
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/haystack.py --save out.json  # 0, 10k, 100k (~40 min, 2 cores)
+    .venv/bin/python bench/haystack.py --quick          # 0 and 5k distractor chunks (~8 min, 3 cached)
+    .venv/bin/python bench/haystack.py --save out.json  # 0, 10k, 100k distractor chunks
     .venv/bin/python bench/haystack.py --sizes 0,20000 --kinds flat --modes hybrid --json
+
+Cost: MiniLM embeds 20-30 chunks/s on this machine's 2 shared cores, so the first run at 100k spends over an
+hour embedding; a rerun reads the vectors from the cache and takes minutes per size (index builds, queries).
 """
 
 from __future__ import annotations
