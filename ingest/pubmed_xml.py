@@ -27,6 +27,7 @@ from pubmind.records import (
     MeshHeading,
     Qualifier,
     Record,
+    single_spaced,
 )
 
 _HEAD_BYTES = 64 * 1024
@@ -166,14 +167,8 @@ def _text(el: etree._Element | None) -> str:
     if el is None:
         return ""
     if not len(el):  # leaf (most elements): no itertext
-        return _norm(el.text or "")
+        return single_spaced(el.text or "")
     return " ".join("".join(el.itertext()).split())
-
-
-def _norm(t: str) -> str:
-    """``" ".join(t.split())``, without the split when ``t`` has no whitespace but single spaces (str's
-    printable characters include no whitespace other than ' ')."""
-    return t.strip(" ") if "  " not in t and t.isprintable() else " ".join(t.split())
 
 
 def _opt(el: etree._Element | None) -> str | None:
@@ -181,7 +176,7 @@ def _opt(el: etree._Element | None) -> str | None:
         return None
     if not len(el):  # leaf: the common case, skip itertext
         t = el.text
-        return _norm(t) or None if t else None
+        return single_spaced(t) or None if t else None
     return _text(el) or None
 
 

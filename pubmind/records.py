@@ -109,6 +109,12 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Article)
 
 
+def single_spaced(t: str) -> str:
+    """``" ".join(t.split())``, skipping the split when ``t`` has no whitespace but single spaces (str's
+    printable characters include no whitespace other than ' '): parsed text usually is single-spaced."""
+    return t.strip(" ") if "  " not in t and t.isprintable() else " ".join(t.split())
+
+
 def article_to_json(a: Article) -> bytes:
     return _encoder.encode(a)
 

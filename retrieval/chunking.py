@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from pubmind.records import Article
+from pubmind.records import Article, single_spaced
 from pubmind.settings import ChunkingSettings
 
 MAX_CHUNKS_PER_ARTICLE = 1000
@@ -56,12 +56,6 @@ _ABBREV = re.compile(
 )
 
 _ABBREV_TAIL = 12  # > the longest abbreviation ("approx.") + the character before it (for \b)
-
-
-def _single_spaced(t: str) -> str:
-    """``" ".join(t.split())``; parsed records are single-spaced already, so check first (str's printable
-    characters include no whitespace other than ' ')."""
-    return t.strip(" ") if "  " not in t and t.isprintable() else " ".join(t.split())
 
 
 def split_sentences(text: str) -> list[str]:
@@ -168,13 +162,13 @@ class Chunker:
     def chunk_many(self, articles: Sequence[Article]) -> list[list[Chunk]]:
         """Chunks for each article (same order); an article with neither title nor abstract gets []."""
         s = self.settings
-        titles = [_single_spaced(a.title) for a in articles]
+        titles = [single_spaced(a.title) for a in articles]
         # Sentence units per article; the first sentence of a labelled section carries its label.
         units: list[list[str]] = []
         for a in articles:
             u: list[str] = []
             for sec in a.abstract:
-                sents = split_sentences(_single_spaced(sec.text))
+                sents = split_sentences(single_spaced(sec.text))
                 if sents and sec.label:
                     sents[0] = f"{sec.label}: {sents[0]}"
                 u.extend(sents)
