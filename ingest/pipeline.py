@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -250,23 +250,33 @@ class Pipeline:
         files = discover(paths)
         pending, synced = 0, []
         workers = worker_count(self.settings, len(files))
+        threads = None  # the background sync's FAISS threads (None: FAISS's default)
         if self.settings.ingest.executor == "ray" and len(files) > 1:
             results = self._on_ray(files, force)
         elif workers > 1:
             results = self._parallel(files, force, workers)
+            threads = max(1, len(os.sched_getaffinity(0)) - workers)  # the cores the workers leave
         else:
             results = (self.ingest_file(path, force=force, sync=False) for path in files)
         with tqdm(total=len(files), desc="files", unit="file", disable=not self.progress or len(files) < 2) as bar:
-            for res in results:
-                bar.set_postfix_str(Path(res.path).name)
-                bar.update()
-                report.files.append(res)
-                pending += res.apply.get("chunks_added", 0) + res.apply.get("chunks_removed", 0)
-                if sync and pending >= self.settings.index.save_every:  # embed as we go on long runs
-                    synced.append(self.indexer.sync(progress=self.progress))
-                    pending = 0
-        if sync:  # a no-op when nothing is pending
-            synced.append(self.indexer.sync(progress=self.progress))
+            try:
+                for res in results:
+                    bar.set_postfix_str(Path(res.path).name)
+                    bar.update()
+                    report.files.append(res)
+                    pending += res.apply.get("chunks_added", 0) + res.apply.get("chunks_removed", 0)
+                    # embed as we go on long runs, while the next files are stored
+                    if sync and pending >= self.settings.index.save_every and self.indexer.sync_async(threads):
+                        pending = 0
+            except BaseException:
+                cast(Generator[FileResult, None, None], results).close()  # stops the parsing, removes its spools
+                try:
+                    self.indexer.wait_sync()
+                except Exception as e:  # the ingest's own error is the one raised
+                    log.error("ingest: the background index sync failed too: %s", e)
+                raise
+        if sync:  # the background sync, then what is left (a no-op when nothing is pending)
+            synced += [self.indexer.wait_sync(), self.indexer.sync(progress=self.progress)]
         if synced:
             report.sync = msgspec.to_builtins(_sum(synced))
         report.seconds = time.perf_counter() - t0

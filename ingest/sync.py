@@ -234,7 +234,7 @@ class Syncer:
                 self.log("nothing new: this home is up to date with the mirror")
                 if _unindexed(self.settings):  # a run that crashed between applying and embedding
                     self.log("embedding the chunks an interrupted run left pending")
-                    self._index(report)
+                    self._add_index(report, self.pipeline.indexer.sync(progress=self.progress))
             else:
                 self._apply_all(todo, state, report)
             report.seconds = round(time.perf_counter() - t0, 3)
@@ -306,20 +306,27 @@ class Syncer:
                          + (" (already in the store)" if res.status == "skipped" else ""))
                 files_bar.update(1)
                 pending_chunks += res.apply.get("chunks_added", 0) + res.apply.get("chunks_removed", 0)
-                if pending_chunks >= self.settings.index.save_every:  # embed as we go on long runs
-                    self._index(report)
+                # embed as we go on long runs, while the next files are applied
+                if pending_chunks >= self.settings.index.save_every and pipeline.indexer.sync_async():
                     pending_chunks = 0
+        except BaseException:
+            try:
+                self._add_index(report, pipeline.indexer.wait_sync())
+            except Exception as e:  # the run's own error is the one raised
+                self.log(f"the background index sync failed too: {e}")
+            raise
         finally:
             self._stop.set()  # running downloads stop at their next chunk and keep their .part
             pool.shutdown(wait=True, cancel_futures=True)
             bytes_bar.close()
             files_bar.close()
         report.download_seconds = round(report.download_seconds, 3)
+        self._add_index(report, pipeline.indexer.wait_sync())  # raises the background sync's failure
         if report.applied:
-            self._index(report)
+            self._add_index(report, self.pipeline.indexer.sync(progress=self.progress))
 
-    def _index(self, report: SyncReport) -> None:
-        st = msgspec.to_builtins(self.pipeline.indexer.sync(progress=self.progress))
+    def _add_index(self, report: SyncReport, stats: Any) -> None:
+        st = msgspec.to_builtins(stats)
         for k, v in st.items():
             if isinstance(v, int | float):
                 report.index[k] = report.index.get(k, 0) + v

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from contextlib import nullcontext
+from typing import Any, Protocol, cast
 
 import msgspec
 import numpy as np
@@ -23,8 +26,10 @@ from pubmind.errors import Conflict, IndexMismatch
 from pubmind.records import Article, Deletion
 from pubmind.settings import Settings
 from retrieval.chunking import Chunk, Chunker
-from retrieval.index import VectorIndex
+from retrieval.index import VectorIndex, faiss_threads
 from retrieval.store import ApplyResult, CorpusStore
+
+log = logging.getLogger("pubmind.indexer")
 
 
 class EmbedderLike(Protocol):
@@ -45,6 +50,7 @@ class SyncStats(msgspec.Struct, kw_only=True):
     embed_seconds: float = 0.0  # in the encoder
     index_seconds: float = 0.0  # adding vectors to the index (and IVF-PQ training when it happens)
     save_seconds: float = 0.0  # index checkpoints + marking their chunks indexed
+    left_pending: int = 0  # embedded, but written again by apply() meanwhile (sync_async): for the next sync
 
     def __iadd__(self, o: SyncStats) -> SyncStats:
         for f in self.__struct_fields__:
@@ -99,6 +105,9 @@ class Indexer:
             embedder = Embedder(settings.embedding)
         self.settings, self.embedder = settings, embedder
         self.totals = IndexerStats()  # everything this Indexer applied and synced (per-stage seconds)
+        self._bg: threading.Thread | None = None  # sync_async()'s thread
+        self._bg_stats, self._bg_error = SyncStats(), cast(BaseException | None, None)  # since wait_sync()
+        self._sync_lock = threading.Lock()  # one sync() at a time (a direct call waits for the background one)
         settings.home.mkdir(parents=True, exist_ok=True)
         self._lockf = open(settings.home / "indexer.lock", "w")  # noqa: SIM115 (held until close())
         try:
@@ -141,6 +150,8 @@ class Indexer:
         return stored is not None and stored != key
 
     def close(self) -> None:
+        if self._bg is not None:
+            self._bg.join()  # never close the store under a running sync
         if hasattr(self, "store"):
             self.store.close()
         if self._own_embedder and hasattr(self.embedder, "close"):
@@ -200,8 +211,13 @@ class Indexer:
     def sync(self, progress: bool = True) -> SyncStats:
         """Bring the index up to the store: drop removed ids, embed pending chunks, checkpoint every
         ``checkpoint_interval()`` vectors, mark chunks indexed after each save."""
+        with self._sync_lock:
+            return self._sync(progress)
+
+    def _sync(self, progress: bool) -> SyncStats:
         t0 = time.perf_counter()
         st = SyncStats()
+        read_seq = self.store.write_seq()  # before any read: see CorpusStore.mark_indexed
         removed = self.store.removed_pending()
         if len(removed):
             st.removed += self.index.remove(removed)
@@ -215,10 +231,11 @@ class Indexer:
         n_unsaved, after = 0, -1
 
         def checkpoint() -> None:
-            nonlocal removed, unsaved, n_unsaved
+            nonlocal removed, unsaved, n_unsaved, read_seq
             t = time.perf_counter()
             self.index.save()
-            self.store.mark_indexed(np.concatenate(unsaved) if unsaved else [], removed)
+            st.left_pending += self.store.mark_indexed(np.concatenate(unsaved) if unsaved else [], removed, read_seq)
+            read_seq = self.store.write_seq()  # before the next page is read
             st.save_seconds += time.perf_counter() - t
             st.saves += 1
             removed, unsaved, n_unsaved = removed[:0], [], 0
@@ -244,6 +261,49 @@ class Indexer:
         st.seconds = time.perf_counter() - t0
         self.totals.sync += st
         return st
+
+    def sync_async(self, faiss_threads_n: int | None = None) -> bool:
+        """Start ``sync()`` on a background thread and return: apply() goes on meanwhile (store writes and
+        FTS5 in this thread; the encoder, index adds and saves in that one; SQLite and FAISS release the
+        GIL). Chunks written again while they are being embedded stay pending (``CorpusStore.mark_indexed``),
+        so the crash-safety invariant holds. False (nothing started) if one is still running: it takes up
+        what was committed meanwhile before it ends, or the next call does. A failure is raised by the next
+        call, or by ``wait_sync()``. ``faiss_threads_n``: the sync thread's OpenMP threads (its own)."""
+        if self._bg is not None:
+            if self._bg.is_alive():
+                return False
+            self._bg.join()
+            self._raise_bg()
+        self.store.track_writes(True)
+
+        def run() -> None:
+            try:
+                with faiss_threads(faiss_threads_n) if faiss_threads_n else nullcontext():
+                    st = self.sync(progress=False)
+                self._bg_stats += st
+                log.info("sync (background): %d chunks embedded, %d vectors removed, %d saves in %.1f s",
+                         st.embedded, st.removed, st.saves, st.seconds)
+            except BaseException as e:  # raised in the writer's thread by _raise_bg()
+                self._bg_error = e
+
+        self._bg = threading.Thread(target=run, name="pubmind-sync", daemon=True)
+        self._bg.start()
+        return True
+
+    def wait_sync(self) -> SyncStats:
+        """Wait for ``sync_async()``'s thread; returns what it synced since the last wait (raises its error)."""
+        if self._bg is not None:
+            self._bg.join()
+            self._bg = None
+        self.store.track_writes(False)
+        self._raise_bg()
+        st, self._bg_stats = self._bg_stats, SyncStats()
+        return st
+
+    def _raise_bg(self) -> None:
+        if self._bg_error is not None:
+            e, self._bg_error = self._bg_error, None
+            raise e
 
     def checkpoint_interval(self) -> int:
         """Vectors between index saves: ``index.save_every``, or ``CHECKPOINT_GROWTH`` of the index if

@@ -77,6 +77,11 @@ class CorpusStore:
         self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
         self._db.execute("PRAGMA temp_store=MEMORY")
         self._readers = ReaderPool(self.path, readers, cache_kib=16384)  # 16 MiB page cache each
+        # Write tracking, for an index sync that runs while records are applied (``Indexer.sync_async``):
+        # ``_seq`` counts committed apply() transactions; while tracking, ``_written`` maps each chunk id
+        # written (added, changed or removed) to the number its transaction committed as.
+        self._seq = 0
+        self._written: dict[int, int] | None = None
         self._migrate()
 
     # ---- plumbing -------------------------------------------------------------------------------
@@ -160,6 +165,8 @@ class CorpusStore:
                 final[r.pmid] = (r, blob)
             if final:
                 self._write(db, final, chunker, res)
+        with self._lock:
+            self._seq += 1  # after the commit: a reader that saw this seq may not have seen these writes
         return res
 
     def _write(self, db: sqlite3.Connection, final: dict[int, tuple[Article, bytes] | None], chunker: ChunkerLike,
@@ -179,15 +186,43 @@ class CorpusStore:
         if upserts:
             new_chunks = {c.chunk_id: c.text for cs in chunker.chunk_many([a for a, _ in upserts]) for c in cs}
             _write_articles(db, upserts)
-        _write_chunks(db, old_chunks, new_chunks, res)
+        written = _write_chunks(db, old_chunks, new_chunks, res)
+        if self._written is not None:
+            self._written.update(dict.fromkeys(written, self._seq + 1))  # committed as seq + 1
 
-    def mark_indexed(self, chunk_ids: Sequence[int] | np.ndarray, removed_done: Sequence[int] | np.ndarray = ()) -> None:
-        """After an index save: these chunks are in it, and these removed ids are out of it. One transaction."""
+    # ---- write tracking (an index sync concurrent with apply) -----------------------------------
+    def track_writes(self, on: bool) -> None:
+        """Start (forgetting what was tracked before) or stop recording which chunk ids apply() writes."""
+        with self._lock:
+            self._written = {} if on else None
+
+    def write_seq(self) -> int:
+        """Number of committed apply() transactions. Read it BEFORE reading chunks or removals to index:
+        everything committed up to it is visible to the reads that follow."""
+        return self._seq
+
+    def mark_indexed(self, chunk_ids: Sequence[int] | np.ndarray, removed_done: Sequence[int] | np.ndarray = (),
+                     read_seq: int | None = None) -> int:
+        """After an index save: these chunks are in it, and these removed ids are out of it. One transaction.
+        ``read_seq``: the ``write_seq()`` taken before the texts and removals were read; while writes are
+        tracked, ids that apply() wrote in a later transaction are left out (their text changed, or they
+        were deleted or re-added, after the read: they stay pending, or queued for removal, for the next
+        sync). Returns how many ids were left out."""
         with self._txn() as db:
+            skipped = 0
+            if self._written and read_seq is not None:
+                later = {c for c, s in self._written.items() if s > read_seq}
+                if later:
+                    n = len(chunk_ids) + len(removed_done)
+                    chunk_ids = [int(c) for c in chunk_ids if int(c) not in later]
+                    removed_done = [int(c) for c in removed_done if int(c) not in later]
+                    skipped = n - len(chunk_ids) - len(removed_done)
+                self._written = {c: s for c, s in self._written.items() if s > read_seq}  # later reads see the rest
             db.execute("UPDATE chunks SET state = 1 WHERE chunk_id IN (SELECT value FROM json_each(?))",
                        (_json_ids(chunk_ids),))
             db.execute("DELETE FROM removed_chunks WHERE chunk_id IN (SELECT value FROM json_each(?))",
                        (_json_ids(removed_done),))
+        return skipped
 
     def reset_indexed(self) -> None:
         """Mark every chunk pending and forget removals (the vector index is being rebuilt from scratch)."""
@@ -335,10 +370,10 @@ def _write_articles(db: sqlite3.Connection, upserts: list[tuple[Article, bytes]]
                    [(a.pmid, lang) for a, _ in upserts for lang in a.languages])
 
 
-def _write_chunks(db: sqlite3.Connection, old: dict[int, str], new: dict[int, str], res: ApplyResult) -> None:
+def _write_chunks(db: sqlite3.Connection, old: dict[int, str], new: dict[int, str], res: ApplyResult) -> list[int]:
     """Replace the chunks ``old`` (chunk_id -> text) of the touched PMIDs by ``new``: unchanged texts keep
     their state (no re-embedding), changed and added ones become pending, removed ids are queued for the
-    vector index."""
+    vector index. Returns the ids written (removed, changed, added)."""
     removed = [cid for cid in old if cid not in new]
     changed = [cid for cid, t in new.items() if cid in old and old[cid] != t]
     added = [cid for cid in new if cid not in old]
@@ -355,3 +390,4 @@ def _write_chunks(db: sqlite3.Connection, old: dict[int, str], new: dict[int, st
     db.executemany("INSERT INTO chunks_fts(rowid, text) VALUES (?, ?)", [(cid, new[cid]) for cid in (*changed, *added)])
     res.chunks_added += len(changed) + len(added)
     res.chunks_removed += len(removed)
+    return [*removed, *changed, *added]

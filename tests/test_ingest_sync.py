@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ingest.cli import corpus_stats
@@ -316,3 +317,35 @@ def test_one_sync_per_home_at_a_time(make_syncer, settings, mirror: Mirror) -> N
             make_syncer().run()
     assert mirror.log == []
     assert applied(settings) == []
+
+
+def test_long_runs_embed_in_the_background_while_files_apply(make_settings, mirror: Mirror, hash_embedder,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a small ``index.save_every``, the index syncs on a background thread while later files are
+    applied; the run ends with every chunk embedded exactly as a foreground sync leaves it."""
+    s = make_settings(index={"save_every": 50})
+    started: list[bool] = []
+    real = Indexer.sync_async
+
+    def spy(self: Indexer, *a: object, **kw: object) -> bool:
+        started.append(real(self, *a, **kw))  # type: ignore[arg-type]
+        return started[-1]
+
+    monkeypatch.setattr(Indexer, "sync_async", spy)
+    with Indexer(s, embedder=hash_embedder) as ix:
+        syncer = Syncer(s, mirror=mirror.url, pipeline=Pipeline(s, indexer=ix, progress=False), progress=False)
+        try:
+            report = syncer.run()
+        finally:
+            syncer.close()
+        assert report.failed is None
+        assert [a["file"] for a in report.applied] == ORDER
+        assert any(started)
+        assert report.index["embedded"] >= corpus_stats(s)["chunks"]
+        st = corpus_stats(s)
+        assert (st["pending_chunks"], st["removed_pending"]) == (0, 0)
+        assert st["vectors"] == st["chunks"]
+        ids = ix.index.ids()
+        texts = ix.store.chunk_text(ids.tolist())
+        np.testing.assert_allclose(ix.index.vectors(ids), hash_embedder.encode_passages([texts[int(i)] for i in ids]),
+                                   atol=1e-5)

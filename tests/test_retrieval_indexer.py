@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -124,12 +125,12 @@ def test_marks_indexed_only_after_a_save_containing_them(tmp_path, hash_embedder
     real = CorpusStore.mark_indexed
     calls = []
 
-    def checked(self, chunk_ids, removed_done=()):
+    def checked(self, chunk_ids, removed_done=(), read_seq=None):
         on_disk = VectorIndex.open(s.index_dir, s, hash_embedder.fingerprint, readonly=True)
         assert on_disk.contains(np.asarray(chunk_ids, np.int64)).all()
         assert not on_disk.contains(np.asarray(removed_done, np.int64)).any()
         calls.append(len(chunk_ids))
-        return real(self, chunk_ids, removed_done)
+        return real(self, chunk_ids, removed_done, read_seq)
 
     monkeypatch.setattr(CorpusStore, "mark_indexed", checked)
     with Indexer(s, hash_embedder) as ix:
@@ -317,3 +318,56 @@ def test_real_articles_title_search_rank1(tmp_path, shared_data, embedder) -> No
                                  allowed=allowed)
         assert np.isin(got[got >= 0], allowed).all()
         assert (got >= 0).sum() == min(5, len(allowed))
+
+
+class GatedEmbedder(HashEmbedder):
+    """Blocks in its first encode until ``go`` is set (and says so with ``inside``)."""
+
+    def __init__(self, inner: HashEmbedder) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.inside, self.go = threading.Event(), threading.Event()
+
+    def encode_passages(self, texts, batch_size=None):
+        if not self.go.is_set():
+            self.inside.set()
+            assert self.go.wait(30), "the test never released the encoder"
+        return super().encode_passages(texts, batch_size)
+
+
+def test_sync_async_while_records_change_converges(tmp_path, hash_embedder, reference) -> None:
+    """A background sync reads pending chunks; while it encodes them, apply() changes, deletes and re-adds
+    some of them. The sync must not mark a rewritten chunk indexed (its vector is the old text's), so
+    after it and one more sync the store and index equal the sequential reference exactly."""
+    s = cfg(tmp_path / "home")
+    first, *later = history()
+    emb = GatedEmbedder(hash_embedder)
+    with Indexer(s, emb) as ix:
+        ix.apply(first, progress=False, sync=False)
+        assert ix.sync_async()
+        assert emb.inside.wait(30)  # the sync holds its first page of texts
+        assert not ix.sync_async()  # one at a time
+        for batch in later:  # new versions of 100-109 (their chunks are in that page), deletions, re-adds
+            ix.apply(batch, progress=False, sync=False)
+        emb.go.set()
+        bg = ix.wait_sync()
+        assert bg.embedded > 0
+        assert bg.left_pending > 0  # rewritten while being embedded: left for the next sync
+        ix.sync(progress=False)
+    same(reference, assert_consistent(s))
+
+
+def test_sync_async_failure_is_raised_by_the_writer(tmp_path, hash_embedder) -> None:
+    class Dies(HashEmbedder):
+        def encode_passages(self, texts, batch_size=None):
+            raise RuntimeError("encoder died")
+
+    dies = Dies.__new__(Dies)
+    dies.__dict__.update(hash_embedder.__dict__)
+    s = cfg(tmp_path / "home")
+    with Indexer(s, dies) as ix:
+        ix.apply(corpus(5), progress=False, sync=False)
+        assert ix.sync_async()
+        with pytest.raises(RuntimeError, match="encoder died"):
+            ix.wait_sync()
+        assert ix.store.count_pending() > 0  # nothing marked: the next sync embeds it all
+        ix.wait_sync()  # raised once
