@@ -12,7 +12,9 @@ throughput, peak RSS (writer and parse workers; the writer's includes the index'
 beside it), disk, query p50/p95; and the ratios between consecutive sizes.
 
 ``cpu_ms_per_record`` (writer + workers, user + system) is the figure least disturbed by other load on
-the machine: ``cores * 1000 / cpu_ms_per_record`` bounds the end-to-end rate. Per-stage figures: ``parse_rps`` and ``chunk_rps`` are one core's rates on the first files (the workers run
+the machine: ``cores * 1000 / cpu_ms_per_record`` bounds the end-to-end rate; ``cores_busy`` is that CPU
+over the wall time (how well the writer's threads and the workers fill the cores); ``calibration_s`` times
+a fixed Python loop before each size (the machine's speed at the time). Per-stage figures: ``parse_rps`` and ``chunk_rps`` are one core's rates on the first files (the workers run
 ``ingest.workers`` of them in parallel; ``worker_cpu_s`` is what they spent in the run); ``store_rps``,
 ``embed_cps`` (chunks/s), ``index_rps`` (index add) and ``save_rps`` come from the writer's own timers
 (``Indexer.totals``), as records (or chunks) per second of that stage.
@@ -212,6 +214,7 @@ def one(records: int, workers: int, fast: bool, kind: str, queries: int, keep: s
             "end_to_end_rps": round(records / secs), "seconds_per_1k": round(1000 * secs / records, 3), **rates,
             "worker_cpu_s": round(kids.ru_utime + kids.ru_stime, 1), "writer_cpu_s": round(writer_cpu, 1),
             "cpu_ms_per_record": round(1000 * (kids.ru_utime + kids.ru_stime + writer_cpu) / records, 3),
+            "cores_busy": round((kids.ru_utime + kids.ru_stime + writer_cpu) / secs, 2),
             "store_rps": round(tot.records / tot.store_seconds), "store_s": round(tot.store_seconds, 1),
             "embed_cps": round(sync.embedded / max(sync.embed_seconds, 1e-9)), "embed_s": round(sync.embed_seconds, 1),
             "index_rps": round(records / max(sync.index_seconds, 1e-9)), "index_s": round(sync.index_seconds, 1),
@@ -260,6 +263,15 @@ def encoder_rate(sample: int) -> dict[str, Any]:
             "chunks_per_s": round(len(texts) / secs, 1)}
 
 
+def _calibrate() -> float:
+    """Seconds of a fixed pure-Python loop (10M multiply-adds): how fast this machine's cores are right
+    now. A shared VM's speed drifts (2x within a day was seen here); compare runs at similar values."""
+    t, s = time.perf_counter(), 0
+    for i in range(10_000_000):
+        s += i * i
+    return round(time.perf_counter() - t, 2)
+
+
 def _child(args: list[str]) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -296,7 +308,8 @@ def main() -> None:
     flags += ["--keep", a.keep] if a.keep else []
     sizes = []
     for n in sizes_wanted:
-        r = _child(["--one", str(n), *flags])
+        calibration = _calibrate()
+        r = {**_child(["--one", str(n), *flags]), "calibration_s": calibration}
         sizes.append(r)
         if not a.json:
             print(f"{n:>9,} records, {r['chunks']:,} chunks: {r['end_to_end_rps']:>6,} rec/s end to end "
@@ -304,7 +317,8 @@ def main() -> None:
                   f"store {r['store_rps']:,}, embed {r['embed_cps']:,} chunks/s, index add {r['index_rps']:,}, "
                   f"save {r['save_rps']:,} rec/s | peak RSS {r['peak_rss_mib']} MiB (index {r['index_ram_mib']}), "
                   f"workers {r['worker_peak_rss_mib']} MiB | disk {r['home_mib']} MiB | hybrid p50 "
-                  f"{r.get('hybrid_p50_ms')} ms, dense p50 {r.get('dense_p50_ms')} ms", flush=True)
+                  f"{r.get('hybrid_p50_ms')} ms, dense p50 {r.get('dense_p50_ms')} ms | {r['cpu_ms_per_record']} CPU-ms/rec, "
+                  f"{r['cores_busy']} cores busy | calibration loop {calibration} s", flush=True)
     ratios = [{"from": x["records"], "to": y["records"], "records": round(y["records"] / x["records"], 2),
                "seconds": round(y["seconds"] / x["seconds"], 2),
                "rps": round(y["end_to_end_rps"] / x["end_to_end_rps"], 2),
