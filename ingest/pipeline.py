@@ -271,7 +271,7 @@ class Pipeline:
             except BaseException:
                 cast(Generator[FileResult, None, None], results).close()  # stops the parsing, removes its spools
                 try:
-                    self.indexer.wait_sync()
+                    self.indexer.wait_sync(stop=True)
                 except Exception as e:  # the ingest's own error is the one raised
                     log.error("ingest: the background index sync failed too: %s", e)
                 raise

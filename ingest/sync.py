@@ -311,7 +311,7 @@ class Syncer:
                     pending_chunks = 0
         except BaseException:
             try:
-                self._add_index(report, pipeline.indexer.wait_sync())
+                self._add_index(report, pipeline.indexer.wait_sync(stop=True))
             except Exception as e:  # the run's own error is the one raised
                 self.log(f"the background index sync failed too: {e}")
             raise

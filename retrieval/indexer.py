@@ -108,6 +108,7 @@ class Indexer:
         self._bg: threading.Thread | None = None  # sync_async()'s thread
         self._bg_stats, self._bg_error = SyncStats(), cast(BaseException | None, None)  # since wait_sync()
         self._sync_lock = threading.Lock()  # one sync() at a time (a direct call waits for the background one)
+        self._stop = threading.Event()  # ends a sync at its next page (wait_sync(stop=True), close())
         settings.home.mkdir(parents=True, exist_ok=True)
         self._lockf = open(settings.home / "indexer.lock", "w")  # noqa: SIM115 (held until close())
         try:
@@ -151,7 +152,8 @@ class Indexer:
 
     def close(self) -> None:
         if self._bg is not None:
-            self._bg.join()  # never close the store under a running sync
+            self._stop.set()  # the background sync ends at its next page ...
+            self._bg.join()  # ... never close the store under it
         if hasattr(self, "store"):
             self.store.close()
         if self._own_embedder and hasattr(self.embedder, "close"):
@@ -241,7 +243,8 @@ class Indexer:
             removed, unsaved, n_unsaved = removed[:0], [], 0
 
         with tqdm(total=total, desc="embed", unit="chunk", disable=not progress) as pbar:
-            while rows := self.store.pending_chunks(min(page, self.checkpoint_interval() - n_unsaved), after):
+            while not self._stop.is_set() and \
+                    (rows := self.store.pending_chunks(min(page, self.checkpoint_interval() - n_unsaved), after)):
                 ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
                 t = time.perf_counter()
                 vecs = self.embedder.encode_passages([r[1] for r in rows])
@@ -256,7 +259,7 @@ class Indexer:
                 pbar.update(len(ids))
                 if n_unsaved >= self.checkpoint_interval():
                     checkpoint()
-        if n_unsaved or len(removed):
+        if (n_unsaved or len(removed)) and not self._stop.is_set():  # stopped: left pending, for the next sync
             checkpoint()
         st.seconds = time.perf_counter() - t0
         self.totals.sync += st
@@ -290,11 +293,15 @@ class Indexer:
         self._bg.start()
         return True
 
-    def wait_sync(self) -> SyncStats:
-        """Wait for ``sync_async()``'s thread; returns what it synced since the last wait (raises its error)."""
+    def wait_sync(self, stop: bool = False) -> SyncStats:
+        """Wait for ``sync_async()``'s thread; returns what it synced since the last wait (raises its error).
+        ``stop``: end it at its next page (what it has not saved stays pending), e.g. when the ingest failed."""
         if self._bg is not None:
+            if stop:
+                self._stop.set()
             self._bg.join()
             self._bg = None
+        self._stop.clear()
         self.store.track_writes(False)
         self._raise_bg()
         st, self._bg_stats = self._bg_stats, SyncStats()

@@ -371,3 +371,22 @@ def test_sync_async_failure_is_raised_by_the_writer(tmp_path, hash_embedder) -> 
             ix.wait_sync()
         assert ix.store.count_pending() > 0  # nothing marked: the next sync embeds it all
         ix.wait_sync()  # raised once
+
+
+def test_wait_sync_stop_ends_the_background_sync_at_its_next_page(tmp_path, hash_embedder) -> None:
+    """A failed ingest (or close()) stops the background sync after the page it is encoding: nothing of it
+    is marked indexed, and the next sync completes the index."""
+    s = cfg(tmp_path / "home")
+    emb = GatedEmbedder(hash_embedder)
+    with Indexer(s, emb) as ix:
+        ix.apply(corpus(30), progress=False, sync=False)
+        pending = ix.store.count_pending()
+        assert ix.sync_async()
+        assert emb.inside.wait(30)
+        threading.Timer(0.2, emb.go.set).start()
+        st = ix.wait_sync(stop=True)
+        assert st.embedded <= 7  # the page it held (save_every=7), not the whole backlog
+        left = ix.store.count_pending()
+        assert pending - st.embedded <= left < pending
+        assert ix.sync(progress=False).embedded == left  # not stopped any more
+    assert_consistent(s)
