@@ -85,6 +85,7 @@ class _ChunkLookup:
 
 
 CHUNKING_META = "chunking"
+PAGE_MIN = 16_384  # chunk texts per encode() call, at least
 CHECKPOINT_GROWTH = 0.1
 
 
@@ -219,7 +220,7 @@ class Indexer:
     def _sync(self, progress: bool) -> SyncStats:
         t0 = time.perf_counter()
         st = SyncStats()
-        read_seq = self.store.write_seq()  # before any read: see CorpusStore.mark_indexed
+        removed_seq = self.store.write_seq()  # before each read: see CorpusStore.mark_indexed
         removed = self.store.removed_pending()
         if len(removed):
             st.removed += self.index.remove(removed)
@@ -228,24 +229,30 @@ class Indexer:
             return st
         # Texts per encode() call: sentence-transformers sorts each call by length, so big pages pad
         # little (bare-encode speed); 16k texts ~ 25 MB of text + 25 MB of vectors, whatever the corpus.
-        page = max(16_384, self.settings.embedding.batch_size * 32)
+        page = max(PAGE_MIN, self.settings.embedding.batch_size * 32)
         unsaved: list[np.ndarray] = []
+        seqs: list[np.ndarray] = []  # per unsaved id: write_seq() before its page was read
         n_unsaved, after = 0, -1
 
         def checkpoint() -> None:
-            nonlocal removed, unsaved, n_unsaved, read_seq
+            nonlocal removed, unsaved, seqs, n_unsaved
             t = time.perf_counter()
             self.index.save()
-            st.left_pending += self.store.mark_indexed(np.concatenate(unsaved) if unsaved else [], removed, read_seq)
-            read_seq = self.store.write_seq()  # before the next page is read
+            st.left_pending += self.store.mark_indexed(
+                np.concatenate(unsaved) if unsaved else [], removed,
+                np.concatenate(seqs) if seqs else np.zeros(0, np.int64), removed_seq)
             st.save_seconds += time.perf_counter() - t
             st.saves += 1
-            removed, unsaved, n_unsaved = removed[:0], [], 0
+            removed, unsaved, seqs, n_unsaved = removed[:0], [], [], 0
 
         with tqdm(total=total, desc="embed", unit="chunk", disable=not progress) as pbar:
-            while not self._stop.is_set() and \
-                    (rows := self.store.pending_chunks(min(page, self.checkpoint_interval() - n_unsaved), after)):
+            while not self._stop.is_set():
+                seq = self.store.write_seq()  # before the read
+                rows = self.store.pending_chunks(min(page, self.checkpoint_interval() - n_unsaved), after)
+                if not rows:
+                    break
                 ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                seqs.append(np.full(len(ids), seq, np.int64))
                 t = time.perf_counter()
                 vecs = self.embedder.encode_passages([r[1] for r in rows])
                 t1 = time.perf_counter()

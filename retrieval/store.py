@@ -202,22 +202,27 @@ class CorpusStore:
         return self._seq
 
     def mark_indexed(self, chunk_ids: Sequence[int] | np.ndarray, removed_done: Sequence[int] | np.ndarray = (),
-                     read_seq: int | None = None) -> int:
+                     read_seq: int | Sequence[int] | np.ndarray | None = None, removed_seq: int | None = None) -> int:
         """After an index save: these chunks are in it, and these removed ids are out of it. One transaction.
-        ``read_seq``: the ``write_seq()`` taken before the texts and removals were read; while writes are
-        tracked, ids that apply() wrote in a later transaction are left out (their text changed, or they
-        were deleted or re-added, after the read: they stay pending, or queued for removal, for the next
-        sync). Returns how many ids were left out."""
+        ``read_seq``: the ``write_seq()`` taken before the texts were read (one for all, or one per chunk id:
+        the page it came in); ``removed_seq``: the same for the removals (default: the smallest read_seq).
+        While writes are tracked, ids that apply() wrote in a later transaction than their read are left
+        out (their text changed, or they were deleted or re-added, after the read): they stay pending, or
+        queued for removal, for the next sync. Returns how many ids were left out."""
         with self._txn() as db:
             skipped = 0
             if self._written and read_seq is not None:
-                later = {c for c, s in self._written.items() if s > read_seq}
-                if later:
-                    n = len(chunk_ids) + len(removed_done)
-                    chunk_ids = [int(c) for c in chunk_ids if int(c) not in later]
-                    removed_done = [int(c) for c in removed_done if int(c) not in later]
-                    skipped = n - len(chunk_ids) - len(removed_done)
-                self._written = {c: s for c, s in self._written.items() if s > read_seq}  # later reads see the rest
+                ids = np.asarray(chunk_ids, np.int64)
+                seq = np.broadcast_to(np.asarray(read_seq, np.int64), ids.shape)
+                if removed_seq is None:
+                    removed_seq = int(seq.min()) if len(seq) else 0
+                written = self._written
+                keep = [int(c) for c, s in zip(ids.tolist(), seq.tolist(), strict=True) if written.get(c, -1) <= s]
+                gone = [int(c) for c in removed_done if written.get(int(c), -1) <= removed_seq]
+                skipped = len(ids) + len(removed_done) - len(keep) - len(gone)
+                chunk_ids, removed_done = keep, gone
+                newest = max(int(seq.max()) if len(seq) else 0, removed_seq)  # later reads see all up to it
+                self._written = {c: s for c, s in written.items() if s > newest}
             db.execute("UPDATE chunks SET state = 1 WHERE chunk_id IN (SELECT value FROM json_each(?))",
                        (_json_ids(chunk_ids),))
             db.execute("DELETE FROM removed_chunks WHERE chunk_id IN (SELECT value FROM json_each(?))",

@@ -125,12 +125,12 @@ def test_marks_indexed_only_after_a_save_containing_them(tmp_path, hash_embedder
     real = CorpusStore.mark_indexed
     calls = []
 
-    def checked(self, chunk_ids, removed_done=(), read_seq=None):
+    def checked(self, chunk_ids, removed_done=(), *seqs):
         on_disk = VectorIndex.open(s.index_dir, s, hash_embedder.fingerprint, readonly=True)
         assert on_disk.contains(np.asarray(chunk_ids, np.int64)).all()
         assert not on_disk.contains(np.asarray(removed_done, np.int64)).any()
         calls.append(len(chunk_ids))
-        return real(self, chunk_ids, removed_done, read_seq)
+        return real(self, chunk_ids, removed_done, *seqs)
 
     monkeypatch.setattr(CorpusStore, "mark_indexed", checked)
     with Indexer(s, hash_embedder) as ix:
@@ -389,4 +389,27 @@ def test_wait_sync_stop_ends_the_background_sync_at_its_next_page(tmp_path, hash
         left = ix.store.count_pending()
         assert pending - st.embedded <= left < pending
         assert ix.sync(progress=False).embedded == left  # not stopped any more
+    assert_consistent(s)
+
+
+def test_a_long_background_sync_leaves_only_rewritten_chunks_pending(tmp_path, hash_embedder, monkeypatch) -> None:
+    """A sync that keeps reading pages while new articles are committed must mark the new chunks it read
+    (each page is judged by the writes after ITS read, not after the checkpoint's first read): only chunks
+    rewritten after their read are left pending. Else a long bulk ingest embeds most chunks twice."""
+    import retrieval.indexer as indexer_mod
+
+    monkeypatch.setattr(indexer_mod, "PAGE_MIN", 5)  # pages of 5 inside one checkpoint interval of 1000
+    s = cfg(tmp_path / "home", save_every=1000)
+    emb = GatedEmbedder(hash_embedder)
+    with Indexer(s, emb) as ix:
+        monkeypatch.setattr(s.embedding, "batch_size", 0)
+        ix.apply(corpus(10), progress=False, sync=False)
+        assert ix.sync_async()
+        assert emb.inside.wait(30)  # holds its first page
+        ix.apply(corpus(20, start=500), progress=False, sync=False)  # new articles: read by later pages
+        emb.go.set()
+        bg = ix.wait_sync()
+        assert bg.left_pending == 0
+        assert bg.embedded == ix.store.stats()["chunks"]
+        assert ix.store.count_pending() == 0
     assert_consistent(s)
