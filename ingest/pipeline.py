@@ -270,10 +270,7 @@ class Pipeline:
                         pending = 0
             except BaseException:
                 cast(Generator[FileResult, None, None], results).close()  # stops the parsing, removes its spools
-                try:
-                    self.indexer.wait_sync(stop=True)
-                except Exception as e:  # the ingest's own error is the one raised
-                    log.error("ingest: the background index sync failed too: %s", e)
+                self.indexer.abandon_sync()
                 raise
         if sync:  # the background sync, then what is left (a no-op when nothing is pending)
             synced += [self.indexer.wait_sync(), self.indexer.sync(progress=self.progress)]

@@ -310,10 +310,7 @@ class Syncer:
                 if pending_chunks >= self.settings.index.save_every and pipeline.indexer.sync_async():
                     pending_chunks = 0
         except BaseException:
-            try:
-                self._add_index(report, pipeline.indexer.wait_sync(stop=True))
-            except Exception as e:  # the run's own error is the one raised
-                self.log(f"the background index sync failed too: {e}")
+            pipeline.indexer.abandon_sync()
             raise
         finally:
             self._stop.set()  # running downloads stop at their next chunk and keep their .part
@@ -323,7 +320,7 @@ class Syncer:
         report.download_seconds = round(report.download_seconds, 3)
         self._add_index(report, pipeline.indexer.wait_sync())  # raises the background sync's failure
         if report.applied:
-            self._add_index(report, self.pipeline.indexer.sync(progress=self.progress))
+            self._add_index(report, pipeline.indexer.sync(progress=self.progress))
 
     def _add_index(self, report: SyncReport, stats: Any) -> None:
         st = msgspec.to_builtins(stats)

@@ -314,6 +314,14 @@ class Indexer:
         st, self._bg_stats = self._bg_stats, SyncStats()
         return st
 
+    def abandon_sync(self) -> None:
+        """For a writer that is failing: stop the background sync at its next page and wait for it; its own
+        failure is logged, not raised (the writer's error is the one that matters)."""
+        try:
+            self.wait_sync(stop=True)
+        except Exception as e:
+            log.error("the background index sync failed too: %s", e)
+
     def _raise_bg(self) -> None:
         if self._bg_error is not None:
             e, self._bg_error = self._bg_error, None
