@@ -184,58 +184,74 @@ def _yn(el: etree._Element, attr: str = "MajorTopicYN") -> bool:
     return el.get(attr) == "Y"
 
 
+def _kids(el: etree._Element) -> dict[str, etree._Element]:
+    """The first child of each tag (``el.find(tag)`` for all tags in one pass over the children: lxml's
+    ``find`` goes through ElementPath, ~1 us a call, and a record needs ~40 of them)."""
+    out: dict[str, etree._Element] = {}
+    for c in el:
+        t = c.tag
+        if t not in out:
+            out[t] = c  # comments and PIs (a function as tag) are never looked up
+    return out
+
+
 def _ymd(el: etree._Element | None) -> str | None:
     """<Year><Month><Day> -> 'YYYY[-MM[-DD]]' (months by number or English abbreviation)."""
     if el is None:
         return None
-    y = el.findtext("Year")
+    k = _kids(el)
+    y = _leaf(k.get("Year"))
     if not y:
         return None
     out = y.strip()
-    mon = month(el.findtext("Month"))
+    mon = month(_leaf(k.get("Month")))
     if mon:
         out += f"-{mon:02d}"
-        d = (el.findtext("Day") or "").strip()
+        d = (_leaf(k.get("Day")) or "").strip()
         if d.isdigit():
             out += f"-{int(d):02d}"
     return out
 
 
+def _leaf(el: etree._Element | None) -> str | None:
+    """``findtext``'s value for a found child: its text ('' when empty), None when there is none."""
+    if el is None:
+        return None
+    return el.text or ""
+
+
 def _pub_date(el: etree._Element | None) -> tuple[str | None, int | None]:
     if el is None:
         return None, None
-    md = el.findtext("MedlineDate")
+    k = _kids(el)
+    md = _leaf(k.get("MedlineDate"))
     if md:
         md = " ".join(md.split())
         m = YEAR_RE.search(md)
         return md, int(m.group(1)) if m else None
     d = _ymd(el)
-    y = el.findtext("Year")
+    y = _leaf(k.get("Year"))
     return d, int(y) if y and y.strip().isdigit() else None
 
 
-def _abstract(parent: etree._Element | None) -> tuple[AbstractSection, ...]:
-    if parent is None:
-        return ()
-    ab = parent.find("Abstract")
+def _abstract(ab: etree._Element | None) -> tuple[AbstractSection, ...]:
+    """The sections of an <Abstract> element."""
     if ab is None:
         return ()
     out = []
-    for t in ab.iterfind("AbstractText"):
+    for t in ab.iterchildren("AbstractText"):
         text = _text(t)
         if text:
             out.append(AbstractSection(text=text, label=t.get("Label") or None, category=t.get("NlmCategory")))
     return tuple(out)
 
 
-def _authors(parent: etree._Element | None) -> tuple[Author, ...]:
-    if parent is None:
-        return ()
-    al = parent.find("AuthorList")
+def _authors(al: etree._Element | None) -> tuple[Author, ...]:
+    """The valid authors of an <AuthorList> element."""
     if al is None:
         return ()
     out = []
-    for a in al.iterfind("Author"):
+    for a in al.iterchildren("Author"):
         if a.get("ValidYN") == "N":  # NLM marks erroneous author entries kept for the record
             continue
         f: dict[str, str | None] = {}  # one pass over the children (the first of each name wins)
@@ -260,14 +276,14 @@ def _doi_pmc(id_list: etree._Element | None, article: etree._Element | None,
              other_ids: Iterable[etree._Element] = ()) -> tuple[str | None, str | None]:
     doi = pmc = None
     if id_list is not None:
-        for aid in id_list.iterfind("ArticleId"):
+        for aid in id_list.iterchildren("ArticleId"):
             kind = aid.get("IdType")
             if kind == "doi" and doi is None:
                 doi = _opt(aid)
             elif kind == "pmc" and pmc is None:
                 pmc = _opt(aid)
     if doi is None and article is not None:
-        for loc in article.iterfind("ELocationID"):
+        for loc in article.iterchildren("ELocationID"):
             if loc.get("EIdType") == "doi" and loc.get("ValidYN") != "N":
                 doi = _opt(loc)
                 break
@@ -280,56 +296,69 @@ def _doi_pmc(id_list: etree._Element | None, article: etree._Element | None,
     return doi, pmc
 
 
+def _first(parents: Iterable[etree._Element], tag: str) -> etree._Element | None:
+    """``find("P/tag")``: the first ``tag`` child of the first of ``parents`` that has one."""
+    for p in parents:
+        for c in p.iterchildren(tag):
+            return c
+    return None
+
+
 def _article(mc: etree._Element | None, pd: etree._Element | None, name: str, line: int | None) -> Article:
     if mc is None:
         raise BadSourceFile(name, "PubmedArticle without MedlineCitation", line=line)
-    pmid_el = mc.find("PMID")
+    k = _kids(mc)
+    pmid_el = k.get("PMID")
     if pmid_el is None:
         raise BadSourceFile(name, "MedlineCitation without PMID", line=mc.sourceline)
     pmid = positive_int(pmid_el.text, name, pmid_el.sourceline, "PMID")
     version = positive_int(pmid_el.get("Version") or "1", name, pmid_el.sourceline, f"PMID {pmid} Version")
-    art = mc.find("Article")
-    journal = art.find("Journal") if art is not None else None
-    issue = journal.find("JournalIssue") if journal is not None else None
-    pub_date, year = _pub_date(issue.find("PubDate") if issue is not None else None)
-    issn = _opt(journal.find("ISSN")) if journal is not None else None
+    art = k.get("Article")
+    ka = _kids(art) if art is not None else {}
+    journal = ka.get("Journal")
+    kj = _kids(journal) if journal is not None else {}
+    issue = kj.get("JournalIssue")
+    pub_date, year = _pub_date(_first((issue,), "PubDate") if issue is not None else None)
+    issn = _opt(kj.get("ISSN"))
     if issn is None:  # no ISSN on the article: the journal's linking ISSN
-        issn = _opt(mc.find("MedlineJournalInfo/ISSNLinking"))
+        issn = _opt(_first(mc.iterchildren("MedlineJournalInfo"), "ISSNLinking"))
     mesh = []
-    mhl = mc.find("MeshHeadingList")
+    mhl = k.get("MeshHeadingList")
     if mhl is not None:
-        for mh in mhl.iterfind("MeshHeading"):
-            d = mh.find("DescriptorName")
+        for mh in mhl.iterchildren("MeshHeading"):
+            d = _first((mh,), "DescriptorName")
             if d is None:
                 continue
-            quals = tuple(Qualifier(name=_text(q), ui=q.get("UI"), major=_yn(q)) for q in mh.iterfind("QualifierName"))
+            quals = tuple(Qualifier(name=_text(q), ui=q.get("UI"), major=_yn(q)) for q in mh.iterchildren("QualifierName"))
             mesh.append(MeshHeading(descriptor=_text(d), ui=d.get("UI"), major=_yn(d), qualifiers=quals))
-    keywords = tuple(t for kl in mc.iterfind("KeywordList") for k in kl.iterfind("Keyword") if (t := _text(k)))
+    keywords = tuple(t for kl in mc.iterchildren("KeywordList") for kw in kl.iterchildren("Keyword") if (t := _text(kw)))
     ccs = []
-    ccl = mc.find("CommentsCorrectionsList")
+    ccl = k.get("CommentsCorrectionsList")
     if ccl is not None:
-        for cc in ccl.iterfind("CommentsCorrections"):
-            p = cc.find("PMID")
+        for cc in ccl.iterchildren("CommentsCorrections"):
+            kc = _kids(cc)
+            p = kc.get("PMID")
             ccs.append(CommentCorrection(
                 ref_type=cc.get("RefType") or "",
                 pmid=positive_int(p.text, name, p.sourceline, "CommentsCorrections PMID") if p is not None else None,
-                source=_opt(cc.find("RefSource")),
+                source=_opt(kc.get("RefSource")),
             ))
-    doi, pmc = _doi_pmc(pd.find("ArticleIdList") if pd is not None else None, art, mc.iterfind("OtherID"))
+    doi, pmc = _doi_pmc(_first((pd,), "ArticleIdList") if pd is not None else None, art, mc.iterchildren("OtherID"))
     return Article(
         pmid=pmid, version=version,
-        title=_text(art.find("ArticleTitle")) if art is not None else "",
-        abstract=_abstract(art),
-        journal=_text(journal.find("Title")) if journal is not None else "",
-        journal_iso=_opt(journal.find("ISOAbbreviation")) if journal is not None else None,
+        title=_text(ka.get("ArticleTitle")) if art is not None else "",
+        abstract=_abstract(ka.get("Abstract")),
+        journal=_text(kj.get("Title")) if journal is not None else "",
+        journal_iso=_opt(kj.get("ISOAbbreviation")),
         issn=issn, pub_date=pub_date, year=year,
-        authors=_authors(art),
+        authors=_authors(ka.get("AuthorList")),
         mesh=tuple(mesh),
         publication_types=tuple(
-            _text(p) for p in art.iterfind("PublicationTypeList/PublicationType")) if art is not None else (),
-        languages=tuple(_text(lang) for lang in art.iterfind("Language")) if art is not None else (),
+            _text(p) for pl in art.iterchildren("PublicationTypeList") for p in pl.iterchildren("PublicationType")
+        ) if art is not None else (),
+        languages=tuple(_text(lang) for lang in art.iterchildren("Language")) if art is not None else (),
         keywords=keywords, doi=doi, pmc=pmc, comments_corrections=tuple(ccs),
-        status=mc.get("Status"), date_revised=_ymd(mc.find("DateRevised")),
+        status=mc.get("Status"), date_revised=_ymd(k.get("DateRevised")),
     )
 
 
@@ -349,9 +378,9 @@ def _book(el: etree._Element, name: str) -> Article:
     return Article(
         pmid=pmid, version=positive_int(pmid_el.get("Version") or "1", name, pmid_el.sourceline, "Version"),
         title=_text(bd.find("ArticleTitle")) or (_text(book.find("BookTitle")) if book is not None else ""),
-        abstract=_abstract(bd),
+        abstract=_abstract(_first((bd,), "Abstract")),
         journal=_text(book.find("BookTitle")) if book is not None else "",
-        pub_date=pub_date, year=year, authors=_authors(bd),
+        pub_date=pub_date, year=year, authors=_authors(_first((bd,), "AuthorList")),
         publication_types=tuple(_text(p) for p in bd.iterfind("PublicationType")),
         languages=tuple(_text(lang) for lang in bd.iterfind("Language")),
         keywords=tuple(t for k in bd.iterfind("KeywordList/Keyword") if (t := _text(k))),

@@ -271,6 +271,33 @@ def test_book_article_and_efetch_error_inside_set() -> None:
         parse_xml_bytes(b"<PubmedArticleSet><ERROR>Search Backend failed</ERROR></PubmedArticleSet>", "efetch")
 
 
+def test_first_element_of_each_name_wins_and_comments_are_skipped() -> None:
+    """Fields come from the first child of each name (as ``find`` gives it), whatever comes before it or
+    repeats after it; repeated list elements are all kept, in order."""
+    xml = (b"<PubmedArticleSet><PubmedArticle><MedlineCitation Status=\"MEDLINE\"><!-- a comment first -->"
+           b"<PMID Version=\"2\">101</PMID><PMID Version=\"9\">999</PMID>"
+           b"<DateRevised><!-- c --><Year>2020</Year><Month>Feb</Month><Day>3</Day><Year>1999</Year></DateRevised>"
+           b"<Article><?pi x?><Journal><ISSN>1111-1111</ISSN><ISSN>2222-2222</ISSN><JournalIssue><PubDate>"
+           b"<Year>2019</Year></PubDate></JournalIssue><Title>J One</Title><Title>J Two</Title></Journal>"
+           b"<ArticleTitle>First title</ArticleTitle><ArticleTitle>Second title</ArticleTitle>"
+           b"<Abstract><AbstractText>One.</AbstractText><!-- c --><AbstractText>Two.</AbstractText></Abstract>"
+           b"<Abstract><AbstractText>Ignored.</AbstractText></Abstract>"
+           b"<AuthorList><Author><LastName>A</LastName><LastName>B</LastName></Author></AuthorList>"
+           b"<Language>eng</Language><Language>fre</Language>"
+           b"<PublicationTypeList><PublicationType>Review</PublicationType></PublicationTypeList>"
+           b"<PublicationTypeList><PublicationType>Letter</PublicationType></PublicationTypeList></Article>"
+           b"<MedlineJournalInfo><ISSNLinking>3333-3333</ISSNLinking></MedlineJournalInfo>"
+           b"<KeywordList><Keyword>k1</Keyword></KeywordList><KeywordList><Keyword>k2</Keyword></KeywordList>"
+           b"</MedlineCitation></PubmedArticle></PubmedArticleSet>")
+    (a,) = parse_xml_bytes(xml, "x")
+    assert isinstance(a, Article)
+    assert (a.pmid, a.version, a.title, a.journal, a.issn) == (101, 2, "First title", "J One", "1111-1111")
+    assert (a.date_revised, a.pub_date, a.year) == ("2020-02-03", "2019", 2019)
+    assert [s.text for s in a.abstract] == ["One.", "Two."]
+    assert [au.last_name for au in a.authors] == ["A"]
+    assert (a.languages, a.publication_types, a.keywords) == (("eng", "fre"), ("Review", "Letter"), ("k1", "k2"))
+
+
 @pytest.mark.integration
 def test_streaming_memory_is_flat(tmp_path: Path) -> None:
     """~9,000 records / 68 MB of XML: a whole tree would take hundreds of MB; streaming stays flat."""

@@ -100,11 +100,19 @@ def test_cached_counts_equal_the_tokenizer(which, minilm_tokenizer, shared_data,
     full = c._count_full(sents)
     assert c._count(sents) == full
     assert c._count(sents) == full  # warm
+    mixed = Chunker(tok, ChunkingSettings(max_tokens=64))
+    assert mixed._count(sents[::2]) == full[::2]  # half the words cached ...
+    assert mixed._count(sents) == full  # ... then texts with and without a new word in one call
     plain = Chunker(tok, ChunkingSettings(max_tokens=64))
     plain._words = None
     arts = [Article(pmid=i + 1, title=sents[i], abstract=(AbstractSection(text=" ".join(sents[i:i + 9])),))
             for i in range(0, 600, 3)]
     assert c.chunk_many(arts) == plain.chunk_many(arts)
+    wrapped = Chunker(tok, ChunkingSettings(max_tokens=64))
+    wrapped._backend = None  # hard cuts through the transformers wrapper: the same pieces
+    long = " ".join(sents[:40])
+    assert c._cut(long, 20) == wrapped._cut(long, 20)
+    assert len(c._cut(long, 20)) > 10
 
 
 def test_word_cache_is_bounded(minilm_tokenizer, shared_data, monkeypatch) -> None:
