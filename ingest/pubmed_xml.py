@@ -304,6 +304,11 @@ def _first(parents: Iterable[etree._Element], tag: str) -> etree._Element | None
     return None
 
 
+def _child(el: etree._Element | None, tag: str) -> etree._Element | None:
+    """``el.find(tag)`` for one tag (None when ``el`` is None)."""
+    return None if el is None else _first((el,), tag)
+
+
 def _article(mc: etree._Element | None, pd: etree._Element | None, name: str, line: int | None) -> Article:
     if mc is None:
         raise BadSourceFile(name, "PubmedArticle without MedlineCitation", line=line)
@@ -318,7 +323,7 @@ def _article(mc: etree._Element | None, pd: etree._Element | None, name: str, li
     journal = ka.get("Journal")
     kj = _kids(journal) if journal is not None else {}
     issue = kj.get("JournalIssue")
-    pub_date, year = _pub_date(_first((issue,), "PubDate") if issue is not None else None)
+    pub_date, year = _pub_date(_child(issue, "PubDate"))
     issn = _opt(kj.get("ISSN"))
     if issn is None:  # no ISSN on the article: the journal's linking ISSN
         issn = _opt(_first(mc.iterchildren("MedlineJournalInfo"), "ISSNLinking"))
@@ -326,7 +331,7 @@ def _article(mc: etree._Element | None, pd: etree._Element | None, name: str, li
     mhl = k.get("MeshHeadingList")
     if mhl is not None:
         for mh in mhl.iterchildren("MeshHeading"):
-            d = _first((mh,), "DescriptorName")
+            d = _child(mh, "DescriptorName")
             if d is None:
                 continue
             quals = tuple(Qualifier(name=_text(q), ui=q.get("UI"), major=_yn(q)) for q in mh.iterchildren("QualifierName"))
@@ -343,12 +348,12 @@ def _article(mc: etree._Element | None, pd: etree._Element | None, name: str, li
                 pmid=positive_int(p.text, name, p.sourceline, "CommentsCorrections PMID") if p is not None else None,
                 source=_opt(kc.get("RefSource")),
             ))
-    doi, pmc = _doi_pmc(_first((pd,), "ArticleIdList") if pd is not None else None, art, mc.iterchildren("OtherID"))
+    doi, pmc = _doi_pmc(_child(pd, "ArticleIdList"), art, mc.iterchildren("OtherID"))
     return Article(
         pmid=pmid, version=version,
-        title=_text(ka.get("ArticleTitle")) if art is not None else "",
+        title=_text(ka.get("ArticleTitle")),
         abstract=_abstract(ka.get("Abstract")),
-        journal=_text(kj.get("Title")) if journal is not None else "",
+        journal=_text(kj.get("Title")),
         journal_iso=_opt(kj.get("ISOAbbreviation")),
         issn=issn, pub_date=pub_date, year=year,
         authors=_authors(ka.get("AuthorList")),
@@ -378,9 +383,9 @@ def _book(el: etree._Element, name: str) -> Article:
     return Article(
         pmid=pmid, version=positive_int(pmid_el.get("Version") or "1", name, pmid_el.sourceline, "Version"),
         title=_text(bd.find("ArticleTitle")) or (_text(book.find("BookTitle")) if book is not None else ""),
-        abstract=_abstract(_first((bd,), "Abstract")),
+        abstract=_abstract(_child(bd, "Abstract")),
         journal=_text(book.find("BookTitle")) if book is not None else "",
-        pub_date=pub_date, year=year, authors=_authors(_first((bd,), "AuthorList")),
+        pub_date=pub_date, year=year, authors=_authors(_child(bd, "AuthorList")),
         publication_types=tuple(_text(p) for p in bd.iterfind("PublicationType")),
         languages=tuple(_text(lang) for lang in bd.iterfind("Language")),
         keywords=tuple(t for k in bd.iterfind("KeywordList/Keyword") if (t := _text(k))),
