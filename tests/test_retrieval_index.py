@@ -371,3 +371,107 @@ def test_ivfpq_training_is_logged(settings, caplog) -> None:
     assert ix.trained
     assert any("training IVF-PQ" in r.getMessage() for r in caplog.records)
     assert any("IVF-PQ trained in" in r.getMessage() for r in caplog.records)
+
+
+
+def _spy_train(monkeypatch, ix: VectorIndex) -> list[tuple[np.ndarray, bool]]:
+    """Record what IVF-PQ training is given, and whether it is the untrained (flat) index's own memory."""
+    seen: list[tuple[np.ndarray, bool]] = []
+    real = faiss.IndexIVFPQ.train
+
+    def spy(self, x):
+        seen.append((np.array(x), np.shares_memory(x, vi._flat_view(ix._index, ix._n))))
+        return real(self, x)
+
+    monkeypatch.setattr(faiss.IndexIVFPQ, "train", spy)
+    return seen
+
+
+def test_ivfpq_trains_on_the_flat_vectors_without_a_copy(settings, monkeypatch) -> None:
+    """Training on every slot reads the untrained index's own float32 array: no second copy of the
+    training set (3.9 GB at expected_vectors 1e8)."""
+    s = cfg(settings, "ivfpq")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1300, seed=13)
+    ix.add(ids[:900], vecs[:900])
+    seen = _spy_train(monkeypatch, ix)
+    ix.add(ids[900:], vecs[900:])
+    assert ix.trained
+    assert len(seen) == 1
+    assert seen[0][0].shape == (1300, DIM)
+    assert seen[0][1]
+
+
+def test_ivfpq_trains_in_place_with_tombstones(settings, monkeypatch) -> None:
+    """A few tombstones do not make training copy the array: it reads every slot in place."""
+    s = cfg(settings, "ivfpq")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1300, seed=14)
+    ix.add(ids[:900], vecs[:900])
+    ix.remove(ids[:50])
+    seen = _spy_train(monkeypatch, ix)
+    ix.add(ids[900:], vecs[900:])
+    assert ix.trained
+    assert len(seen) == 1
+    assert seen[0][1]
+    np.testing.assert_array_equal(seen[0][0], vecs)
+
+
+def test_ivfpq_trains_on_a_sample_of_live_exact_vectors(settings, monkeypatch) -> None:
+    """More live vectors than the sample: training gets a copy of sampled live slots' exact float32
+    vectors (not their float16 copies, no tombstone)."""
+    monkeypatch.setattr(vi, "TRAIN_MIN_SAMPLE", 400)
+    monkeypatch.setattr(vi, "TRAIN_PER_CELL", 1)
+    s = cfg(settings, "ivfpq")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1300, seed=17)
+    ix.add(ids[:900], vecs[:900])
+    ix.remove(ids[:50])
+    seen = _spy_train(monkeypatch, ix)
+    ix.add(ids[900:], vecs[900:])
+    assert ix.trained
+    assert len(seen) == 1
+    x, in_place = seen[0]
+    assert not in_place
+    assert x.shape == (400, DIM)
+    rows = {v.tobytes(): k for k, v in enumerate(vecs)}
+    picked = np.array([rows[v.tobytes()] for v in x])  # every row is one of the exact vectors ...
+    assert (picked >= 50).all()  # ... of a live slot
+    assert len(np.unique(picked)) == 400
+
+
+
+def test_ivfpq_rebuild_reads_the_vector_file_in_windows_not_mapped(settings, monkeypatch) -> None:
+    """A rebuild (training, compaction) reads the float16 file in bounded windows: a memory map of it
+    would put the whole file (768 B per vector) into the writer's RSS. Rows read across window gaps
+    are the stored rows."""
+    s = cfg(settings, "ivfpq")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1300, seed=15)
+    monkeypatch.setattr(vi, "READ_WINDOW", 7)
+    monkeypatch.setattr(vi, "REBUILD_BLOCK", 100)
+    ix.add(ids[:900], vecs[:900])
+    ix.remove(ids[100:400])  # gaps longer than the window
+    mapped = []
+    real_memmap = np.memmap
+    monkeypatch.setattr(vi.np, "memmap", lambda *a, **k: mapped.append(a) or real_memmap(*a, **k))
+    ix.add(ids[900:], vecs[900:])  # trains, then rebuilds into IVF-PQ
+    assert ix.trained
+    assert mapped == []
+    monkeypatch.undo()
+    keep = np.concatenate([ids[:100], ids[400:]])
+    np.testing.assert_array_equal(ix.ids(), keep)
+    want = np.concatenate([vecs[:100], vecs[400:]]).astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(ix.vectors(keep), want)  # through the map: the same rows were moved
+
+
+def test_save_trims_the_heap(settings, monkeypatch) -> None:
+    """Each save hands the heap's free pages back (glibc), so the writer's RSS follows what it holds."""
+    assert vi._trim_heap is not None  # glibc (Linux): the call exists
+    calls: list[int] = []
+    monkeypatch.setattr(vi, "_trim_heap", lambda: calls.append(1))
+    s = cfg(settings, "ivfpq")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ix.add(*data(100, seed=16))
+    ix.save()
+    assert calls == [1]
