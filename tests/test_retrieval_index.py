@@ -387,28 +387,15 @@ def _spy_train(monkeypatch, ix: VectorIndex) -> list[tuple[np.ndarray, bool]]:
     return seen
 
 
-def test_ivfpq_trains_on_the_flat_vectors_without_a_copy(settings, monkeypatch) -> None:
-    """Training on every slot reads the untrained index's own float32 array: no second copy of the
-    training set (3.9 GB at expected_vectors 1e8)."""
+@pytest.mark.parametrize("tombstones", [0, 50])
+def test_ivfpq_trains_on_the_flat_vectors_without_a_copy(settings, monkeypatch, tombstones) -> None:
+    """Training on every slot reads the untrained index's own float32 array in place, a few tombstones
+    included: no second copy of the training set (3.9 GB at expected_vectors 1e8)."""
     s = cfg(settings, "ivfpq")
     ix = VectorIndex.open(s.index_dir, s, FP)
     ids, vecs = data(1300, seed=13)
     ix.add(ids[:900], vecs[:900])
-    seen = _spy_train(monkeypatch, ix)
-    ix.add(ids[900:], vecs[900:])
-    assert ix.trained
-    assert len(seen) == 1
-    assert seen[0][0].shape == (1300, DIM)
-    assert seen[0][1]
-
-
-def test_ivfpq_trains_in_place_with_tombstones(settings, monkeypatch) -> None:
-    """A few tombstones do not make training copy the array: it reads every slot in place."""
-    s = cfg(settings, "ivfpq")
-    ix = VectorIndex.open(s.index_dir, s, FP)
-    ids, vecs = data(1300, seed=14)
-    ix.add(ids[:900], vecs[:900])
-    ix.remove(ids[:50])
+    ix.remove(ids[:tombstones])
     seen = _spy_train(monkeypatch, ix)
     ix.add(ids[900:], vecs[900:])
     assert ix.trained
@@ -438,7 +425,6 @@ def test_ivfpq_trains_on_a_sample_of_live_exact_vectors(settings, monkeypatch) -
     picked = np.array([rows[v.tobytes()] for v in x])  # every row is one of the exact vectors ...
     assert (picked >= 50).all()  # ... of a live slot
     assert len(np.unique(picked)) == 400
-
 
 
 def test_ivfpq_rebuild_reads_the_vector_file_in_windows_not_mapped(settings, monkeypatch) -> None:
