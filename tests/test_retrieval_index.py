@@ -461,3 +461,22 @@ def test_save_trims_the_heap(settings, monkeypatch) -> None:
     ix.add(*data(100, seed=16))
     ix.save()
     assert calls == [1]
+
+
+def test_ivfpq_training_shows_kmeans_progress_and_equals_faiss(settings, caplog) -> None:
+    """k-means runs one iteration at a time, each logged, and trains the same index as FAISS's own
+    ``train`` (the same centroids, the same PQ)."""
+    s = cfg(settings, "ivfpq")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1300, seed=18)
+    with caplog.at_level("INFO", logger="pubmind.ingest"):
+        ix.add(ids, vecs)
+    assert ix.trained
+    steps = [r.getMessage() for r in caplog.records if "k-means iteration" in r.getMessage()]
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(ix._index))
+    assert len(steps) == ivf.cp.niter
+    assert steps[-1].startswith(f"index: k-means iteration {ivf.cp.niter}/{ivf.cp.niter}")
+    ref = faiss.IndexIVFPQ(faiss.IndexFlatIP(DIM), DIM, ivf.nlist, ivf.pq.M, 8, faiss.METRIC_INNER_PRODUCT)
+    ref.train(vecs)
+    np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, ivf.nlist), ref.quantizer.reconstruct_n(0, ref.nlist))
+    np.testing.assert_array_equal(faiss.vector_to_array(ivf.pq.centroids), faiss.vector_to_array(ref.pq.centroids))
