@@ -414,7 +414,7 @@ class VectorIndex:
         log.info("index: training IVF-PQ (nlist %d, pq_m %d) on %d vectors (%d live)", nlist, s.pq_m, n_sample, len(live))
         t0 = time.perf_counter()
         quantizer.add(_kmeans(ivf.cp, x, nlist))  # FAISS's k-means, one iteration per call, with progress
-        ivf.train(x)  # the PQ (a quantizer already holding nlist centroids is not trained again)
+        ivf.train(x)  # the PQ only: FAISS does not train a quantizer that holds nlist centroids already
         del flat, x
         log.info("index: IVF-PQ trained in %.1f s; moving %d vectors into it", time.perf_counter() - t0, len(live))
         self.trained, self.nlist = True, nlist
@@ -499,7 +499,9 @@ class VectorIndex:
                 lo = int(slots[i])
                 j = int(np.searchsorted(slots, lo + READ_WINDOW))  # slots[i:j] lie in [lo, lo + READ_WINDOW)
                 f.seek(lo * row)
-                buf = np.fromfile(f, np.float16, (int(slots[j - 1]) + 1 - lo) * self.dim).reshape(-1, self.dim)
+                rows = int(slots[j - 1]) + 1 - lo
+                buf = np.fromfile(f, np.float16, rows * self.dim).reshape(-1, self.dim)
+                assert len(buf) == rows, f"{self._vec_file}: {len(buf)} of {rows} rows from row {lo} (file too short)"
                 out[i:j] = buf[slots[i:j] - lo]
                 i = j
         return out
