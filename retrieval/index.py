@@ -254,6 +254,8 @@ class VectorIndex:
         self._tail = None if self.readonly else self._empty_tail(index)
         self._configure()
         self._reset_lookup()
+        if _trim_heap is not None:  # segments read and freed while merging, the lookup's temporaries
+            _trim_heap()
 
     def _read_segments(self, segments: list[tuple[str, str, int]]) -> faiss.Index:
         """The searched index: the segments' indexes merged in slot order, one segment in memory at a time."""
@@ -275,6 +277,8 @@ class VectorIndex:
                 _flat_view(index, total)[start : start + seg_slots] = _flat_view(seg, seg_slots)
             elif index is None:
                 index = seg
+                if isinstance(seg, faiss.IndexIVF):  # each list sized once: merges then append in place
+                    _reserve_lists(_invlists(seg), self._list_totals(segments))
             else:  # IVF lists store labels: shift the segment's 0.. to its slots
                 index.merge_from(seg, start)
             if start == 0 and isinstance(seg, faiss.IndexIVF) and not self.readonly:
@@ -282,6 +286,18 @@ class VectorIndex:
             start += seg_slots
         assert index is not None, f"index {self.folder}: manifest lists no segment"
         return index
+
+    def _list_totals(self, segments: list[tuple[str, str, int]]) -> np.ndarray:
+        """(nlist,) entries per inverted list over all the IVF segments, read through memory maps (the
+        lists' data is not loaded)."""
+        totals: np.ndarray | None = None
+        for seg_file, _, _ in segments:
+            seg = faiss.read_index(str(self.folder / seg_file), faiss.IO_FLAG_MMAP_IFC)
+            sizes = _list_sizes(_invlists(seg))
+            totals = sizes if totals is None else totals + sizes
+            del seg
+        assert totals is not None, "no segment"
+        return totals
 
     def _configure(self) -> None:
         s = self.settings.index
@@ -663,6 +679,29 @@ def _search_params(kind: str, trained: bool, sel: faiss.IDSelector | None, *, ef
     if kind == "ivfpq" and trained:
         return faiss.SearchParametersIVF(nprobe=nprobe, sel=sel)  # type: ignore[call-arg]
     return faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
+
+
+def _invlists(index: faiss.Index) -> faiss.InvertedLists:
+    """An IVF index's inverted lists (valid while ``index`` lives)."""
+    invlists = faiss.extract_index_ivf(index).invlists
+    assert invlists is not None, "IVF index without inverted lists"
+    return invlists
+
+
+def _list_sizes(invlists: faiss.InvertedLists) -> np.ndarray:
+    """(nlist,) int64 entries in each inverted list."""
+    return np.fromiter((invlists.list_size(i) for i in range(invlists.nlist)), np.int64, count=invlists.nlist)
+
+
+def _reserve_lists(invlists: faiss.InvertedLists, totals: np.ndarray) -> None:
+    """Give each list room for ``totals[l]`` entries, keeping its own. Merging N segments into lists that
+    grow by doubling left ~35% unused room plus freed blocks in the heap (a 481k-vector load: 105 B of
+    FAISS memory per vector against 86 B when reserved)."""
+    own = _list_sizes(invlists)
+    assert (totals >= own).all(), "list totals smaller than the first segment's lists"
+    for i in np.flatnonzero(totals > own):
+        invlists.resize(int(i), int(totals[i]))  # room for all (new entries are overwritten by the merges)
+        invlists.resize(int(i), int(own[i]))  # a vector keeps its capacity when it shrinks
 
 
 def _flat_view(index: faiss.Index, n: int) -> np.ndarray:

@@ -480,3 +480,44 @@ def test_ivfpq_training_shows_kmeans_progress_and_equals_faiss(settings, caplog)
     ref.train(vecs)
     np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, ivf.nlist), ref.quantizer.reconstruct_n(0, ref.nlist))
     np.testing.assert_array_equal(faiss.vector_to_array(ivf.pq.centroids), faiss.vector_to_array(ref.pq.centroids))
+
+
+def test_multi_segment_ivfpq_load_reserves_each_list_once(settings) -> None:
+    """Loading IVF-PQ segments sizes each inverted list for all of them first (the merges then append in
+    place, without regrowing), and holds exactly the entries a plain merge of the segments gives."""
+    s = cfg(settings, "ivfpq")
+    w = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1500, seed=19)
+    for i in range(0, 1500, 300):
+        w.add(ids[i : i + 300], vecs[i : i + 300])
+        w.save()
+    assert len(manifest(s)["segments"]) > 1
+    r = VectorIndex.open(s.index_dir, s, FP, readonly=True)
+    got = faiss.extract_index_ivf(r._index).invlists
+    segs = manifest(s)
+    plain = faiss.read_index(str(s.index_dir / segs["files"]["index.0"]))
+    start = plain.ntotal
+    for i in range(1, len(segs["segments"])):
+        seg = faiss.read_index(str(s.index_dir / segs["files"][f"index.{i}"]))
+        plain.merge_from(seg, start)
+        start += seg.ntotal
+    want = faiss.extract_index_ivf(plain).invlists
+    for lst in range(want.nlist):
+        n = want.list_size(lst)
+        assert got.list_size(lst) == n
+        if n:
+            np.testing.assert_array_equal(faiss.rev_swig_ptr(got.get_ids(lst), n), faiss.rev_swig_ptr(want.get_ids(lst), n))
+            np.testing.assert_array_equal(faiss.rev_swig_ptr(got.get_codes(lst), n * got.code_size),
+                                          faiss.rev_swig_ptr(want.get_codes(lst), n * want.code_size))
+
+
+def test_reserved_lists_append_in_place() -> None:
+    """After ``_reserve_lists``, appending up to the reserved size does not move a list's data."""
+    il = faiss.ArrayInvertedLists(2, 4)
+    il.add_entries(0, 3, faiss.swig_ptr(np.arange(3, dtype=np.int64)), faiss.swig_ptr(np.ones(12, np.uint8)))
+    vi._reserve_lists(il, np.array([1000, 0]))
+    assert il.list_size(0) == 3
+    np.testing.assert_array_equal(faiss.rev_swig_ptr(il.get_ids(0), 3), [0, 1, 2])
+    before = faiss.rev_swig_ptr(il.get_codes(0), 1).ctypes.data
+    il.add_entries(0, 997, faiss.swig_ptr(np.arange(3, 1000, dtype=np.int64)), faiss.swig_ptr(np.zeros(997 * 4, np.uint8)))
+    assert faiss.rev_swig_ptr(il.get_codes(0), 1).ctypes.data == before
