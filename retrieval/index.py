@@ -265,7 +265,7 @@ class VectorIndex:
         index: faiss.Index | None = None
         total, start = sum(n for _, _, n in segments), 0
         for seg_file, _, seg_slots in segments:
-            seg = faiss.read_index(str(self.folder / seg_file))
+            seg = _read_faiss(self.folder / seg_file)
             assert seg.ntotal == seg_slots, f"index {self.folder}: {seg_file} has {seg.ntotal} vectors, not {seg_slots}"
             if len(segments) == 1:
                 index = seg
@@ -292,7 +292,7 @@ class VectorIndex:
         lists' data is not loaded)."""
         totals: np.ndarray | None = None
         for seg_file, _, _ in segments:
-            seg = faiss.read_index(str(self.folder / seg_file), faiss.IO_FLAG_MMAP_IFC)
+            seg = _read_faiss(self.folder / seg_file, faiss.IO_FLAG_MMAP_IFC)
             sizes = _list_sizes(_invlists(seg))
             totals = sizes if totals is None else totals + sizes
             del seg
@@ -679,6 +679,17 @@ def _search_params(kind: str, trained: bool, sel: faiss.IDSelector | None, *, ef
     if kind == "ivfpq" and trained:
         return faiss.SearchParametersIVF(nprobe=nprobe, sel=sel)  # type: ignore[call-arg]
     return faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
+
+
+def _read_faiss(path: Path, flags: int = 0) -> faiss.Index:
+    """``faiss.read_index``, with a file that is not there raised as ``FileNotFoundError`` (FAISS raises a
+    RuntimeError): a reader racing the writer's cleanup of an older generation retries on it."""
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as e:
+        if not path.exists():
+            raise FileNotFoundError(f"index segment {path} is gone (a newer generation replaced it)") from e
+        raise
 
 
 def _invlists(index: faiss.Index) -> faiss.InvertedLists:

@@ -521,3 +521,28 @@ def test_reserved_lists_append_in_place() -> None:
     before = faiss.rev_swig_ptr(il.get_codes(0), 1).ctypes.data
     il.add_entries(0, 997, faiss.swig_ptr(np.arange(3, 1000, dtype=np.int64)), faiss.swig_ptr(np.zeros(997 * 4, np.uint8)))
     assert faiss.rev_swig_ptr(il.get_codes(0), 1).ctypes.data == before
+
+
+def test_reader_retries_when_a_segment_is_gone(settings, monkeypatch) -> None:
+    """A segment deleted under a reader (the writer's cleanup after a newer save) is a FileNotFoundError,
+    which the reader retries on; FAISS itself raises a RuntimeError for it."""
+    s = cfg(settings, "ivfpq")
+    w = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1500, seed=20)
+    w.add(ids[:1200], vecs[:1200])
+    w.save()
+    w.add(ids[1200:], vecs[1200:])
+    w.save()
+    gone = s.index_dir / manifest(s)["files"]["index.1"]
+    data_ = gone.read_bytes()
+    gone.unlink()
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:  # the writer's newer generation "arrives" during the reader's wait
+        naps.append(seconds)
+        gone.write_bytes(data_)
+
+    monkeypatch.setattr(vi.time, "sleep", nap)
+    r = VectorIndex.open(s.index_dir, s, FP, readonly=True)
+    assert len(naps) == 1
+    assert len(r) == 1500
