@@ -152,10 +152,9 @@ def _stage_rates(files: list[Path], tokenizer: Any, settings: Any) -> dict[str, 
 
 
 def _index_ram_mib(index: Any) -> float:
-    """RAM held by the vector index's arrays: FAISS codes/vectors + slot ids + alive bitmap + id lookup."""
-    n, info = index._n, index.info()
-    per = (index.dim * 4 if not info["trained"] else index.settings.index.pq_m + 8) + 8 + 1 + 16
-    return round(n * per / 2**20, 1)
+    """RAM held by the writer's vector index arrays after the ingest: FAISS codes (the unsaved tail only, for
+    a lean IVF-PQ writer) + slot ids + alive bitmap + id lookup (``VectorIndex.ram_bytes``)."""
+    return round(index.ram_bytes() / 2**20, 1)
 
 
 def _queries(settings: Any, store: Any, index: Any, embedder: Any, n: int) -> dict[str, Any]:

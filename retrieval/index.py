@@ -12,10 +12,18 @@ Layout of ``settings.index_dir`` (``g`` = save generation; the manifest names th
 Deletes are tombstones for every kind (FAISS HNSW cannot remove); searches exclude them with an
 ``IDSelectorBitmap``; a save rebuilds the index when tombstones exceed ``compact_fraction`` of slots.
 Saves are append-only for flat and IVF-PQ: a save writes one new segment (the vectors added since the
-last save) and the alive bitmap (1 byte per slot), not the whole index. A whole index is written as one
-segment (compaction) after a rebuild or training, past ``MAX_SEGMENTS``, and at every HNSW save (graphs
+last save) and the alive bitmap (1 byte per slot), not the whole index. Small segments are merged by
+tiers: once ``MERGE_RUN`` segments smaller than ``merge_below`` trail the index, a save writes them (with
+its new vectors) as one segment, read back one at a time. Segments that size are final, so a vector is
+rewritten a few times, not at every merge, and a merge holds at most ~``merge_below`` vectors. A whole
+index is written as one segment after a rebuild or training (compaction), and at every HNSW save (graphs
 cannot be merged). Saves write new files (temp + fsync + rename), then the manifest the same way, then
 delete files no manifest names: a crash at any point leaves the previous generation intact.
+
+A trained IVF-PQ writer is *lean*: it keeps only the unsaved segment (the tail) and the slot bookkeeping
+(ids, alive, id lookup: 25 B per vector) in memory, not the saved segments' codes (56 B per vector at
+pq_m 48), so its RAM does not grow with the index's codes. Its first search loads the saved segments, as
+a reader does; the next save drops them again.
 """
 
 from __future__ import annotations
@@ -43,7 +51,9 @@ from pubmind.settings import IndexSettings, Settings
 
 log = logging.getLogger("pubmind.ingest")
 FORMAT = 2  # 2: segments; format 1 (one index/ids file) is read as one segment
-MAX_SEGMENTS = 32  # a save past this many segments writes the whole index as one
+MERGE_RUN = 16  # trailing small segments that a save merges into one
+MERGE_MIN = 1_000_000  # segments of at least this many vectors are final (never merged again) ...
+MERGE_PER_CELL = 256  # ... or of this many per IVF cell, if more: each segment file holds the quantizer
 MANIFEST = "manifest.json"
 COMPACT_FRACTION = 0.2  # rebuild on save when tombstones exceed this share of slots
 EXACT_MAX = 20_000  # filtered searches over at most this many vectors are exact (brute force)
@@ -165,7 +175,7 @@ class VectorIndex:
         self.created_at = datetime.now(UTC).isoformat()
         self.trained = False  # ivfpq: IVF-PQ trained (before: exact flat)
         self.nlist: int | None = None
-        self._index: faiss.Index = self._empty_base()
+        self._index: faiss.Index | None = self._empty_base()  # None: a lean writer (the module's docstring)
         self._ids = np.zeros(0, np.int64)  # slot -> chunk id (capacity >= _n)
         self._alive = np.zeros(0, bool)  # slot -> not tombstoned
         self._n = 0  # slots used
@@ -195,7 +205,7 @@ class VectorIndex:
             if readonly:
                 raise ServiceUnavailable(f"no vector index at {folder} (manifest.json missing); ingest first")
             folder.mkdir(parents=True, exist_ok=True)
-            self._tail = self._empty_tail(self._index)
+            self._tail = self._empty_tail()
             return self
         self._load_retrying()
         if not readonly:
@@ -235,12 +245,17 @@ class VectorIndex:
             segments = [(files["index"], files["ids"], int(m["slots"]))]
         else:
             segments = [(files[f"index.{i}"], files[f"ids.{i}"], int(n)) for i, n in enumerate(m["segments"])]
-        index = self._read_segments(segments)
+        self._template = None
+        lean = not self.readonly and self.kind == "ivfpq" and bool(m["trained"]) and bool(segments)
+        if lean:  # the writer: the structure only, not the saved codes
+            self._template = _ivf_template(_read_faiss(self.folder / segments[0][0], faiss.IO_FLAG_MMAP_IFC))
+        index = None if lean else self._read_segments(segments)
         ids = np.concatenate([np.zeros(0, np.int64), *(np.load(self.folder / f) for _, f, _ in segments)])
         alive = np.load(self.folder / files["alive"])
         n = int(m["slots"])
-        assert index.ntotal == n == len(ids) == len(alive), (
-            f"index {self.folder}: inconsistent generation {m['generation']}: ntotal={index.ntotal}, "
+        ntotal = sum(k for _, _, k in segments) if index is None else index.ntotal
+        assert ntotal == n == len(ids) == len(alive), (
+            f"index {self.folder}: inconsistent generation {m['generation']}: ntotal={ntotal}, "
             f"slots={n}, ids={len(ids)}, alive={len(alive)}")
         self._index, self._ids, self._alive, self._n = index, ids, alive, n
         self._dead = n - int(alive.sum())
@@ -251,23 +266,27 @@ class VectorIndex:
         self._vec_map = None
         self._files = files
         self._segments, self._saved, self._whole = segments, n, False
-        self._tail = None if self.readonly else self._empty_tail(index)
+        self._tail = None if self.readonly else self._empty_tail()
         self._configure()
         self._reset_lookup()
         if _trim_heap is not None:  # segments read and freed while merging, the lookup's temporaries
             _trim_heap()
 
-    def _read_segments(self, segments: list[tuple[str, str, int]]) -> faiss.Index:
-        """The searched index: the segments' indexes merged in slot order, one segment in memory at a time."""
-        self._template = None
-        if not segments:  # saved empty
+    def _read_segments(self, segments: list[tuple[str, str, int]], extra: faiss.Index | None = None) -> faiss.Index:
+        """The segments' indexes (and ``extra``, an unsaved one that follows them) merged in order, one segment
+        in memory at a time; labels count from the first segment's first slot."""
+        if not segments and extra is None:  # saved empty
             return self._empty_base()
         index: faiss.Index | None = None
-        total, start = sum(n for _, _, n in segments), 0
-        for seg_file, _, seg_slots in segments:
-            seg = _read_faiss(self.folder / seg_file)
-            assert seg.ntotal == seg_slots, f"index {self.folder}: {seg_file} has {seg.ntotal} vectors, not {seg_slots}"
-            if len(segments) == 1:
+        total = sum(n for _, _, n in segments) + (extra.ntotal if extra is not None else 0)
+        start = 0
+        parts: list[tuple[str | None, int]] = [(f, n) for f, _, n in segments]
+        if extra is not None:
+            parts.append((None, int(extra.ntotal)))
+        for seg_file, seg_slots in parts:
+            seg = _read_faiss(self.folder / seg_file) if seg_file is not None else extra
+            assert seg is not None and seg.ntotal == seg_slots, f"index {self.folder}: {seg_file} is not {seg_slots} vectors"
+            if len(parts) == 1:
                 index = seg
             elif isinstance(seg, faiss.IndexFlat):  # copy into one preallocated array (merge_from regrows it)
                 if index is None:
@@ -278,11 +297,12 @@ class VectorIndex:
             elif index is None:
                 index = seg
                 if isinstance(seg, faiss.IndexIVF):  # each list sized once: merges then append in place
-                    _reserve_lists(_invlists(seg), self._list_totals(segments))
+                    totals = self._list_totals(segments[1:]) + _list_sizes(_invlists(seg))
+                    if extra is not None:
+                        totals += _list_sizes(_invlists(extra))
+                    _reserve_lists(_invlists(seg), totals)
             else:  # IVF lists store labels: shift the segment's 0.. to its slots
                 index.merge_from(seg, start)
-            if start == 0 and isinstance(seg, faiss.IndexIVF) and not self.readonly:
-                self._empty_tail(seg)  # the writer's template, from the first segment before merging
             start += seg_slots
         assert index is not None, f"index {self.folder}: manifest lists no segment"
         return index
@@ -290,20 +310,18 @@ class VectorIndex:
     def _list_totals(self, segments: list[tuple[str, str, int]]) -> np.ndarray:
         """(nlist,) entries per inverted list over all the IVF segments, read through memory maps (the
         lists' data is not loaded)."""
-        totals: np.ndarray | None = None
+        totals: np.ndarray | int = 0
         for seg_file, _, _ in segments:
             seg = _read_faiss(self.folder / seg_file, faiss.IO_FLAG_MMAP_IFC)
-            sizes = _list_sizes(_invlists(seg))
-            totals = sizes if totals is None else totals + sizes
+            totals = totals + _list_sizes(_invlists(seg))
             del seg
-        assert totals is not None, "no segment"
-        return totals
+        return np.asarray(totals, np.int64)
 
     def _configure(self) -> None:
         s = self.settings.index
         if isinstance(self._index, faiss.IndexHNSW):
             self._index.hnsw.efSearch = s.hnsw_ef_search
-        elif self.kind == "ivfpq" and self.trained:
+        elif self.kind == "ivfpq" and self.trained and self._index is not None:
             faiss.extract_index_ivf(self._index).nprobe = s.ivf_nprobe
             _fast_pq(self._index)
 
@@ -323,11 +341,11 @@ class VectorIndex:
         if self._n and self._dead > COMPACT_FRACTION * self._n:
             self._rebuild(self._fresh_like())
         g = self.generation + 1
-        segments = list(self._segments)
-        if self._whole or self._tail is None or len(segments) >= MAX_SEGMENTS:  # compaction: one segment
+        if self._whole or self._tail is None:  # compaction (or HNSW): one segment
+            assert self._index is not None, "a whole save without the whole index in memory"
             segments = [self._write_segment(g, self._index, 0)] if self._n else []
-        elif self._n > self._saved:  # append: only the vectors added since the last save
-            segments.append(self._write_segment(g, self._tail, self._saved))
+        else:
+            segments = self._append(g, self._tail)
         files = {"alive": f"alive.g{g:06d}.npy"}
         for i, (seg_file, ids_file, _) in enumerate(segments):
             files[f"index.{i}"], files[f"ids.{i}"] = seg_file, ids_file
@@ -349,10 +367,34 @@ class VectorIndex:
         fsync_dir(self.folder)
         self.generation, self._files = g, files
         self._segments, self._saved, self._whole = segments, self._n, False
-        self._tail = self._empty_tail(self._index)
+        if self._template is not None and self._segments:  # trained IVF-PQ: lean from now on
+            self._index = None
+        self._tail = self._empty_tail()
         self._cleanup()
         if _trim_heap is not None:  # ~1 ms; at most once per save_every vectors
             _trim_heap()
+
+    def merge_below(self) -> int:
+        """Segments smaller than this (vectors) are merged by tiers; larger ones are final."""
+        return max(MERGE_MIN, MERGE_PER_CELL * (self.nlist or 0))
+
+    def _append(self, g: int, tail: faiss.Index) -> list[tuple[str, str, int]]:
+        """The segments after saving ``tail`` (the slots from ``_saved`` on): appended as a new segment, or,
+        with the trailing small segments once ``MERGE_RUN`` of them would trail, merged with them into one."""
+        segments = list(self._segments)
+        run = 0  # trailing segments still merged by tiers
+        while run < len(segments) and segments[-1 - run][2] < self.merge_below():
+            run += 1
+        if run + (self._n > self._saved) < max(MERGE_RUN, 2):
+            if self._n > self._saved:
+                segments.append(self._write_segment(g, tail, self._saved))
+            return segments
+        merged, kept = segments[len(segments) - run :], segments[: len(segments) - run]
+        start = self._saved - sum(n for _, _, n in merged)
+        extra = faiss.clone_index(tail) if tail.ntotal else None  # merge_from empties its argument
+        log.info("index: merging %d segments (%d vectors)", len(merged) + (extra is not None), self._n - start)
+        index = self._read_segments(merged, extra)
+        return [*kept, self._write_segment(g, index, start)]
 
     def _write_segment(self, g: int, index: faiss.Index, start: int) -> tuple[str, str, int]:
         """Write ``index`` (the slots from ``start`` on) and their chunk ids as generation ``g``'s segment."""
@@ -362,19 +404,16 @@ class VectorIndex:
         write_atomic(self.folder / ids_file, lambda p: _save_npy(p, self._ids[start : self._n]))
         return seg_file, ids_file, int(index.ntotal)
 
-    def _empty_tail(self, like: faiss.Index) -> faiss.Index | None:
-        """An empty index of ``like``'s structure to collect the next segment (None for HNSW: its graph
-        cannot be merged, so each save writes it whole). IVF-PQ: a copy of the trained quantizer and PQ,
-        cloned from an empty template (cloning ``like`` itself would copy all its lists)."""
+    def _empty_tail(self) -> faiss.Index | None:
+        """An empty index to collect the next segment (None for HNSW: its graph cannot be merged, so each
+        save writes it whole). Trained IVF-PQ: a copy of the template's quantizer and PQ."""
         if self.kind == "hnsw":
             return None
-        if not isinstance(like, faiss.IndexIVF):
-            return faiss.IndexFlatIP(self.dim)
         if self._template is None:
-            template = faiss.clone_index(like)
-            template.reset()
-            self._template = template
-        return faiss.clone_index(self._template)
+            return faiss.IndexFlatIP(self.dim)
+        tail = faiss.clone_index(self._template)
+        _fast_pq(tail)
+        return tail
 
     def _cleanup(self) -> None:
         """Delete files of other generations and temp files (writer only)."""
@@ -402,10 +441,8 @@ class VectorIndex:
 
     def _fresh_like(self) -> faiss.Index:
         """An empty index of the current structure (keeps IVF-PQ training)."""
-        if self.kind == "ivfpq" and self.trained:
-            fresh = faiss.clone_index(self._index)
-            fresh.reset()
-            return fresh
+        if self._template is not None:
+            return faiss.clone_index(self._template)
         return self._empty_base()
 
     def _train(self) -> None:
@@ -422,7 +459,7 @@ class VectorIndex:
         # vector (the usual case), training reads that array in place, tombstones included (a few earlier
         # versions of chunks, real vectors too): at expected_vectors 1e8 it holds 2.6M vectors, 3.9 GB
         # that a copy would double. Otherwise a random sample of live vectors is copied out of it.
-        flat = _flat_view(self._index, self._n)
+        flat = _flat_view(self._resident(), self._n)
         if n_sample < len(live):
             x = flat[np.sort(np.random.default_rng(0).choice(live, size=n_sample, replace=False))]
         else:
@@ -439,8 +476,9 @@ class VectorIndex:
     def _rebuild(self, fresh: faiss.Index) -> None:
         """Move the live vectors (in slot order) into ``fresh``; tombstones disappear, slots renumber."""
         live = np.flatnonzero(self._alive[: self._n])
-        self._template = None  # a new structure (training) or the same one (compaction): re-derive it
-        self._empty_tail(fresh)  # while ``fresh`` is empty: a cheap template
+        assert fresh.ntotal == 0, "rebuild into a non-empty index"
+        if isinstance(fresh, faiss.IndexIVF):  # a new structure (training) or the same one (compaction)
+            self._template = _ivf_template(fresh)
         _fast_pq(fresh)
         new_vec_file = _new_vec_name() if self.kind == "ivfpq" else None
         blocks = range(0, len(live), REBUILD_BLOCK)
@@ -456,7 +494,7 @@ class VectorIndex:
         self._ids, self._alive = self._ids[live].copy(), np.ones(len(live), bool)
         self._n, self._dead = len(live), 0
         self._whole = True  # slots renumbered: the next save writes one segment
-        self._tail = self._empty_tail(fresh)
+        self._tail = self._empty_tail()
         if new_vec_file:
             self._vec_file, self._vec_map = new_vec_file, None  # the old file goes at the next save's cleanup
         self._configure()
@@ -500,7 +538,7 @@ class VectorIndex:
                 assert self._vec_file is not None, "ivfpq index without its float16 vector file"
                 self._vec_map = np.memmap(self.folder / self._vec_file, np.float16, "r", shape=(self._n, self.dim))
             return np.asarray(self._vec_map[slots], dtype=np.float32)
-        return self._index.reconstruct_batch(np.ascontiguousarray(slots, dtype=np.int64))
+        return self._resident().reconstruct_batch(np.ascontiguousarray(slots, dtype=np.int64))
 
     def _read_rows(self, slots: np.ndarray) -> np.ndarray:
         """(m,) ascending slots -> (m, dim) float32 from the float16 file, read in windows of at most
@@ -550,11 +588,13 @@ class VectorIndex:
             with open(self.folder / self._vec_file, "ab") as f:
                 assert f.tell() == self._n * self.dim * 2, f"{self._vec_file} has {f.tell()} bytes, expected {self._n * self.dim * 2}"
                 f.write(vecs.astype(np.float16).tobytes())
-        if self._tail is not None and isinstance(self._index, faiss.IndexIVF):
-            codes = self._index.sa_encode(vecs)  # (n, list-number + PQ bytes): encode once, add to both
-            self._index.add_sa_codes(codes)  # labels continue from ntotal (slots), as add() gives them
+        if isinstance(self._tail, faiss.IndexIVF):
+            codes = self._tail.sa_encode(vecs)  # (n, list-number + PQ bytes): encode once, add to both
             self._tail.add_sa_codes(codes)
+            if self._index is not None:  # lean writers have none
+                self._index.add_sa_codes(codes)  # labels continue from ntotal (slots), as add() gives them
         else:
+            assert self._index is not None, "only a trained IVF-PQ writer is lean"
             self._index.add(vecs)
             if self._tail is not None:
                 self._tail.add(vecs)
@@ -567,7 +607,8 @@ class VectorIndex:
         self._alive[self._n : n] = True
         self._n = n
         self._delta_cache = None
-        assert self._index.ntotal == self._n, f"faiss ntotal {self._index.ntotal} != slots {self._n}"
+        ntotal = self._index.ntotal if self._index is not None else self._saved + self._tail.ntotal  # type: ignore[union-attr]
+        assert ntotal == self._n, f"faiss ntotal {ntotal} != slots {self._n}"
         if self.kind == "ivfpq" and not self.trained and len(self) >= train_at(self.settings.index):
             self._train()
 
@@ -622,7 +663,7 @@ class VectorIndex:
         kk = min(max(4 * k, k + 32), n_cand) if refine else min(k, n_cand)
         params = _search_params(self.kind, self.trained, sel, ef_search=max(s.hnsw_ef_search, kk),
                                 nprobe=s.ivf_nprobe)
-        scores, slots = self._index.search(q, kk, params=params)
+        scores, slots = self._resident().search(q, kk, params=params)
         del bitmap  # the selector pointed into it; keep it alive until here
         if refine:
             scores, slots = self._rerank(q, slots, k)
@@ -633,6 +674,25 @@ class VectorIndex:
             every = cand if cand is not None else np.flatnonzero(self._alive[: self._n])
             scores[short], slots[short] = self._exact(q[short], k, every)
         return self._finish(scores, slots)
+
+    def _resident(self) -> faiss.Index:
+        """The whole index in memory: a lean writer loads the saved segments and merges its tail in."""
+        if self._index is None:
+            extra = faiss.clone_index(self._tail) if self._tail is not None and self._tail.ntotal else None
+            self._index = self._read_segments(self._segments, extra)
+            self._configure()
+        return self._index
+
+    def ram_bytes(self) -> int:
+        """Bytes held by the index's arrays: FAISS codes and labels (or float32 vectors) of the resident
+        index and the tail, slot ids, alive bitmap and the id lookup."""
+        def faiss_bytes(ix: faiss.Index | None) -> int:
+            if ix is None:
+                return 0
+            per = (self.settings.index.pq_m + 8) if isinstance(ix, faiss.IndexIVF) else self.dim * 4
+            return int(ix.ntotal) * per
+        lookup = self._main_ids.nbytes + self._main_pos.nbytes
+        return faiss_bytes(self._index) + faiss_bytes(self._tail) + self._ids.nbytes + self._alive.nbytes + lookup
 
     def _finish(self, scores: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ok = slots >= 0
@@ -679,6 +739,20 @@ def _search_params(kind: str, trained: bool, sel: faiss.IDSelector | None, *, ef
     if kind == "ivfpq" and trained:
         return faiss.SearchParametersIVF(nprobe=nprobe, sel=sel)  # type: ignore[call-arg]
     return faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
+
+
+def _ivf_template(index: faiss.Index) -> faiss.Index:
+    """An empty IVF-PQ with ``index``'s quantizer and PQ: built, not cloned, so that ``index`` may be read
+    through a memory map (its lists are not loaded) or hold millions of codes."""
+    ivf = faiss.downcast_index(index)
+    assert isinstance(ivf, faiss.IndexIVFPQ), f"expected an IndexIVFPQ, got {type(ivf).__name__}"
+    quantizer = faiss.clone_index(ivf.quantizer)
+    out = faiss.IndexIVFPQ(quantizer, ivf.d, ivf.nlist, ivf.pq.M, ivf.pq.nbits, ivf.metric_type)
+    out.own_fields = True
+    quantizer.this.disown()  # type: ignore[attr-defined]  # SWIG ownership handle, not in faiss's stubs
+    out.pq = ivf.pq  # a copy (SWIG assigns the struct by value)
+    out.by_residual, out.is_trained = ivf.by_residual, True
+    return out
 
 
 def _read_faiss(path: Path, flags: int = 0) -> faiss.Index:

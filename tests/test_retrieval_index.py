@@ -279,20 +279,77 @@ def test_save_appends_a_segment_instead_of_rewriting_the_index(settings, kind) -
     assert np.array_equal(again.ids(), np.sort(ids[3:]))
 
 
-def test_segments_are_compacted_past_the_limit(settings, monkeypatch) -> None:
-    monkeypatch.setattr(vi, "MAX_SEGMENTS", 3)
-    s = cfg(settings, "flat")
+@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+def test_small_segments_are_merged_by_tiers(settings, monkeypatch, kind) -> None:
+    """Once MERGE_RUN small segments would trail, a save writes them and its new vectors as one segment;
+    segments of merge_below vectors or more are final (never read or rewritten again)."""
+    monkeypatch.setattr(vi, "MERGE_RUN", 3)
+    monkeypatch.setattr(vi, "MERGE_MIN", 250)
+    monkeypatch.setattr(vi, "MERGE_PER_CELL", 1)
+    s = cfg(settings, kind)
     ix = VectorIndex.open(s.index_dir, s, FP)
-    ids, vecs = data(500, seed=9)
-    counts = []
-    for i in range(5):
-        ix.add(ids[i * 100 : (i + 1) * 100], vecs[i * 100 : (i + 1) * 100])
+    ids, vecs = data(2000, seed=9)
+    first = 1300 if kind == "ivfpq" else 100  # ivfpq: trained (one whole segment) by then
+    ix.add(ids[:first], vecs[:first])
+    ix.save()
+    sizes = [manifest(s)["segments"]]
+    for lo in range(first, first + 600, 100):
+        ix.add(ids[lo : lo + 100], vecs[lo : lo + 100])
+        ix.remove(ids[lo - 1 : lo])  # a tombstone in the segment before
         ix.save()
-        counts.append(len(manifest(s)["segments"]))
-    assert counts == [1, 2, 3, 1, 2]
+        sizes.append(manifest(s)["segments"])
+        if len(sizes) == 4:
+            final = s.index_dir / manifest(s)["files"]["index.0" if kind == "flat" else "index.1"]
+            final_mtime = final.stat().st_mtime_ns
+    if kind == "flat":
+        assert sizes == [[100], [100, 100], [300], [300, 100], [300, 100, 100], [300, 300], [300, 300, 100]]
+    else:
+        assert sizes == [[1300], [1300, 100], [1300, 100, 100], [1300, 300], [1300, 300, 100],
+                         [1300, 300, 100, 100], [1300, 300, 300]]
+    assert final.stat().st_mtime_ns == final_mtime  # a final segment is not rewritten
     assert {p.name for p in s.index_dir.iterdir()} == {"manifest.json", *manifest(s)["files"].values()}
-    _, got = VectorIndex.open(s.index_dir, s, FP, readonly=True).search(vecs[::50], 1)
-    assert got[:, 0].tolist() == ids[::50].tolist()
+    n = first + 600
+    reader = VectorIndex.open(s.index_dir, s, FP, readonly=True)
+    live = np.setdiff1d(ids[:n], ids[first - 1 : n - 1 : 100])
+    assert np.array_equal(reader.ids(), np.sort(live))
+    if kind == "flat":  # exact: each live vector finds itself
+        q = np.flatnonzero(np.isin(ids[:n], live))[::40]
+        _, got = reader.search(vecs[q], 1)
+        assert got[:, 0].tolist() == ids[q].tolist()
+    want = ix.search(vecs[:60], 5)  # the writer loads its saved segments to search
+    again = reader.search(vecs[:60], 5)
+    assert np.array_equal(want[1], again[1])
+    assert np.allclose(want[0], again[0])
+
+
+def test_trained_ivfpq_writer_holds_only_its_unsaved_codes(settings) -> None:
+    """After a save, and when it opens, a trained IVF-PQ writer holds the codes of its unsaved vectors only
+    (plus 25 B of slot bookkeeping per vector); a search loads the saved ones, the next save drops them."""
+    s = cfg(settings, "ivfpq")
+    ix = VectorIndex.open(s.index_dir, s, FP)
+    ids, vecs = data(1500, seed=13)
+    ix.add(ids[:1300], vecs[:1300])
+    assert ix.trained
+    code = s.index.pq_m + 8  # bytes per vector in FAISS: PQ code + label
+    book = 8 + 1 + 16  # slot id, alive flag, id lookup (id + slot)
+    resident = ix.ram_bytes()
+    ix.save()
+    assert ix.ram_bytes() <= resident - 1300 * code
+    ix.add(ids[1300:], vecs[1300:])
+    lean = ix.ram_bytes()
+    assert lean <= 1300 * book + 200 * (code + book) + 1024 * 9  # capacity slack of the slot arrays
+    ix.search(vecs[:50], 5)
+    assert ix.ram_bytes() >= lean + 1500 * code - 200 * code  # the saved codes, loaded to search
+    ix.add(*data(10, seed=14))
+    ix.save()
+    assert ix.ram_bytes() < lean + 10 * (code + book) + 1024 * 9
+    writer = VectorIndex.open(s.index_dir, s, FP)
+    assert writer.ram_bytes() <= 1510 * book
+    reader = VectorIndex.open(s.index_dir, s, FP, readonly=True)
+    assert reader.ram_bytes() >= 1510 * (code + book)
+    got, want = reader.search(vecs[:50], 5), ix.search(vecs[:50], 5)  # the writer loads them again
+    assert np.array_equal(got[1], want[1])
+    assert np.allclose(got[0], want[0])
 
 
 def test_hnsw_saves_one_segment(settings) -> None:
@@ -340,13 +397,13 @@ def test_ivfpq_add_encodes_once_like_faiss_add(settings) -> None:
     assert pq.transposed_centroids.size() == pq.M * pq.ksub * pq.dsub  # SIMD encoding, after training ...
     faiss.downcast_index(faiss.extract_index_ivf(ref)).pq.clear_transposed_centroids()  # ... and the reference encodes without
     ix.save()
-    reopened = VectorIndex.open(s.index_dir, s, FP)
-    assert faiss.downcast_index(faiss.extract_index_ivf(reopened._index)).pq.transposed_centroids.size() == pq.M * pq.ksub * pq.dsub
+    reopened = VectorIndex.open(s.index_dir, s, FP)  # a lean writer: it encodes through its tail
+    assert faiss.downcast_index(faiss.extract_index_ivf(reopened._tail)).pq.transposed_centroids.size() == pq.M * pq.ksub * pq.dsub
     ix.add(ids[1300:], vecs[1300:])
     ref.add(vecs[1300:])
-    tail = faiss.clone_index(ix._empty_tail(ix._index))
+    tail = faiss.clone_index(ix._empty_tail())
     tail.add(vecs[1300:])
-    for got, want in ((ix._index, ref), (ix._tail, tail)):
+    for got, want in ((ix._resident(), ref), (ix._tail, tail)):
         faiss.extract_index_ivf(got).nprobe = faiss.extract_index_ivf(want).nprobe = ix.nlist
         d_got, i_got = got.search(vecs[1250:], 20)
         d_want, i_want = want.search(vecs[1250:], 20)
