@@ -57,6 +57,12 @@ def test_fts_term_buffer_is_raised_for_bulk_writes(store: CorpusStore) -> None:
     assert rows["hashsize"] == 64 * 2**20
 
 
+def test_fts_merges_sixteen_segments_at_a_time(store: CorpusStore) -> None:
+    """Schema 4: FTS5 merges 16 segments of a level at once (default 4): fewer rewrites of each posting."""
+    rows = dict(store._query("SELECT k, v FROM chunks_fts_config"))
+    assert rows["automerge"] == 16
+
+
 def test_fts_is_written_by_the_store_not_row_triggers(store: CorpusStore) -> None:
     assert store._query("SELECT name FROM sqlite_master WHERE type = 'trigger'") == []
 
@@ -92,6 +98,7 @@ def test_version_1_store_is_migrated(settings, chunker: Chunker) -> None:
         assert store.stats()["schema_version"] == SCHEMA_VERSION
         assert store._query("SELECT name FROM sqlite_master WHERE type = 'trigger'") == []
         assert dict(store._query("SELECT k, v FROM chunks_fts_config"))["hashsize"] == 64 * 2**20
+        assert dict(store._query("SELECT k, v FROM chunks_fts_config"))["automerge"] == 16
         assert [c for c, _ in store.fts_search("okapi", 5)] == [7000]
         store.apply([make_article(8, title="Okapi habitat")], chunker)
         fts_consistent(store)
