@@ -6,13 +6,13 @@ from __future__ import annotations
 import msgspec
 
 
-class AbstractSection(msgspec.Struct, frozen=True):
+class AbstractSection(msgspec.Struct, frozen=True, gc=False):
     text: str
     label: str | None = None  # e.g. "BACKGROUND" (Label attribute), None for unstructured abstracts
     category: str | None = None  # NlmCategory: BACKGROUND/OBJECTIVE/METHODS/RESULTS/CONCLUSIONS/UNASSIGNED
 
 
-class Author(msgspec.Struct, frozen=True):
+class Author(msgspec.Struct, frozen=True, gc=False):
     last_name: str | None = None
     fore_name: str | None = None
     initials: str | None = None
@@ -26,13 +26,13 @@ class Author(msgspec.Struct, frozen=True):
         return " ".join(p for p in (self.last_name, self.initials) if p)
 
 
-class Qualifier(msgspec.Struct, frozen=True):
+class Qualifier(msgspec.Struct, frozen=True, gc=False):
     name: str
     ui: str | None = None
     major: bool = False
 
 
-class MeshHeading(msgspec.Struct, frozen=True):
+class MeshHeading(msgspec.Struct, frozen=True, gc=False):
     descriptor: str
     ui: str | None = None  # e.g. "D006801"
     major: bool = False  # MajorTopicYN of the descriptor
@@ -44,7 +44,7 @@ class MeshHeading(msgspec.Struct, frozen=True):
         return self.major or any(q.major for q in self.qualifiers)
 
 
-class CommentCorrection(msgspec.Struct, frozen=True):
+class CommentCorrection(msgspec.Struct, frozen=True, gc=False):
     ref_type: str  # "RetractionIn", "ErratumIn", "CommentIn", ...
     pmid: int | None = None
     source: str | None = None  # RefSource text
@@ -53,7 +53,7 @@ class CommentCorrection(msgspec.Struct, frozen=True):
 RETRACTION_TYPES = frozenset({"RetractionIn", "RetractionOf", "ExpressionOfConcernIn"})
 
 
-class Article(msgspec.Struct, kw_only=True):
+class Article(msgspec.Struct, kw_only=True, gc=False):
     pmid: int
     version: int = 1
     title: str = ""
@@ -97,7 +97,7 @@ class Article(msgspec.Struct, kw_only=True):
         return f"https://pubmed.ncbi.nlm.nih.gov/{self.pmid}/"
 
 
-class Deletion(msgspec.Struct, frozen=True):
+class Deletion(msgspec.Struct, frozen=True, gc=False):
     """A DeleteCitation block from an update file: remove these PMIDs from store and index."""
 
     pmids: tuple[int, ...]

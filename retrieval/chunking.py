@@ -24,7 +24,7 @@ WORD_CACHE_MAX = 1 << 20  # words whose token counts are remembered (~100 MB at 
 log = logging.getLogger("pubmind.ingest")
 
 
-class Chunk(msgspec.Struct, frozen=True):
+class Chunk(msgspec.Struct, frozen=True, gc=False):
     chunk_id: int  # pmid * 1000 + seq
     pmid: int
     seq: int

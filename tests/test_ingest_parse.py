@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from ingest.parse import iter_records, parse_xml_bytes, verify_md5
 from pubmind.errors import BadSourceFile
 from pubmind.records import Article, Deletion
+from retrieval.chunking import Chunk
 from tests.fixtures_ingest import (
     BASELINE_1015,
     ENTREZ,
@@ -53,6 +55,18 @@ def test_baseline_counts(baseline) -> None:
     assert sum(1 for a in arts if a.abstract) == 697  # PMID 31828225 has an abstract in all 3 versions
     assert len({a.pmid for a in arts if a.abstract}) == 695
     assert [a.version for a in arts if a.pmid == 31828225] == [2, 3, 4]
+
+
+def test_records_are_not_tracked_by_the_garbage_collector() -> None:
+    """Records are plain data (no reference cycles), so their types opt out of cyclic GC: a bulk ingest
+    makes millions of them, and each collection would scan them all (writer GC time 1.98 -> 0.89 s per
+    80k records)."""
+    arts, _ = _split(SAMPLE_1334)
+    parts = (next(a.authors[0] for a in arts if a.authors), next(a.mesh[0] for a in arts if a.mesh),
+             next(a.abstract[0] for a in arts if a.abstract))
+    for obj in (arts[0], *parts, Deletion((1,))):
+        assert not gc.is_tracked(obj), type(obj).__name__
+    assert not gc.is_tracked(Chunk(chunk_id=1000, pmid=1, seq=0, text="x"))
 
 
 def test_baseline_fields(baseline) -> None:
