@@ -382,8 +382,8 @@ class VectorIndex:
         """The segments after saving ``tail`` (the slots from ``_saved`` on): appended as a new segment, or,
         with the trailing small segments once ``MERGE_RUN`` of them would trail, merged with them into one."""
         segments = list(self._segments)
-        run = 0  # trailing segments still merged by tiers
-        while run < len(segments) and segments[-1 - run][2] < self.merge_below():
+        run, below = 0, self.merge_below()  # run: trailing segments still merged by tiers
+        while run < len(segments) and segments[-1 - run][2] < below:
             run += 1
         if run + (self._n > self._saved) < max(MERGE_RUN, 2):
             if self._n > self._saved:
@@ -451,9 +451,7 @@ class VectorIndex:
         live = np.flatnonzero(self._alive[: self._n])
         nlist = s.ivf_nlist or choose_nlist(max(s.expected_vectors, len(live)), len(live))
         quantizer = faiss.IndexFlatIP(self.dim)
-        ivf = faiss.IndexIVFPQ(quantizer, self.dim, nlist, s.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
-        ivf.own_fields = True
-        quantizer.this.disown()  # type: ignore[attr-defined]  # SWIG ownership handle, not in faiss's stubs
+        ivf = _ivfpq_owning(quantizer, nlist, s.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
         n_sample = min(len(live), max(TRAIN_MIN_SAMPLE, nlist * TRAIN_PER_CELL))
         # (n_slots, dim) float32: the untrained index's own array. Where the sample would be every live
         # vector (the usual case), training reads that array in place, tombstones included (a few earlier
@@ -741,15 +739,20 @@ def _search_params(kind: str, trained: bool, sel: faiss.IDSelector | None, *, ef
     return faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
 
 
+def _ivfpq_owning(quantizer: faiss.Index, nlist: int, m: int, nbits: int, metric: int) -> faiss.IndexIVFPQ:
+    """An IndexIVFPQ over ``quantizer`` that owns it (frees it with itself; Python no longer does)."""
+    ivf = faiss.IndexIVFPQ(quantizer, quantizer.d, nlist, m, nbits, metric)
+    ivf.own_fields = True
+    quantizer.this.disown()  # type: ignore[attr-defined]  # SWIG ownership handle, not in faiss's stubs
+    return ivf
+
+
 def _ivf_template(index: faiss.Index) -> faiss.Index:
     """An empty IVF-PQ with ``index``'s quantizer and PQ: built, not cloned, so that ``index`` may be read
     through a memory map (its lists are not loaded) or hold millions of codes."""
     ivf = faiss.downcast_index(index)
     assert isinstance(ivf, faiss.IndexIVFPQ), f"expected an IndexIVFPQ, got {type(ivf).__name__}"
-    quantizer = faiss.clone_index(ivf.quantizer)
-    out = faiss.IndexIVFPQ(quantizer, ivf.d, ivf.nlist, ivf.pq.M, ivf.pq.nbits, ivf.metric_type)
-    out.own_fields = True
-    quantizer.this.disown()  # type: ignore[attr-defined]  # SWIG ownership handle, not in faiss's stubs
+    out = _ivfpq_owning(faiss.clone_index(ivf.quantizer), ivf.nlist, ivf.pq.M, ivf.pq.nbits, ivf.metric_type)
     out.pq = ivf.pq  # a copy (SWIG assigns the struct by value)
     out.by_residual, out.is_trained = ivf.by_residual, True
     return out
