@@ -151,6 +151,14 @@ def _stage_rates(files: list[Path], tokenizer: Any, settings: Any) -> dict[str, 
     return {"parse_rps": round(len(recs) / t_parse), "chunk_rps": round(len(arts) / (time.perf_counter() - t))}
 
 
+def _worker_malloc() -> str:
+    """The parse workers' allocator under the current settings (``ingest.worker_malloc``)."""
+    from ingest.malloc import SYSTEM, resolve
+    from pubmind.settings import load_settings
+
+    return resolve(load_settings().ingest.worker_malloc) or SYSTEM
+
+
 def _index_ram_mib(index: Any) -> float:
     """RAM held by the writer's vector index arrays after the ingest: FAISS codes (the unsaved tail only, for
     a lean IVF-PQ writer) + slot ids + alive bitmap + id lookup (``VectorIndex.ram_bytes``)."""
@@ -328,6 +336,7 @@ def main() -> None:
         if a.fast_embedder and a.encoder_sample else None
     out = {"embedder": "hash-384 (stand-in: no encoder cost)" if a.fast_embedder else "the configured encoder",
            "index": a.index, "workers": a.workers or len(os.sched_getaffinity(0)), "cpus": os.cpu_count(),
+           "worker_malloc": _worker_malloc(),
            "sizes": sizes, "ratios": ratios, "encoder": enc,
            "largest_vs_smallest_rps": round(sizes[-1]["end_to_end_rps"] / sizes[0]["end_to_end_rps"], 2)}
     if a.json:
@@ -337,6 +346,7 @@ def main() -> None:
         print(f"{r['from']:,} -> {r['to']:,} records (x{r['records']}): time x{r['seconds']}, rec/s x{r['rps']}, "
               f"peak RSS x{r['peak_rss']} (less the index x{r['peak_rss_less_index']})")
     print(f"largest / smallest end-to-end rate: x{out['largest_vs_smallest_rps']} (goal >= 0.8)")
+    print(f"{out['workers']} parse workers ({out['worker_malloc']}) on {out['cpus']} CPUs")
     if enc:
         print(f"encoder {enc['model']} on {enc['device']}: {enc['chunks_per_s']} chunks/s "
               f"({enc['chunks']} chunks of the generated corpus)")

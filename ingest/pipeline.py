@@ -37,6 +37,7 @@ import msgspec
 from tqdm import tqdm
 
 from ingest.eutils import EutilsClient
+from ingest.malloc import workers_malloc
 from ingest.parse import is_source_file, iter_records, verify_md5
 from pubmind.errors import BadSourceFile
 from pubmind.records import Article, Deletion, article_from_json, article_to_json
@@ -372,11 +373,14 @@ class Pipeline:
                                    initargs=(self.indexer.chunker.tokenizer, self.settings.chunking))
 
         def submit(path: Path, spool: Path) -> Callable[[], ParseResult]:
-            return pool.submit(_worker_parse, str(path), str(spool)).result
+            return pool.submit(_worker_parse, str(path), str(spool)).result  # starts a worker if none is idle
 
         from retrieval.index import faiss_threads  # here: parse workers import this module, not faiss
 
-        with faiss_threads(len(os.sched_getaffinity(0)) - workers):  # the cores the workers leave
+        # The pool starts its processes on submit, inside: all of them with the allocator of worker_malloc.
+        with workers_malloc(self.settings.ingest.worker_malloc, self.settings.ingest_dir) as malloc, \
+                faiss_threads(len(os.sched_getaffinity(0)) - workers):  # the cores the workers leave
+            log.info("ingest: %d files, %d parse processes (%s)", len(files), workers, malloc)
             yield from self._in_order(files, force, 2 * workers, "process", submit,
                                       lambda: pool.shutdown(wait=True, cancel_futures=True))
 

@@ -79,6 +79,17 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
+# --- jemalloc: the parse workers' allocator (ingest.worker_malloc=auto; ~13% less worker CPU) ---
+if ! ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so'; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing libjemalloc2 (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2
+  else
+    log "note: no libjemalloc (apt-get install libjemalloc2 as root): parse workers use the C library's malloc"
+  fi
+fi
+
 # --- vLLM venv ------------------------------------------------------------------------------
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   vllm_lock=locks/vllm-cuda.txt
