@@ -68,27 +68,24 @@ else
   log ".venv is up to date"
 fi
 
-# --- chromium: the web workbench's browser tests (Playwright drives Debian's package) -----------
-if [ ! -x /usr/bin/chromium ]; then
+# apt_install PACKAGE WHY: install a Debian package as root (CI runs as root on a fresh machine), else say why
+# it matters and how to get it.
+apt_install() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "installing chromium (apt-get)"
+    log "installing $1 (apt-get)"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1"
   else
-    log "WARNING: /usr/bin/chromium is missing (tests marked 'browser' need it): apt-get install chromium as root"
+    log "WARNING: $2: apt-get install $1 as root"
   fi
-fi
+}
 
-# --- jemalloc: the parse workers' allocator (ingest.worker_malloc=auto; ~13% less worker CPU) ---
-if ! ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so'; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "installing libjemalloc2 (apt-get)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2
-  else
-    log "note: no libjemalloc (apt-get install libjemalloc2 as root): parse workers use the C library's malloc"
-  fi
-fi
+# --- chromium: the web workbench's browser tests (Playwright drives Debian's package) -----------
+[ -x /usr/bin/chromium ] || apt_install chromium "/usr/bin/chromium is missing (tests marked 'browser' need it)"
+
+# --- jemalloc: the parse workers' allocator (ingest.worker_malloc=auto: ~13% less worker CPU) ------
+ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so' \
+  || apt_install libjemalloc2 "no libjemalloc (parse workers use the C library's malloc; tests of it need it)"
 
 # --- vLLM venv ------------------------------------------------------------------------------
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
