@@ -51,7 +51,8 @@ def ingest_file_cmd(paths: tuple[str, ...], force: bool, as_json: bool, no_progr
         f = summary["files"]
         click.echo(f"files: {f['ingested']} ingested, {f['skipped']} unchanged (skipped), {f['failed']} failed; "
                    f"{summary['articles']} articles, {summary['deletions']} deletions; "
-                   f"{summary['sync'].get('embedded', 0)} chunks embedded in {summary['seconds']} s")
+                   f"{summary['sync'].get('embedded', 0)} chunks embedded in {summary['seconds']} s"
+                   + (f"; parsed by {summary['parse_workers']}" if summary["parse_workers"] else ""))
     for bad in report.failed:
         click.echo(f"error: {bad.error}", err=True)
     if report.failed:

@@ -70,6 +70,7 @@ class IngestReport:
     files: list[FileResult] = field(default_factory=list)
     sync: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    parse_workers: str = ""  # e.g. "2 processes (libjemalloc.so.2)": the parse pool, when there was one
 
     @property
     def failed(self) -> list[FileResult]:
@@ -83,7 +84,7 @@ class IngestReport:
                 parsed[f.parsed_by] = parsed.get(f.parsed_by, 0) + 1
         return {"files": by, "parsed_by": parsed, "articles": sum(f.articles for f in self.files),
                 "deletions": sum(f.deletions for f in self.files), "sync": self.sync,
-                "seconds": round(self.seconds, 2),
+                "seconds": round(self.seconds, 2), "parse_workers": self.parse_workers,
                 "failed": [{"path": f.path, "error": f.error} for f in self.failed]}
 
 
@@ -255,7 +256,7 @@ class Pipeline:
         if self.settings.ingest.executor == "ray" and len(files) > 1:
             results = self._on_ray(files, force)
         elif workers > 1:
-            results = self._parallel(files, force, workers)
+            results = self._parallel(files, force, workers, report)
             threads = max(1, len(os.sched_getaffinity(0)) - workers)  # the cores the workers leave
         else:
             results = (self.ingest_file(path, force=force, sync=False) for path in files)
@@ -365,9 +366,9 @@ class Pipeline:
                 if left is not None:
                     left.unlink(missing_ok=True)
 
-    def _parallel(self, files: list[Path], force: bool, workers: int) -> Iterator[FileResult]:
+    def _parallel(self, files: list[Path], force: bool, workers: int, report: IngestReport) -> Iterator[FileResult]:
         """Parse + chunk ``files`` in ``workers`` processes (each writes its file's spool), at most
-        ``2 * workers`` files in flight."""
+        ``2 * workers`` files in flight; ``report.parse_workers`` says how many, with which allocator."""
         ctx = mp.get_context("spawn")  # the writer holds torch/sqlite state that must not be forked
         pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
                                    initargs=(self.indexer.chunker.tokenizer, self.settings.chunking))
@@ -380,6 +381,7 @@ class Pipeline:
         # The pool starts its processes on submit, inside: all of them with the allocator of worker_malloc.
         with workers_malloc(self.settings.ingest.worker_malloc, self.settings.ingest_dir) as malloc, \
                 faiss_threads(len(os.sched_getaffinity(0)) - workers):  # the cores the workers leave
+            report.parse_workers = f"{workers} processes ({malloc})"
             log.info("ingest: %d files, %d parse processes (%s)", len(files), workers, malloc)
             yield from self._in_order(files, force, 2 * workers, "process", submit,
                                       lambda: pool.shutdown(wait=True, cancel_futures=True))

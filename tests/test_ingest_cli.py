@@ -145,6 +145,7 @@ def test_cli_end_to_end_with_minilm(cli, settings, tmp_path: Path) -> None:
     code, out, err = cli("ingest", "file", "--no-progress", str(SAMPLE_1334), str(ENTREZ / "esearch8.xml"))
     assert code == 1
     assert "1 unchanged (skipped), 1 failed" in out
+    assert "; parsed by 2 processes (" in out  # the parse pool and its allocator
     assert "esearch8.xml:3: E-utilities error response" in err
 
 

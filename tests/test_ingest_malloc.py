@@ -100,5 +100,6 @@ def test_pipeline_logs_the_workers_allocator(make_settings, hash_embedder, caplo
         rep = p.ingest_files(REAL[:2])
     assert [f.status for f in rep.files] == ["ingested", "ingested"]
     assert f"2 parse processes ({JEMALLOC})" in caplog.text
+    assert rep.summary()["parse_workers"] == f"2 processes ({JEMALLOC})"
     assert spawn.get_executable() == before
     assert not list(s.ingest_dir.glob("python-*.sh"))
