@@ -77,7 +77,7 @@ def _launcher(lib: str, folder: Path) -> Path:
     try:
         r = subprocess.run([str(path), "-c", probe], capture_output=True, text=True, timeout=60, check=False)
         why = "" if r.returncode == 0 else (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
-    except OSError as e:  # e.g. a noexec file system
+    except (OSError, subprocess.TimeoutExpired) as e:  # e.g. a noexec file system, or a hung start
         why = str(e)
     if why:
         path.unlink(missing_ok=True)
