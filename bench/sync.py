@@ -7,6 +7,9 @@
    distinct real PubMed files in ../shared/data laid out as a 3-file baseline and 3 update files. The
    embedder is a deterministic hashing stand-in (named in the output) unless ``--minilm``: the encoder's own
    cost is measured by bench/ingest.py.
+3. generated: ``Syncer.run`` of a baseline of ``--generated`` generated records (bench/scale.py's files), with
+   the files parsed in the writer (``ingest.workers`` 1) and by the parse processes (the default), against
+   ``Pipeline.ingest_files`` of the same files from disk.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/sync.py [--json] [--minilm]
 """
@@ -114,12 +117,50 @@ def bench_sync(tmp: Path, embedder: Any) -> dict[str, Any]:
             "records_per_s": round(records / dt, 1)}
 
 
+def bench_generated(tmp: Path, embedder: Any, records: int) -> dict[str, Any]:
+    """``pubmind sync`` of a baseline of generated files (bench/scale.py's generator, 2,000 records a file):
+    files parsed in the writer (``ingest.workers`` 1, as every sync did before) against the default parse
+    processes, and ``Pipeline.ingest_files`` of the same files from disk; each run in a fresh home."""
+    from bench.scale import generate
+    from retrieval.indexer import Indexer
+
+    files = generate(tmp / "generated", records)
+    root = tmp / "mirror-generated"
+    for i, f in enumerate(files, 1):
+        add_file(root, "baseline", f"pubmed26n{i:04d}.xml.gz", f)
+    (root / "updatefiles").mkdir()
+    out: dict[str, Any] = {"files": len(files), "records": records}
+    with MirrorServer(root) as m:
+        for name, workers in (("sync_in_writer", 1), ("sync", 0), ("pipeline_only", 0)):
+            settings = settings_for(tmp / f"home-gen-{name}")
+            settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"workers": workers})})
+            with Indexer(settings, embedder=embedder) as ix:
+                pipeline = Pipeline(settings, indexer=ix, progress=False)
+                t0 = time.perf_counter()
+                if name == "pipeline_only":
+                    rep = pipeline.ingest_files(files)
+                    parsed_by = rep.parse_workers or "the writer"
+                else:
+                    with Syncer(settings, mirror=m.url, pipeline=pipeline, progress=False) as s:
+                        srep = s.run()
+                    assert srep.failed is None and len(srep.applied) == len(files), srep.failed
+                    parsed_by = srep.parse_workers or "the writer"
+                dt = time.perf_counter() - t0
+            out[name] = {"seconds": round(dt, 2), "records_per_s": round(records / dt), "parsed_by": parsed_by}
+    out["sync_speedup"] = round(out["sync_in_writer"]["seconds"] / out["sync"]["seconds"], 2)
+    out["sync_over_pipeline_time"] = round(out["sync"]["seconds"] / out["pipeline_only"]["seconds"], 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="Print the figures as JSON.")
     ap.add_argument("--minilm", action="store_true", help="Use the real MiniLM encoder in the sync stage.")
     ap.add_argument("--big-files", type=int, default=8, help="Files in the transfer stage.")
     ap.add_argument("--big-mb", type=float, default=25.0, help="Size of each transfer-stage file, MB.")
+    ap.add_argument("--generated", type=int, default=40_000, metavar="N",
+                    help="Records of the generated baseline that is synced with and without parse processes "
+                         "(0: skip that stage).")
     args = ap.parse_args()
     embedder = _embedder(args.minilm)
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as d:
@@ -129,6 +170,8 @@ def main() -> None:
             out["pipeline_only"] = min(out.get("pipeline_only", p), p, key=lambda r: r["seconds"])
             out["sync"] = min(out.get("sync", s), s, key=lambda r: r["seconds"])
         out["sync_over_pipeline_time"] = round(out["sync"]["seconds"] / out["pipeline_only"]["seconds"], 3)
+        if args.generated:
+            out["generated"] = bench_generated(Path(tempfile.mkdtemp(dir=d)), embedder, args.generated)
     if args.json:
         print(json.dumps(out, indent=2))
         return
@@ -139,6 +182,13 @@ def main() -> None:
           f"{s['seconds']} s = {s['files_per_s']} files/s, {s['mb_per_s']} MB/s, {s['records_per_s']} records/s")
     print(f"the same files through Pipeline.ingest_files from disk: {out['pipeline_only']['seconds']} s "
           f"(sync / pipeline time: {out['sync_over_pipeline_time']}x)")
+    if "generated" in out:
+        g = out["generated"]
+        print(f"sync of a generated baseline ({g['files']} files, {g['records']} records, {s['embedder']}): "
+              f"parsed in the writer {g['sync_in_writer']['records_per_s']} records/s, parsed by "
+              f"{g['sync']['parsed_by']} {g['sync']['records_per_s']} records/s ({g['sync_speedup']}x); "
+              f"Pipeline.ingest_files from disk {g['pipeline_only']['records_per_s']} records/s "
+              f"(sync / pipeline time: {g['sync_over_pipeline_time']}x)")
 
 
 if __name__ == "__main__":

@@ -176,7 +176,8 @@ def sync_cmd(mirror: str | None, baseline_only: bool, updates_only: bool, max_fi
         arts, dels = sum(f["articles"] for f in report.applied), sum(f["deletions"] for f in report.applied)
         click.echo(f"{len(report.applied)} of {len(report.new)} new files applied ({arts} articles, {dels} deletions, "
                    f"{report.downloaded_bytes / 1e6:.1f} MB downloaded, {report.index.get('embedded', 0)} chunks "
-                   f"embedded) in {report.seconds} s")
+                   f"embedded) in {report.seconds} s"
+                   + (f"; parsed by {report.parse_workers}" if report.parse_workers else ""))
     if report.failed:
         click.echo(f"error: {report.failed['error']}", err=True)
         click.echo(f"error: {report.failed['file']} refused; {len(report.waiting)} later files wait", err=True)

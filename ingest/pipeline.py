@@ -41,7 +41,7 @@ from ingest.malloc import workers_malloc
 from ingest.parse import is_source_file, iter_records, verify_md5
 from pubmind.errors import BadSourceFile
 from pubmind.records import Article, Deletion, article_from_json, article_to_json
-from pubmind.settings import ChunkingSettings, Settings
+from pubmind.settings import Settings
 from retrieval.chunking import Chunk, Chunker
 from retrieval.distributed import ray_init
 
@@ -71,6 +71,7 @@ class IngestReport:
     sync: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     parse_workers: str = ""  # e.g. "2 processes (libjemalloc.so.2)": the parse pool, when there was one
+    sync_threads: int | None = None  # FAISS threads of background syncs (None: FAISS's default)
 
     @property
     def failed(self) -> list[FileResult]:
@@ -163,10 +164,11 @@ def read_spool(spool: Path) -> Iterator[Record | tuple[Article, list[Chunk]]]:
 _worker_chunker: Chunker | None = None
 
 
-def _worker_init(tokenizer: Any, chunking: ChunkingSettings) -> None:
+def _worker_init(chunker: tuple[Any, ...]) -> None:
+    """``chunker``: the writer's ``Chunker.portable()``."""
     global _worker_chunker
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core per worker
-    _worker_chunker = Chunker(tokenizer, chunking)
+    _worker_chunker = Chunker.rebuild(chunker)
 
 
 def _worker_parse(path: str, spool: str) -> ParseResult:
@@ -179,19 +181,19 @@ def _worker_parse(path: str, spool: str) -> ParseResult:
 
 
 # ---- Ray parse tasks (any machine of the cluster: only the file's bytes travel, not its path) ----------
-_ray_chunker: tuple[str, Chunker] | None = None  # (object id of its (tokenizer, settings), chunker): per worker
+_ray_chunker: tuple[str, Chunker] | None = None  # (object id of its portable spec, chunker): per worker
 
 
 def _ray_parse(data: bytes, name: str, setup: list[Any]) -> tuple[int, int, str | None, bytes]:
     """Ray task: parse + chunk one file's ``data`` (``name``: the writer's path, for the format and the
-    errors); ``setup``: [ref of (tokenizer, ChunkingSettings)], fetched once per worker. Returns the
+    errors); ``setup``: [ref of the writer's ``Chunker.portable()``], fetched once per worker. Returns the
     ``ParseResult`` and the spool's lines, gzip-compressed (b"" for a bad file)."""
     global _ray_chunker
     import ray
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one CPU per task
     if _ray_chunker is None or _ray_chunker[0] != setup[0].hex():
-        _ray_chunker = (setup[0].hex(), Chunker(*ray.get(setup[0])))
+        _ray_chunker = (setup[0].hex(), Chunker.rebuild(ray.get(setup[0])))
     buf = io.BytesIO()
     try:
         with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1) as out:
@@ -251,15 +253,7 @@ class Pipeline:
         report = IngestReport()
         files = discover(paths)
         pending, synced = 0, []
-        workers = worker_count(self.settings, len(files))
-        threads = None  # the background sync's FAISS threads (None: FAISS's default)
-        if self.settings.ingest.executor == "ray" and len(files) > 1:
-            results = self._on_ray(files, force)
-        elif workers > 1:
-            results = self._parallel(files, force, workers, report)
-            threads = max(1, len(os.sched_getaffinity(0)) - workers)  # the cores the workers leave
-        else:
-            results = (self.ingest_file(path, force=force, sync=False) for path in files)
+        results = self.apply_in_order(files, len(files), report, force=force)
         with tqdm(total=len(files), desc="files", unit="file", disable=not self.progress or len(files) < 2) as bar:
             try:
                 for res in results:
@@ -268,10 +262,10 @@ class Pipeline:
                     report.files.append(res)
                     pending += res.apply.get("chunks_added", 0) + res.apply.get("chunks_removed", 0)
                     # embed as we go on long runs, while the next files are stored
-                    if sync and pending >= self.settings.index.save_every and self.indexer.sync_async(threads):
+                    if sync and pending >= self.settings.index.save_every and self.indexer.sync_async(report.sync_threads):
                         pending = 0
             except BaseException:
-                cast(Generator[FileResult, None, None], results).close()  # stops the parsing, removes its spools
+                results.close()  # stops the parsing, removes its spools
                 self.indexer.abandon_sync()
                 raise
         if sync:  # the background sync, then what is left (a no-op when nothing is pending)
@@ -280,6 +274,23 @@ class Pipeline:
             report.sync = msgspec.to_builtins(_sum(synced))
         report.seconds = time.perf_counter() - t0
         return report
+
+    def apply_in_order(self, files: Iterable[Path], n_files: int, report: IngestReport, *, force: bool = False,
+                       ready: Callable[[], bool] | None = None) -> Generator[FileResult, None, None]:
+        """Parse ``files`` where the settings say (parse processes, Ray tasks, or this process) and apply
+        each, in order, as it is ready: one ``FileResult`` per file. ``n_files``: how many paths ``files``
+        yields at most (it sizes the pool; ``files`` may be lazy, e.g. downloads in progress). ``ready()``:
+        whether ``files`` can yield its next path without blocking; while it cannot, parsed files are applied
+        first. ``report.parse_workers`` and ``report.sync_threads`` are set. Close the generator to stop:
+        parsing ends and its spools are removed."""
+        workers = worker_count(self.settings, n_files)
+        if self.settings.ingest.executor == "ray" and n_files > 1:
+            report.parse_workers = f"Ray tasks ({self.settings.ingest.ray_address})"
+            return self._on_ray(files, n_files, force, ready)
+        if workers > 1:
+            report.sync_threads = max(1, len(os.sched_getaffinity(0)) - workers)  # the cores the workers leave
+            return self._parallel(files, n_files, force, workers, report, ready)
+        return (self.ingest_file(path, force=force, sync=False) for path in files)
 
     def ingest_file(self, path: str | Path, *, force: bool = False, sync: bool = True) -> FileResult:
         """Parse ``path`` completely, then apply it. Returns ``failed`` (with the error) for a bad file
@@ -325,17 +336,20 @@ class Pipeline:
         return FileResult(p.key, "ingested", md5=p.md5, articles=p.articles, deletions=p.deletions,
                           apply=stats.apply.to_dict(), parsed_by=parsed_by)
 
-    def _in_order(self, files: list[Path], force: bool, window: int, parsed_by: str,
-                  submit: Callable[[Path, Path], Callable[[], ParseResult]], stop: Callable[[], None]) -> Iterator[FileResult]:
+    def _in_order(self, files: Iterable[Path], force: bool, window: int, parsed_by: str,
+                  submit: Callable[[Path, Path], Callable[[], ParseResult]], stop: Callable[[], None],
+                  ready: Callable[[], bool] | None = None) -> Iterator[FileResult]:
         """Parse ``files`` elsewhere and apply each (in file order) as it is ready: ``submit(path, spool)``
         starts parsing ``path`` and returns a wait that blocks until ``spool`` is written; ``stop()`` ends
-        (or waits out) all parsing. At most ``window`` parsed files wait; all spools are removed however this
+        (or waits out) all parsing. At most ``window`` files are in flight; the next path is only taken
+        while none is, or ``ready()`` says it comes without blocking. All spools are removed however this
         ends, after ``stop()``, so no parse writes a spool after its removal."""
         inflight: deque[tuple[tuple[str, str] | FileResult, Path | None, Callable[[], ParseResult] | None]] = deque()
         todo = iter(files)
         try:
             while True:
-                while len(inflight) < window and (path := next(todo, None)) is not None:
+                while (len(inflight) < window and (not inflight or ready is None or ready())
+                       and (path := next(todo, None)) is not None):
                     checked = self._check(path, force)
                     if isinstance(checked, FileResult):
                         inflight.append((checked, None, None))
@@ -366,12 +380,13 @@ class Pipeline:
                 if left is not None:
                     left.unlink(missing_ok=True)
 
-    def _parallel(self, files: list[Path], force: bool, workers: int, report: IngestReport) -> Iterator[FileResult]:
+    def _parallel(self, files: Iterable[Path], n_files: int, force: bool, workers: int, report: IngestReport,
+                  ready: Callable[[], bool] | None) -> Generator[FileResult, None, None]:
         """Parse + chunk ``files`` in ``workers`` processes (each writes its file's spool), at most
         ``2 * workers`` files in flight; ``report.parse_workers`` says how many, with which allocator."""
         ctx = mp.get_context("spawn")  # the writer holds torch/sqlite state that must not be forked
         pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                   initargs=(self.indexer.chunker.tokenizer, self.settings.chunking))
+                                   initargs=(self.indexer.chunker.portable(),))
 
         def submit(path: Path, spool: Path) -> Callable[[], ParseResult]:
             return pool.submit(_worker_parse, str(path), str(spool)).result  # starts a worker if none is idle
@@ -382,22 +397,23 @@ class Pipeline:
         with workers_malloc(self.settings.ingest.worker_malloc, self.settings.ingest_dir) as malloc, \
                 faiss_threads(len(os.sched_getaffinity(0)) - workers):  # the cores the workers leave
             report.parse_workers = f"{workers} processes ({malloc})"
-            log.info("ingest: %d files, %d parse processes (%s)", len(files), workers, malloc)
+            log.info("ingest: %d files, %d parse processes (%s)", n_files, workers, malloc)
             yield from self._in_order(files, force, 2 * workers, "process", submit,
-                                      lambda: pool.shutdown(wait=True, cancel_futures=True))
+                                      lambda: pool.shutdown(wait=True, cancel_futures=True), ready)
 
-    def _on_ray(self, files: list[Path], force: bool) -> Iterator[FileResult]:
+    def _on_ray(self, files: Iterable[Path], n_files: int, force: bool,
+                ready: Callable[[], bool] | None) -> Generator[FileResult, None, None]:
         """Parse + chunk ``files`` as Ray tasks (one CPU each): the writer ``ray.put``s a file's bytes, the
         task returns its spool compressed, the writer spools it. In flight: ``2 * ingest.workers`` files, or
         twice the CPUs the cluster has free once the embedding actors are placed."""
         ray = ray_init(self.settings)
-        setup = [ray.put((self.indexer.chunker.tokenizer, self.settings.chunking))]  # once; starts the indexer
+        setup = [ray.put(self.indexer.chunker.portable())]  # once; starts the indexer
         cpus = self.settings.ingest.workers or int(ray.available_resources().get("CPU", 1))
         window = 2 * max(1, cpus)
         task = ray.remote(num_cpus=1)(_ray_parse)
         running: dict[Path, Any] = {}  # spool -> ObjectRef of the task that fills it
         log.info("ingest: parsing on Ray (%s): %d files, window %d", self.settings.ingest.ray_address,
-                 len(files), window)
+                 n_files, window)
 
         def submit(path: Path, spool: Path) -> Callable[[], ParseResult]:
             running[spool] = task.remote(ray.put(path.read_bytes()), str(path), setup)
@@ -415,7 +431,7 @@ class Pipeline:
                 ray.cancel(ref)
             running.clear()
 
-        yield from self._in_order(files, force, window, "ray", submit, stop)
+        yield from self._in_order(files, force, window, "ray", submit, stop, ready)
 
     # ---------------------------------------------------------------------------------------- PubMed
     def ingest_query(self, query: str, *, mindate: str | None = None, maxdate: str | None = None,

@@ -25,6 +25,7 @@ import posixpath
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ import msgspec
 from tqdm import tqdm
 
 from ingest.parse import verify_md5
-from ingest.pipeline import Pipeline
+from ingest.pipeline import IngestReport, Pipeline
 from pubmind.errors import BadSourceFile, Conflict, InvalidInput, PubmindError, UpstreamError
 from pubmind.settings import Settings
 
@@ -111,6 +112,7 @@ class SyncReport:
     downloaded_bytes: int = 0
     download_seconds: float = 0.0  # summed over files (they overlap with each other and with applying)
     index: dict[str, Any] = field(default_factory=dict)
+    parse_workers: str = ""  # e.g. "2 processes (libjemalloc.so.2)": where the files were parsed, if not here
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -256,12 +258,19 @@ class Syncer:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _apply_all(self, todo: list[RemoteFile], state: SyncState, report: SyncReport) -> None:
-        ahead = 2 * self.cfg.concurrency  # downloads queued ahead of the file being applied (bounds disk use)
+        """Download ``todo`` a few files ahead, parse the downloaded files in parallel (the pipeline's parse
+        processes or Ray tasks) and apply them one by one, in order. The first refused file (a failed
+        download, an MD5 mismatch, a parse error) ends the run: files before it stay applied, it and the later
+        files wait; parsing still in flight is stopped and its spools removed."""
+        ahead = 2 * self.cfg.concurrency  # downloads queued ahead of the file being parsed (bounds disk use)
         pipeline = self.pipeline
         pending_chunks = 0
         self._stop.clear()
         pool = ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="pubmind-sync")
         futures: dict[int, Future[Download]] = {}
+        downloads: deque[Download] = deque()  # handed to the pipeline, not yet applied (in order)
+        refused: list[tuple[int, PubmindError]] = []  # the download that failed, if one did
+        taken = 0  # downloads handed to the pipeline
         bytes_bar = tqdm(desc="download", unit="B", unit_scale=True, disable=not self.progress)
         files_bar = tqdm(total=len(todo), desc="sync", unit="file", disable=not self.progress)
 
@@ -269,22 +278,44 @@ class Syncer:
             if i < len(todo):
                 futures[i] = pool.submit(self.fetch, todo[i], bytes_bar.update)
 
+        def downloaded() -> Iterator[Path]:
+            """The files as their downloads complete, in order; stops at the first that failed."""
+            nonlocal taken
+            for i, rf in enumerate(todo):
+                try:
+                    dl = futures.pop(i).result()
+                except PubmindError as e:
+                    refused.append((i, e))
+                    return
+                submit(i + ahead)
+                report.downloaded_bytes += dl.bytes
+                report.download_seconds += dl.seconds
+                if dl.bytes:
+                    self.log(f"downloaded {rf.label}: {dl.bytes / 1e6:.1f} MB in {dl.seconds:.2f} s"
+                             + (" (resumed with Range)" if dl.ranged else ""))
+                else:
+                    self.log(f"using the earlier complete download of {rf.label}")
+                downloads.append(dl)
+                taken = i + 1
+                yield dl.path
+
+        parse = IngestReport()
+        results = pipeline.apply_in_order(downloaded(), len(todo), parse,
+                                          ready=lambda: (f := futures.get(taken)) is None or f.done())
         try:
             for i in range(ahead):
                 submit(i)
             for i, rf in enumerate(todo):
                 files_bar.set_postfix_str(rf.name)
                 try:
-                    dl = futures.pop(i).result()
-                    submit(i + ahead)
-                    report.downloaded_bytes += dl.bytes
-                    report.download_seconds += dl.seconds
-                    if dl.bytes:
-                        self.log(f"downloaded {rf.label}: {dl.bytes / 1e6:.1f} MB in {dl.seconds:.2f} s"
-                                 + (" (resumed with Range)" if dl.ranged else ""))
-                    else:
-                        self.log(f"using the earlier complete download of {rf.label}")
-                    res = pipeline.ingest_file(dl.path, sync=False)
+                    res = next(results, None)
+                    if i == 0 and parse.parse_workers:
+                        report.parse_workers = parse.parse_workers
+                        self.log(f"parsing on {parse.parse_workers}")
+                    if res is None:  # its download failed
+                        assert refused and refused[0][0] == i, f"no result and no refused download for {rf.label}"
+                        raise refused[0][1]
+                    dl = downloads.popleft()
                     if res.status == "failed":
                         raise BadSourceFile(rf.url, f"refused, nothing of it applied: {res.error}")
                 except PubmindError as e:
@@ -306,13 +337,14 @@ class Syncer:
                          + (" (already in the store)" if res.status == "skipped" else ""))
                 files_bar.update(1)
                 pending_chunks += res.apply.get("chunks_added", 0) + res.apply.get("chunks_removed", 0)
-                # embed as we go on long runs, while the next files are applied
-                if pending_chunks >= self.settings.index.save_every and pipeline.indexer.sync_async():
+                # embed as we go on long runs, while the next files are parsed and applied
+                if pending_chunks >= self.settings.index.save_every and pipeline.indexer.sync_async(parse.sync_threads):
                     pending_chunks = 0
         except BaseException:
             pipeline.indexer.abandon_sync()
             raise
         finally:
+            results.close()  # parsing in flight stops, its spools are removed
             self._stop.set()  # running downloads stop at their next chunk and keep their .part
             pool.shutdown(wait=True, cancel_futures=True)
             bytes_bar.close()

@@ -99,6 +99,21 @@ def _word_additive(config: dict[str, Any]) -> bool:
             and not any(" " in t.get("content", " ") for t in config.get("added_tokens") or []))
 
 
+class _Rust:
+    """A Rust ``tokenizers.Tokenizer`` in the shape of the transformers wrapper, as far as ``Chunker`` uses it
+    (it calls the Rust tokenizer itself: ``backend_tokenizer``); ``special``: the wrapper's count."""
+
+    def __init__(self, backend: Any, special: int) -> None:
+        self.backend_tokenizer, self._special = backend, special
+
+    def __call__(self, text: Any, **kwargs: Any) -> Any:
+        raise AssertionError("Chunker calls the Rust tokenizer (backend_tokenizer) directly")
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        assert not pair, "chunks are single sequences"
+        return self._special
+
+
 class Chunker:
     """Token-aware chunker bound to one tokenizer and chunking settings; ``chunk_many`` batches the
     tokenizer calls for many articles (the store calls it once per transaction)."""
@@ -122,6 +137,25 @@ class Chunker:
                 self._words = {}
             else:
                 log.info("chunking: this tokenizer's counts are not additive by word; every sentence is tokenized")
+
+    def portable(self) -> tuple[Any, ...]:
+        """What another process needs to rebuild this chunker (``Chunker.rebuild``): with a Rust tokenizer,
+        its JSON and the special-token count, so that the process does not import transformers to unpickle
+        the wrapper (~1 s, while the parent, writing the pickle to it, waits); otherwise the tokenizer."""
+        if self._backend is None:
+            return ("wrapper", self.tokenizer, self.settings)
+        return ("rust", self._backend.to_str(), self.settings.max_tokens - self.budget, self.settings)
+
+    @classmethod
+    def rebuild(cls, spec: tuple[Any, ...]) -> Chunker:
+        """The chunker ``portable()`` described: the same chunks from the same articles."""
+        if spec[0] == "wrapper":
+            return cls(spec[1], spec[2])
+        kind, tokenizer_json, special, settings = spec
+        assert kind == "rust", f"unknown chunker spec {kind!r}"
+        from tokenizers import Tokenizer as RustTokenizer
+
+        return cls(_Rust(RustTokenizer.from_str(tokenizer_json), special), settings)
 
     def _count(self, texts: list[str]) -> list[int]:
         """Token counts (no special tokens) of single-spaced texts as they appear after a space inside a

@@ -12,6 +12,7 @@ import fcntl
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -152,6 +153,62 @@ def test_first_sync_applies_baseline_then_updates_in_order(make_syncer, mirror: 
     assert not list(settings.downloads_dir.rglob("*.xml.gz*"))  # keep_downloads is off by default
 
 
+def _sync_home(settings, mirror: Mirror, embedder: HashEmbedder) -> tuple[Any, list[str], tuple[Any, ...]]:
+    """One sync of ``mirror`` into the home of ``settings``: the report, the log lines and what the home holds
+    (versions, corpus stats, chunk ids)."""
+    logs: list[str] = []
+    want = expected_pmids(*FILES.values())
+    with Indexer(settings, embedder=embedder) as ix, \
+            Syncer(settings, mirror=mirror.url, pipeline=Pipeline(settings, indexer=ix, progress=False),
+                   progress=False, log=logs.append) as syncer:
+        report = syncer.run()
+        held = ix.store.versions(want), corpus_stats(settings), ix.store.chunk_ids_of(sorted(want))
+    assert report.failed is None
+    assert [a["file"] for a in report.applied] == ORDER
+    assert held[0] == want
+    assert not list(settings.ingest_dir.glob("spool-*"))
+    return report, logs, held
+
+
+def _applied_while_downloading(logs: list[str]) -> bool:
+    """The baseline file was applied before the (delayed) last update file had arrived."""
+    applied = next(i for i, m in enumerate(logs) if m.startswith("applied baseline/pubmed26n1334.xml.gz"))
+    arrived = next(i for i, m in enumerate(logs) if m.startswith("downloaded updatefiles/pubmed26n1336"))
+    return applied < arrived
+
+
+@pytest.mark.network
+def test_files_are_parsed_in_parallel_processes_and_applied_as_they_are_ready(
+        make_settings, mirror: Mirror, hash_embedder: HashEmbedder, tmp_path: Path) -> None:
+    """With 2 parse processes the sync applies the same corpus as one process does, in the same order. A
+    file still downloading does not hold back one already parsed: the baseline file is applied while the
+    last update file is still on its way."""
+    mirror.delay["pubmed26n1336.xml.gz"] = 3.0  # starting the 2 parse processes takes ~0.8 s here
+    one, _, held_one = _sync_home(make_settings(home=tmp_path / "w1", ingest={"workers": 1}), mirror, hash_embedder)
+    assert one.parse_workers == ""  # parsed in the writer
+    two, logs, held_two = _sync_home(make_settings(home=tmp_path / "w2", ingest={"workers": 2}), mirror,
+                                     hash_embedder)
+    assert two.parse_workers.startswith("2 processes ("), two.parse_workers
+    assert f"parsing on {two.parse_workers}" in logs
+    assert _applied_while_downloading(logs), logs
+    assert held_two == held_one
+
+
+@pytest.mark.network
+@pytest.mark.integration
+def test_sync_parses_on_ray(make_settings, mirror: Mirror, hash_embedder: HashEmbedder, local_ray,
+                            tmp_path: Path) -> None:
+    """``ingest.executor = "ray"``: the sync's files are parsed by Ray tasks, with the same result."""
+    mirror.delay["pubmed26n1336.xml.gz"] = 3.0
+    _, _, held_one = _sync_home(make_settings(home=tmp_path / "w1", ingest={"workers": 1}), mirror, hash_embedder)
+    report, logs, held = _sync_home(make_settings(home=tmp_path / "ray", ingest={"executor": "ray"}), mirror,
+                                    hash_embedder)
+    assert report.parse_workers == "Ray tasks (local)"
+    assert "parsing on Ray tasks (local)" in logs
+    assert _applied_while_downloading(logs), logs
+    assert held == held_one
+
+
 @pytest.mark.network
 def test_second_sync_is_a_no_op(make_syncer, mirror: Mirror, settings, indexer, hash_embedder) -> None:
     make_syncer().run()
@@ -228,6 +285,8 @@ def test_a_file_that_does_not_parse_is_refused(make_syncer, mirror: Mirror, sett
     assert report.waiting == ["updatefiles/pubmed26n1336.xml.gz"]
     assert applied(settings) == ["baseline/pubmed26n1334.xml.gz"]
     assert indexer.store.versions(pmids(SAMPLE_1335) - pmids(SAMPLE_1334)) == {}
+    assert indexer.store.versions(pmids(UPDATE_26_SAMPLE)) == {}  # parsed ahead maybe, never applied
+    assert not list(settings.ingest_dir.glob("spool-*"))  # the parsing in flight was stopped, its spools removed
 
 
 @pytest.mark.network

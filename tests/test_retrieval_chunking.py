@@ -146,3 +146,41 @@ def test_word_additive_tokenizers(config, additive) -> None:
     from retrieval.chunking import _word_additive
 
     assert _word_additive(config) is additive
+
+
+@pytest.mark.parametrize("which", ["minilm", "tiny_llm"])
+def test_a_rebuilt_chunker_gives_the_same_chunks_without_transformers(which, minilm_tokenizer, shared_data,
+                                                                       request, tmp_path) -> None:
+    """``Chunker.rebuild(chunker.portable())`` (how parse processes and Ray tasks get the writer's chunker)
+    cuts real articles exactly as the writer's chunker does, hard cuts of over-long titles and sentences
+    included; a fresh process rebuilds it without importing transformers."""
+    import pickle
+    import subprocess
+    import sys
+
+    from ingest.parse import iter_records
+    from tests.fixtures_ingest import SAMPLE_1334
+
+    if which == "minilm":
+        tok = minilm_tokenizer
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(request.getfixturevalue("tiny_model_dir"))
+    sents = _pubmedqa_sentences(shared_data)
+    arts = [r for r in iter_records(SAMPLE_1334, check_md5=False) if isinstance(r, Article)]
+    arts += [Article(pmid=9, title=" ".join(sents[:30]), abstract=(AbstractSection(text=" ".join(sents[:60])),)),
+             Article(pmid=10, title="t", abstract=(AbstractSection(text="x " * 300 + "."),))]
+    writer = Chunker(tok, ChunkingSettings(max_tokens=48, overlap_sentences=1))
+    spec = writer.portable()
+    assert spec[0] == "rust" and isinstance(spec[1], str)
+    rebuilt = Chunker.rebuild(pickle.loads(pickle.dumps(spec)))
+    assert rebuilt.budget == writer.budget
+    assert rebuilt.chunk_many(arts) == writer.chunk_many(arts)
+    assert any(len(cs) > 3 for cs in writer.chunk_many(arts[-2:]))  # the long ones were cut
+    (tmp_path / "spec.pkl").write_bytes(pickle.dumps(spec))
+    code = ("import pickle, sys; from retrieval.chunking import Chunker; "
+            f"c = Chunker.rebuild(pickle.load(open({str(tmp_path / 'spec.pkl')!r}, 'rb'))); "
+            "print(c.budget, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == [str(writer.budget), "False"]
