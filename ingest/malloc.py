@@ -13,6 +13,11 @@ It is process-wide, and pubmind starts no other processes through ``multiprocess
 through it is the same interpreter, so anything else is unaffected. The launcher is checked once before
 it is used: it must start and have the library mapped, or the setting's value is refused (an explicit
 library) or the workers use the C library's malloc and the log says why (``auto``).
+
+Ray parse tasks (``ingest.executor = "ray"``) run in Ray's worker processes: the task's runtime environment
+sets ``LD_PRELOAD`` (Ray starts workers for it), so the library must be installed on every node (an explicit
+path at the same place). Each task reports what it ran with; an explicit library that a task did not get
+is refused, ``auto`` is reported as it came out (e.g. ``system malloc`` from a node without jemalloc).
 """
 
 from __future__ import annotations
@@ -61,6 +66,18 @@ def resolve(setting: str) -> str | None:
     if "/" in setting and not Path(setting).is_file():
         raise ConfigError(f"ingest.worker_malloc={setting!r}: no such file", param="ingest.worker_malloc")
     return setting
+
+
+def in_use(lib: str | None) -> str:
+    """``lib`` if this process has it mapped (it was preloaded), else ``SYSTEM``: what a Ray parse task,
+    started with ``LD_PRELOAD`` from its runtime environment, reports back."""
+    if lib is None:
+        return SYSTEM
+    try:
+        with open("/proc/self/maps") as f:
+            return lib if Path(lib).name in f.read() else SYSTEM
+    except OSError:
+        return SYSTEM
 
 
 def _launcher(lib: str, folder: Path) -> Path:

@@ -37,9 +37,11 @@ import msgspec
 from tqdm import tqdm
 
 from ingest.eutils import EutilsClient
-from ingest.malloc import workers_malloc
+from ingest.malloc import SYSTEM as SYSTEM_MALLOC
+from ingest.malloc import in_use, workers_malloc
+from ingest.malloc import resolve as resolve_malloc
 from ingest.parse import is_source_file, iter_records, verify_md5
-from pubmind.errors import BadSourceFile
+from pubmind.errors import BadSourceFile, ConfigError
 from pubmind.records import Article, Deletion, article_from_json, article_to_json
 from pubmind.settings import Settings
 from retrieval.chunking import Chunk, Chunker
@@ -184,10 +186,12 @@ def _worker_parse(path: str, spool: str) -> ParseResult:
 _ray_chunker: tuple[str, Chunker] | None = None  # (object id of its portable spec, chunker): per worker
 
 
-def _ray_parse(data: bytes, name: str, setup: list[Any]) -> tuple[int, int, str | None, bytes]:
+def _ray_parse(data: bytes, name: str, setup: list[Any],
+               lib: str | None) -> tuple[int, int, str | None, bytes, str, str]:
     """Ray task: parse + chunk one file's ``data`` (``name``: the writer's path, for the format and the
-    errors); ``setup``: [ref of the writer's ``Chunker.portable()``], fetched once per worker. Returns the
-    ``ParseResult`` and the spool's lines, gzip-compressed (b"" for a bad file)."""
+    errors); ``setup``: [ref of the writer's ``Chunker.portable()``], fetched once per worker; ``lib``: the
+    allocator its runtime environment preloads. Returns the ``ParseResult``, the spool's lines gzip-compressed
+    (b"" for a bad file), the allocator this worker has, and its node's address."""
     global _ray_chunker
     import ray
 
@@ -195,12 +199,13 @@ def _ray_parse(data: bytes, name: str, setup: list[Any]) -> tuple[int, int, str 
     if _ray_chunker is None or _ray_chunker[0] != setup[0].hex():
         _ray_chunker = (setup[0].hex(), Chunker.rebuild(ray.get(setup[0])))
     buf = io.BytesIO()
+    err: str | None = None
     try:
         with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1) as out:
             n_art, n_del = spool_records(iter_records(name, data=data), cast(IO[bytes], out), _ray_chunker[1])
     except BadSourceFile as e:
-        return 0, 0, e.message, b""
-    return n_art, n_del, None, buf.getvalue()
+        n_art, n_del, err = 0, 0, e.message
+    return n_art, n_del, err, b"" if err else buf.getvalue(), in_use(lib), ray.util.get_node_ip_address()
 
 
 def worker_count(settings: Settings, n_files: int) -> int:
@@ -285,8 +290,7 @@ class Pipeline:
         parsing ends and its spools are removed."""
         workers = worker_count(self.settings, n_files)
         if self.settings.ingest.executor == "ray" and n_files > 1:
-            report.parse_workers = f"Ray tasks ({self.settings.ingest.ray_address})"
-            return self._on_ray(files, n_files, force, ready)
+            return self._on_ray(files, n_files, force, report, ready)
         if workers > 1:
             report.sync_threads = max(1, len(os.sched_getaffinity(0)) - workers)  # the cores the workers leave
             return self._parallel(files, n_files, force, workers, report, ready)
@@ -401,25 +405,39 @@ class Pipeline:
             yield from self._in_order(files, force, 2 * workers, "process", submit,
                                       lambda: pool.shutdown(wait=True, cancel_futures=True), ready)
 
-    def _on_ray(self, files: Iterable[Path], n_files: int, force: bool,
+    def _on_ray(self, files: Iterable[Path], n_files: int, force: bool, report: IngestReport,
                 ready: Callable[[], bool] | None) -> Generator[FileResult, None, None]:
         """Parse + chunk ``files`` as Ray tasks (one CPU each): the writer ``ray.put``s a file's bytes, the
         task returns its spool compressed, the writer spools it. In flight: ``2 * ingest.workers`` files, or
-        twice the CPUs the cluster has free once the embedding actors are placed."""
+        twice the CPUs the cluster has free once the embedding actors are placed. The tasks preload the
+        allocator of ``ingest.worker_malloc`` (``ingest.malloc``); ``report.parse_workers`` says which they
+        had, e.g. ``Ray tasks (local; libjemalloc.so.2)``."""
         ray = ray_init(self.settings)
         setup = [ray.put(self.indexer.chunker.portable())]  # once; starts the indexer
         cpus = self.settings.ingest.workers or int(ray.available_resources().get("CPU", 1))
         window = 2 * max(1, cpus)
-        task = ray.remote(num_cpus=1)(_ray_parse)
+        setting = self.settings.ingest.worker_malloc
+        lib = resolve_malloc(setting)
+        env = {"env_vars": {"LD_PRELOAD": lib}} if lib else {}
+        task = ray.remote(num_cpus=1, runtime_env=env)(_ray_parse)
         running: dict[Path, Any] = {}  # spool -> ObjectRef of the task that fills it
+        had: set[str] = set()  # allocators the tasks reported
+        where = self.settings.ingest.ray_address
+        report.parse_workers = f"Ray tasks ({where})"
         log.info("ingest: parsing on Ray (%s): %d files, window %d", self.settings.ingest.ray_address,
                  n_files, window)
 
         def submit(path: Path, spool: Path) -> Callable[[], ParseResult]:
-            running[spool] = task.remote(ray.put(path.read_bytes()), str(path), setup)
+            running[spool] = task.remote(ray.put(path.read_bytes()), str(path), setup, lib)
 
             def wait() -> ParseResult:
-                n_art, n_del, err, payload = ray.get(running.pop(spool))
+                n_art, n_del, err, payload, malloc, node = ray.get(running.pop(spool))
+                if malloc == SYSTEM_MALLOC and lib and setting != "auto":
+                    raise ConfigError(f"ingest.worker_malloc={setting!r}: a Ray parse task on {node} started "
+                                      f"without it (LD_PRELOAD={lib}); install it on every node, or use 'auto'",
+                                      param="ingest.worker_malloc")
+                had.add(malloc)
+                report.parse_workers = f"Ray tasks ({where}; {', '.join(sorted(had))})"
                 with gzip.GzipFile(fileobj=io.BytesIO(payload)) as src, open(spool, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
                 return n_art, n_del, err

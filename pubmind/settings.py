@@ -149,7 +149,8 @@ class IngestSettings(BaseModel):
         "auto", description="Memory allocator of the parse worker processes (Linux: preloaded with LD_PRELOAD). "
         "'auto': jemalloc where the system has it (Debian/Ubuntu: apt install libjemalloc2; measured ~13% less "
         "worker CPU than glibc's malloc on PubMed XML), else the C library's malloc, as the log says; 'system': "
-        "the C library's malloc; or a shared library's path or soname (e.g. libmimalloc.so.2), which must load.")
+        "the C library's malloc; or a shared library's path or soname (e.g. libmimalloc.so.2), which must load. "
+        "executor='ray': Ray parse tasks preload it too (their runtime environment), so install it on every node.")
 
 
 class RetrievalSettings(BaseModel):

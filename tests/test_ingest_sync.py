@@ -203,8 +203,8 @@ def test_sync_parses_on_ray(make_settings, mirror: Mirror, hash_embedder: HashEm
     _, _, held_one = _sync_home(make_settings(home=tmp_path / "w1", ingest={"workers": 1}), mirror, hash_embedder)
     report, logs, held = _sync_home(make_settings(home=tmp_path / "ray", ingest={"executor": "ray"}), mirror,
                                     hash_embedder)
-    assert report.parse_workers == "Ray tasks (local)"
-    assert "parsing on Ray tasks (local)" in logs
+    assert report.parse_workers.startswith("Ray tasks (local; ")
+    assert any(m.startswith("parsing on Ray tasks (local; ") for m in logs), logs
     assert _applied_while_downloading(logs), logs
     assert held == held_one
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ingest.malloc import SYSTEM, resolve
 from ingest.pipeline import IngestReport, Pipeline
 from pubmind.errors import ConfigError
 from retrieval.distributed import RayEmbedder
@@ -77,6 +78,30 @@ def test_ingest_on_ray_equals_local(make_settings, embedder, local_ray, tmp_path
     assert np.array_equal(r_hits[:, 0], l_hits[:, 0])
     assert np.mean(r_hits == l_hits) >= 0.95  # ties between near-equal scores may swap places
     assert not list(onray.ingest_dir.glob("spool-*"))  # every spool removed
+    assert r_rep.parse_workers == f"Ray tasks (local; {resolve('auto') or SYSTEM})"  # jemalloc where installed
+
+
+def test_ray_parse_tasks_preload_the_workers_allocator(make_settings, hash_embedder, local_ray, tmp_path):
+    """Ray parse tasks start with ``ingest.worker_malloc`` preloaded (their runtime environment) and report
+    it; ``system`` preloads nothing; an explicit library that a task did not get is refused, naming the
+    setting, and the ingest stops with nothing of its spools left."""
+    jemalloc = resolve("auto")
+    if jemalloc is None:
+        pytest.skip("jemalloc is not installed (scripts/setup.sh installs libjemalloc2 as root)")
+    files = FILES[:2]
+    for setting, want in (("auto", jemalloc), ("system", SYSTEM)):
+        s = make_settings(home=tmp_path / setting, ingest={"executor": "ray", "worker_malloc": setting})
+        _, rep, *_ = _run(s, files, hash_embedder)
+        assert rep.parse_workers == f"Ray tasks (local; {want})"
+        assert [f.status for f in rep.files] == ["ingested", "ingested"]
+    not_a_lib = tmp_path / "libnot.so"
+    not_a_lib.write_text("not an ELF file")
+    s = make_settings(home=tmp_path / "bad", ingest={"executor": "ray", "worker_malloc": str(not_a_lib)})
+    with pytest.raises(ConfigError, match=r"a Ray parse task on .* started without it") as ei:
+        _run(s, files, hash_embedder)
+    assert ei.value.param == "ingest.worker_malloc"
+    assert str(not_a_lib) in ei.value.message
+    assert not list(s.ingest_dir.glob("spool-*"))
 
 
 def test_actors_that_load_different_models_are_refused(make_settings, local_ray):
