@@ -82,6 +82,12 @@ def faiss_threads(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
+def all_faiss_threads() -> None:
+    """FAISS's OpenMP threads in the calling thread (OpenMP keeps the setting per thread): every core this
+    process may run on."""
+    faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))
+
+
 def target_nlist(n: int) -> int:
     """IVF cells for an index of ``n`` vectors: FAISS's guideline is 4*sqrt(N) .. 16*sqrt(N); we take the
     power of two nearest 8*sqrt(N), i.e. 5.7-11.3*sqrt(N) (1e6 -> 8192, 1e8 -> 65536)."""

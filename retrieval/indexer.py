@@ -26,7 +26,7 @@ from pubmind.errors import Conflict, IndexMismatch
 from pubmind.records import Article, Deletion
 from pubmind.settings import Settings
 from retrieval.chunking import Chunk, Chunker
-from retrieval.index import VectorIndex, faiss_threads
+from retrieval.index import VectorIndex, all_faiss_threads, faiss_threads
 from retrieval.store import ApplyResult, CorpusStore
 
 log = logging.getLogger("pubmind.indexer")
@@ -51,6 +51,7 @@ class SyncStats(msgspec.Struct, kw_only=True):
     index_seconds: float = 0.0  # adding vectors to the index (and IVF-PQ training when it happens)
     save_seconds: float = 0.0  # index checkpoints + marking their chunks indexed
     left_pending: int = 0  # embedded, but written again by apply() meanwhile (sync_async): for the next sync
+    marks_deferred: int = 0  # checkpoints that found apply() holding the store: marked at the next one
 
     def __iadd__(self, o: SyncStats) -> SyncStats:
         for f in self.__struct_fields__:
@@ -110,6 +111,7 @@ class Indexer:
         self._bg_stats, self._bg_error = SyncStats(), cast(BaseException | None, None)  # since wait_sync()
         self._sync_lock = threading.Lock()  # one sync() at a time (a direct call waits for the background one)
         self._stop = threading.Event()  # ends a sync at its next page (wait_sync(stop=True), close())
+        self._widen = threading.Event()  # the background sync may use every core from its next page on
         settings.home.mkdir(parents=True, exist_ok=True)
         self._lockf = open(settings.home / "indexer.lock", "w")  # noqa: SIM115 (held until close())
         try:
@@ -233,20 +235,34 @@ class Indexer:
         unsaved: list[np.ndarray] = []
         seqs: list[np.ndarray] = []  # per unsaved id: write_seq() before its page was read
         n_unsaved, after = 0, -1
+        dirty = len(removed) > 0  # the index changed since its last save
 
-        def checkpoint() -> None:
-            nonlocal removed, unsaved, seqs, n_unsaved
+        def checkpoint(last: bool) -> None:
+            """Save the index, then mark what it holds indexed in the store. Except for the last one, the mark
+            does not wait for an apply() in progress (its commit may be merging FTS5 segments for seconds):
+            the ids are marked at the next checkpoint, and embedding goes on meanwhile."""
+            nonlocal removed, unsaved, seqs, n_unsaved, dirty
             t = time.perf_counter()
-            self.index.save()
-            st.left_pending += self.store.mark_indexed(
+            if dirty:  # not after a deferred mark with nothing added since
+                self.index.save()
+                st.saves += 1
+            n_unsaved, dirty = 0, False
+            left = self.store.mark_indexed(
                 np.concatenate(unsaved) if unsaved else [], removed,
-                np.concatenate(seqs) if seqs else np.zeros(0, np.int64), removed_seq)
+                np.concatenate(seqs) if seqs else np.zeros(0, np.int64), removed_seq, wait=last)
             st.save_seconds += time.perf_counter() - t
-            st.saves += 1
-            removed, unsaved, seqs, n_unsaved = removed[:0], [], [], 0
+            if left is None:
+                st.marks_deferred += 1
+                return
+            st.left_pending += left
+            removed, unsaved, seqs = removed[:0], [], []
 
+        widened = False
         with tqdm(total=total, desc="embed", unit="chunk", disable=not progress) as pbar:
             while not self._stop.is_set():
+                if not widened and self._widen.is_set() and threading.current_thread() is self._bg:
+                    all_faiss_threads()
+                    widened = True
                 seq = self.store.write_seq()  # before the read
                 rows = self.store.pending_chunks(min(page, self.checkpoint_interval() - n_unsaved), after)
                 if not rows:
@@ -261,13 +277,14 @@ class Indexer:
                 st.index_seconds += time.perf_counter() - t1
                 unsaved.append(ids)
                 n_unsaved += len(ids)
+                dirty = True
                 st.embedded += len(ids)
                 after = int(ids[-1])
                 pbar.update(len(ids))
                 if n_unsaved >= self.checkpoint_interval():
-                    checkpoint()
-        if (n_unsaved or len(removed)) and not self._stop.is_set():  # stopped: left pending, for the next sync
-            checkpoint()
+                    checkpoint(last=False)
+        if (unsaved or len(removed)) and not self._stop.is_set():  # stopped: left pending, for the next sync
+            checkpoint(last=True)
         st.seconds = time.perf_counter() - t0
         self.totals.sync += st
         return st
@@ -306,9 +323,11 @@ class Indexer:
         if self._bg is not None:
             if stop:
                 self._stop.set()
+            self._widen.set()  # the caller only waits: the background sync's FAISS work gets every core
             self._bg.join()
             self._bg = None
         self._stop.clear()
+        self._widen.clear()
         self.store.track_writes(False)
         self._raise_bg()
         st, self._bg_stats = self._bg_stats, SyncStats()

@@ -202,14 +202,27 @@ class CorpusStore:
         return self._seq
 
     def mark_indexed(self, chunk_ids: Sequence[int] | np.ndarray, removed_done: Sequence[int] | np.ndarray = (),
-                     read_seq: int | Sequence[int] | np.ndarray | None = None, removed_seq: int | None = None) -> int:
+                     read_seq: int | Sequence[int] | np.ndarray | None = None, removed_seq: int | None = None,
+                     *, wait: bool = True) -> int | None:
         """After an index save: these chunks are in it, and these removed ids are out of it. One transaction.
         ``read_seq``: the ``write_seq()`` taken before the texts were read (one for all, or one per chunk id:
         the page it came in); ``removed_seq``: the same for the removals (default: the smallest read_seq).
         While writes are tracked, ids that apply() wrote in a later transaction than their read are left
         out (their text changed, or they were deleted or re-added, after the read): they stay pending, or
-        queued for removal, for the next sync. Returns how many ids were left out."""
-        with self._txn() as db:
+        queued for removal, for the next sync. Returns how many ids were left out. ``wait=False``: if an
+        ``apply()`` holds the store (a commit can take seconds when FTS5 merges its segments), do nothing and
+        return None: the caller marks them later (until then they stay pending; re-embedding them after a
+        crash is the only cost)."""
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
+            return self._mark_indexed(chunk_ids, removed_done, read_seq, removed_seq)
+        finally:
+            self._lock.release()
+
+    def _mark_indexed(self, chunk_ids: Sequence[int] | np.ndarray, removed_done: Sequence[int] | np.ndarray,
+                      read_seq: int | Sequence[int] | np.ndarray | None, removed_seq: int | None) -> int:
+        with self._txn() as db:  # re-enters the RLock the caller holds
             skipped = 0
             if self._written and read_seq is not None:
                 ids = np.asarray(chunk_ids, np.int64)

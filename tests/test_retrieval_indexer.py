@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -125,12 +126,12 @@ def test_marks_indexed_only_after_a_save_containing_them(tmp_path, hash_embedder
     real = CorpusStore.mark_indexed
     calls = []
 
-    def checked(self, chunk_ids, removed_done=(), *seqs):
+    def checked(self, chunk_ids, removed_done=(), *seqs, **kw):
         on_disk = VectorIndex.open(s.index_dir, s, hash_embedder.fingerprint, readonly=True)
         assert on_disk.contains(np.asarray(chunk_ids, np.int64)).all()
         assert not on_disk.contains(np.asarray(removed_done, np.int64)).any()
         calls.append(len(chunk_ids))
-        return real(self, chunk_ids, removed_done, *seqs)
+        return real(self, chunk_ids, removed_done, *seqs, **kw)
 
     monkeypatch.setattr(CorpusStore, "mark_indexed", checked)
     with Indexer(s, hash_embedder) as ix:
@@ -165,9 +166,9 @@ def test_crash_and_resume_converges(tmp_path, hash_embedder, reference, monkeypa
             else:  # a later checkpoint of the round dies after its index save (first one in the small round)
                 calls, fail_at = [0], (1 if i < 2 else 0)
 
-                def second_fails(self, *a, real=CorpusStore.mark_indexed, calls=calls, fail_at=fail_at):
+                def second_fails(self, *a, real=CorpusStore.mark_indexed, calls=calls, fail_at=fail_at, **kw):
                     calls[0] += 1
-                    return _boom() if calls[0] - 1 == fail_at else real(self, *a)
+                    return _boom() if calls[0] - 1 == fail_at else real(self, *a, **kw)
 
                 m.setattr(CorpusStore, "mark_indexed", second_fails)
             with pytest.raises(RuntimeError, match="injected crash"), Indexer(s, hash_embedder) as ix:
@@ -412,4 +413,73 @@ def test_a_long_background_sync_leaves_only_rewritten_chunks_pending(tmp_path, h
         assert bg.left_pending == 0
         assert bg.embedded == ix.store.stats()["chunks"]
         assert ix.store.count_pending() == 0
+    assert_consistent(s)
+
+
+def test_checkpoints_do_not_wait_for_an_apply_in_progress(tmp_path, hash_embedder) -> None:
+    """While apply() holds the store (a commit that merges FTS5 segments takes seconds at scale), the background
+    sync goes on embedding and saving: its checkpoints defer marking chunks indexed to the next one, and the
+    last one waits. In the end every chunk is marked once and the index equals the store."""
+    s = cfg(tmp_path / "home")
+    with Indexer(s, hash_embedder) as ix:
+        ix.apply(corpus(30), progress=False, sync=False)
+        pending = ix.store.count_pending()
+        assert pending > 5 * 7  # several checkpoints (save_every=7)
+        ix.store._lock.acquire()  # an apply() in progress
+        try:
+            g0 = ix.index.generation
+            assert ix.sync_async()
+            deadline = time.monotonic() + 30
+            while ix.index.generation < g0 + 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert ix.index.generation >= g0 + 3, "the sync stopped at a checkpoint, waiting for the store"
+            assert ix.store.count_pending() == pending  # saved, not marked yet
+        finally:
+            ix.store._lock.release()
+        st = ix.wait_sync()
+        assert st.marks_deferred >= 2
+        assert st.embedded == pending
+        assert ix.store.count_pending() == 0
+    assert_consistent(s)
+
+
+def test_waiting_for_the_background_sync_gives_it_every_core(tmp_path, hash_embedder, monkeypatch) -> None:
+    """A background sync started on 1 FAISS thread (parse workers held the other cores) takes every core from
+    its next page on once the writer only waits for it (the tail of a bulk ingest)."""
+    import os
+
+    import faiss
+
+    import retrieval.indexer as indexer_mod
+
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one core: nothing to widen to")
+    monkeypatch.setattr(indexer_mod, "PAGE_MIN", 5)
+    seen: list[int] = []
+
+    class Threads(GatedEmbedder):
+        def encode_passages(self, texts, batch_size=None):
+            seen.append(faiss.omp_get_max_threads())  # in the sync's thread
+            return super().encode_passages(texts, batch_size)
+
+    emb = Threads(hash_embedder)
+    s = cfg(tmp_path / "home")
+    with Indexer(s, emb) as ix:
+        monkeypatch.setattr(s.embedding, "batch_size", 0)
+        ix.apply(corpus(20), progress=False, sync=False)
+        assert ix.sync_async(1)
+        assert emb.inside.wait(30)  # first page, on 1 thread
+        waiter = threading.Thread(target=ix.wait_sync)
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while not ix._widen.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        emb.go.set()
+        waiter.join(30)
+        assert not waiter.is_alive()
+        assert ix.store.count_pending() == 0
+    assert seen[0] == 1
+    assert len(seen) > 2 and set(seen[1:]) == {cores}, seen
+    assert faiss.omp_get_max_threads() == cores  # this thread's setting is untouched
     assert_consistent(s)
