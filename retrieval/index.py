@@ -163,6 +163,32 @@ def _fast_pq(index: faiss.Index) -> None:
         ivfpq.pq.sync_transposed_centroids()
 
 
+def _sa_encode(index: faiss.Index, x: np.ndarray) -> np.ndarray:
+    """``index.sa_encode(x)``: (n, list number + PQ code) uint8 codes, ready for ``add_sa_codes``. For an
+    IVF-PQ on residuals with 8-bit codes the PQ step goes through FAISS's assign-index path (each
+    sub-quantizer's nearest centroid by a flat L2 search, BLAS) instead of its per-vector encoder: 26.6 against
+    30.7 us per vector with the coarse assignment, at nlist 2048 and pq_m 48 (8-d sub-vectors). A sub-vector
+    (nearly) equidistant from two centroids may get the other one (1 row in ~30k differs, equally near)."""
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index)) if isinstance(index, faiss.IndexIVF) else None
+    if not (isinstance(ivf, faiss.IndexIVFPQ) and ivf.by_residual and ivf.pq.nbits == 8):
+        return index.sa_encode(x)
+    n, pq, nb = len(x), ivf.pq, ivf.coarse_code_size()  # type: ignore[attr-defined]  # not in faiss's stubs
+    lists = ivf.quantizer.assign(x, 1).reshape(n)  # (n,) int64: the IVF cell of each vector
+    residuals = np.empty_like(x)  # (n, d) float32
+    ivf.quantizer.compute_residual_n(n, faiss.swig_ptr(x), faiss.swig_ptr(residuals), faiss.swig_ptr(lists))
+    out = np.empty((n, nb + pq.code_size), np.uint8)
+    codes = np.empty((n, pq.code_size), np.uint8)
+    flat = faiss.IndexFlatL2(pq.dsub)  # filled with each sub-quantizer's centroids in turn
+    pq.assign_index = flat
+    try:
+        pq.compute_codes_with_assign_index(faiss.swig_ptr(residuals), faiss.swig_ptr(codes), n)
+    finally:
+        pq.assign_index = None  # not owned by the PQ: never leave it pointing at a freed index
+    out[:, :nb] = lists.astype("<i8").view(np.uint8).reshape(n, 8)[:, :nb]  # FAISS's little-endian list number
+    out[:, nb:] = codes
+    return out
+
+
 class VectorIndex:
     """Id-mapped FAISS index over chunk ids. Use ``open``; one writer process, any number of readers
     (readers call ``reload()`` to pick up a newer generation)."""
@@ -490,7 +516,10 @@ class VectorIndex:
             for i in tqdm(blocks, desc=f"rebuild {self.kind} index", unit="block", disable=len(blocks) < 32):
                 slots = live[i : i + REBUILD_BLOCK]
                 v = self._read_rows(slots) if self.kind == "ivfpq" else self._vectors(slots)
-                fresh.add(v)
+                if isinstance(fresh, faiss.IndexIVF):
+                    fresh.add_sa_codes(_sa_encode(fresh, v))
+                else:
+                    fresh.add(v)
                 if out is not None:
                     out.write(v.astype(np.float16).tobytes())
         assert fresh.ntotal == len(live), f"rebuild added {fresh.ntotal} of {len(live)} vectors"
@@ -593,7 +622,7 @@ class VectorIndex:
                 assert f.tell() == self._n * self.dim * 2, f"{self._vec_file} has {f.tell()} bytes, expected {self._n * self.dim * 2}"
                 f.write(vecs.astype(np.float16).tobytes())
         if isinstance(self._tail, faiss.IndexIVF):
-            codes = self._tail.sa_encode(vecs)  # (n, list-number + PQ bytes): encode once, add to both
+            codes = _sa_encode(self._tail, vecs)  # (n, list-number + PQ bytes): encode once, add to both
             self._tail.add_sa_codes(codes)
             if self._index is not None:  # lean writers have none
                 self._index.add_sa_codes(codes)  # labels continue from ntotal (slots), as add() gives them

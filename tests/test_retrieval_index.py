@@ -603,3 +603,31 @@ def test_reader_retries_when_a_segment_is_gone(settings, monkeypatch) -> None:
     r = VectorIndex.open(s.index_dir, s, FP, readonly=True)
     assert len(naps) == 1
     assert len(r) == 1500
+
+
+@pytest.mark.parametrize("nlist", [64, 512])  # list numbers of 1 and 2 bytes
+def test_ivfpq_encoding_matches_faiss(nlist: int) -> None:
+    """``_sa_encode`` (the PQ step through FAISS's assign-index path) gives FAISS's own ``sa_encode`` codes:
+    the same IVF cell for every vector, the same PQ code for all but near-ties, which decode equally near."""
+    rng = np.random.default_rng(7)
+    centers = rng.standard_normal((300, 384)).astype(np.float32)
+    x = centers[rng.integers(0, 300, 24_000)] + 0.6 * rng.standard_normal((24_000, 384)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(384), 384, nlist, 48, 8, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.niter = ivf.pq.cp.niter = 4
+    ivf.train(x[:20_000])
+    new = x[20_000:]
+    want, got = ivf.sa_encode(new), vi._sa_encode(ivf, new)
+    assert got.shape == want.shape == (4_000, ivf.coarse_code_size() + 48)
+    nb = ivf.coarse_code_size()
+    assert np.array_equal(got[:, :nb], want[:, :nb])
+    same = (got == want).all(axis=1)
+    assert same.mean() >= 0.999
+    differ = ~same
+    if differ.any():  # near-ties: the reconstructions are as near to the vector either way
+        err_got = np.linalg.norm(ivf.sa_decode(got[differ]) - new[differ], axis=1)
+        err_want = np.linalg.norm(ivf.sa_decode(want[differ]) - new[differ], axis=1)
+        assert np.allclose(err_got, err_want, atol=1e-4)
+    assert ivf.pq.assign_index is None
+    flat = faiss.IndexFlatIP(384)
+    assert np.array_equal(vi._sa_encode(flat, new), flat.sa_encode(new))  # other kinds: FAISS's own
