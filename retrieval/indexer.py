@@ -51,7 +51,7 @@ class SyncStats(msgspec.Struct, kw_only=True):
     index_seconds: float = 0.0  # adding vectors to the index (and IVF-PQ training when it happens)
     save_seconds: float = 0.0  # index checkpoints + marking their chunks indexed
     left_pending: int = 0  # embedded, but written again by apply() meanwhile (sync_async): for the next sync
-    marks_deferred: int = 0  # checkpoints that found apply() holding the store: marked at the next one
+    marks_queued: int = 0  # background checkpoints whose marks the store's next transaction recorded
 
     def __iadd__(self, o: SyncStats) -> SyncStats:
         for f in self.__struct_fields__:
@@ -238,23 +238,23 @@ class Indexer:
         dirty = len(removed) > 0  # the index changed since its last save
 
         def checkpoint(last: bool) -> None:
-            """Save the index, then mark what it holds indexed in the store. Except for the last one, the mark
-            does not wait for an apply() in progress (its commit may be merging FTS5 segments for seconds):
-            the ids are marked at the next checkpoint, and embedding goes on meanwhile."""
+            """Save the index, then mark what it holds indexed in the store. A background sync queues the mark
+            for the store's next transaction (``CorpusStore.queue_mark``): it does not wait for an apply() in
+            progress, whose commit may be merging FTS5 segments for seconds. Its last checkpoint waits."""
             nonlocal removed, unsaved, seqs, n_unsaved, dirty
             t = time.perf_counter()
-            if dirty:  # not after a deferred mark with nothing added since
+            if dirty:
                 self.index.save()
                 st.saves += 1
             n_unsaved, dirty = 0, False
-            left = self.store.mark_indexed(
-                np.concatenate(unsaved) if unsaved else [], removed,
-                np.concatenate(seqs) if seqs else np.zeros(0, np.int64), removed_seq, wait=last)
+            args = (np.concatenate(unsaved) if unsaved else np.zeros(0, np.int64), removed,
+                    np.concatenate(seqs) if seqs else np.zeros(0, np.int64), removed_seq)
+            if last or threading.current_thread() is not self._bg:
+                st.left_pending += self.store.mark_indexed(*args) + self.store.take_marks_skipped()
+            else:
+                self.store.queue_mark(*args)
+                st.marks_queued += 1
             st.save_seconds += time.perf_counter() - t
-            if left is None:
-                st.marks_deferred += 1
-                return
-            st.left_pending += left
             removed, unsaved, seqs = removed[:0], [], []
 
         widened = False
@@ -283,8 +283,8 @@ class Indexer:
                 pbar.update(len(ids))
                 if n_unsaved >= self.checkpoint_interval():
                     checkpoint(last=False)
-        if (unsaved or len(removed)) and not self._stop.is_set():  # stopped: left pending, for the next sync
-            checkpoint(last=True)
+        if not self._stop.is_set():  # stopped: left pending, for the next sync
+            checkpoint(last=True)  # also records the marks queued before
         st.seconds = time.perf_counter() - t0
         self.totals.sync += st
         return st
@@ -328,7 +328,10 @@ class Indexer:
             self._bg = None
         self._stop.clear()
         self._widen.clear()
-        self.store.track_writes(False)
+        try:  # a sync stopped early leaves its checkpoints' marks queued; while writes are still tracked
+            self.store.record_queued_marks()
+        finally:
+            self.store.track_writes(False)
         self._raise_bg()
         st, self._bg_stats = self._bg_stats, SyncStats()
         return st

@@ -82,6 +82,11 @@ class CorpusStore:
         # written (added, changed or removed) to the number its transaction committed as.
         self._seq = 0
         self._written: dict[int, int] | None = None
+        # mark_indexed() calls queued by a background index sync (``queue_mark``): the next apply() runs them
+        # before its own transaction, so the sync never waits for a transaction in progress.
+        self._marks: list[tuple[Any, ...]] = []
+        self._marks_lock = threading.Lock()
+        self._marks_skipped = 0  # ids the queued marks left out (see mark_indexed), until taken
         self._migrate()
 
     # ---- plumbing -------------------------------------------------------------------------------
@@ -112,8 +117,12 @@ class CorpusStore:
 
     def close(self) -> None:
         with self._lock:
-            self._readers.close()
-            self._db.close()
+            try:  # the index holds them: recording it saves re-embedding them. Only while writes are tracked
+                if self._written is not None:  # (else a rewritten chunk could not be told): else left pending
+                    self._drain_marks()
+            finally:
+                self._readers.close()
+                self._db.close()
 
     def __enter__(self) -> CorpusStore:
         return self
@@ -129,6 +138,9 @@ class CorpusStore:
         Chunks whose text is unchanged keep their state (no re-embedding). ``force`` re-chunks identical
         records too (after a chunking change)."""
         res = ApplyResult()
+        if self._marks:
+            with self._lock:
+                self._drain_marks()
         pmids = {p for r in records for p in (r.pmids if isinstance(r, Deletion) else (r.pmid,))}
         with self._txn() as db:
             stored: dict[int, tuple[int, bytes] | None] = dict.fromkeys(pmids)
@@ -202,23 +214,47 @@ class CorpusStore:
         return self._seq
 
     def mark_indexed(self, chunk_ids: Sequence[int] | np.ndarray, removed_done: Sequence[int] | np.ndarray = (),
-                     read_seq: int | Sequence[int] | np.ndarray | None = None, removed_seq: int | None = None,
-                     *, wait: bool = True) -> int | None:
+                     read_seq: int | Sequence[int] | np.ndarray | None = None, removed_seq: int | None = None) -> int:
         """After an index save: these chunks are in it, and these removed ids are out of it. One transaction.
         ``read_seq``: the ``write_seq()`` taken before the texts were read (one for all, or one per chunk id:
         the page it came in); ``removed_seq``: the same for the removals (default: the smallest read_seq).
         While writes are tracked, ids that apply() wrote in a later transaction than their read are left
         out (their text changed, or they were deleted or re-added, after the read): they stay pending, or
-        queued for removal, for the next sync. Returns how many ids were left out. ``wait=False``: if an
-        ``apply()`` holds the store (a commit can take seconds when FTS5 merges its segments), do nothing and
-        return None: the caller marks them later (until then they stay pending; re-embedding them after a
-        crash is the only cost)."""
-        if not self._lock.acquire(blocking=wait):
-            return None
-        try:
+        queued for removal, for the next sync. Returns how many ids were left out. Marks queued before
+        (``queue_mark``) are recorded first."""
+        with self._lock:
+            self._drain_marks()
             return self._mark_indexed(chunk_ids, removed_done, read_seq, removed_seq)
-        finally:
-            self._lock.release()
+
+    def queue_mark(self, chunk_ids: Sequence[int] | np.ndarray, removed_done: Sequence[int] | np.ndarray = (),
+                   read_seq: int | Sequence[int] | np.ndarray | None = None, removed_seq: int | None = None) -> None:
+        """``mark_indexed`` later: at the start of the next ``apply()`` (in its thread, before its own
+        transaction), or first thing in the next ``mark_indexed``, or at ``close()``. For an index sync that
+        runs beside apply(): it never waits for a transaction in progress (a commit that merges FTS5 segments
+        takes seconds at scale). Until then the chunks stay pending: a crash re-embeds them, nothing worse.
+        What they leave out is counted by ``take_marks_skipped``."""
+        with self._marks_lock:
+            self._marks.append((chunk_ids, removed_done, read_seq, removed_seq))
+
+    def record_queued_marks(self) -> None:
+        """Record the marks ``queue_mark`` queued, now (e.g. when a background sync stopped early)."""
+        with self._lock:
+            self._drain_marks()
+
+    def take_marks_skipped(self) -> int:
+        """Ids the queued marks recorded since the last call left out (``mark_indexed``'s return value)."""
+        with self._marks_lock:
+            n, self._marks_skipped = self._marks_skipped, 0
+        return n
+
+    def _drain_marks(self) -> None:
+        """Record the queued marks (caller holds ``_lock``)."""
+        with self._marks_lock:
+            todo, self._marks = self._marks, []
+        for args in todo:
+            skipped = self._mark_indexed(*args)
+            with self._marks_lock:
+                self._marks_skipped += skipped
 
     def _mark_indexed(self, chunk_ids: Sequence[int] | np.ndarray, removed_done: Sequence[int] | np.ndarray,
                       read_seq: int | Sequence[int] | np.ndarray | None, removed_seq: int | None) -> int:

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -418,8 +419,8 @@ def test_a_long_background_sync_leaves_only_rewritten_chunks_pending(tmp_path, h
 
 def test_checkpoints_do_not_wait_for_an_apply_in_progress(tmp_path, hash_embedder) -> None:
     """While apply() holds the store (a commit that merges FTS5 segments takes seconds at scale), the background
-    sync goes on embedding and saving: its checkpoints defer marking chunks indexed to the next one, and the
-    last one waits. In the end every chunk is marked once and the index equals the store."""
+    sync goes on embedding and saving: its checkpoints queue their marks for the store's next transaction,
+    and the last one waits. In the end every chunk is marked and the index equals the store."""
     s = cfg(tmp_path / "home")
     with Indexer(s, hash_embedder) as ix:
         ix.apply(corpus(30), progress=False, sync=False)
@@ -437,10 +438,37 @@ def test_checkpoints_do_not_wait_for_an_apply_in_progress(tmp_path, hash_embedde
         finally:
             ix.store._lock.release()
         st = ix.wait_sync()
-        assert st.marks_deferred >= 2
+        assert st.marks_queued >= 2
         assert st.embedded == pending
         assert ix.store.count_pending() == 0
     assert_consistent(s)
+
+
+def test_queued_marks_are_recorded_by_the_next_apply_or_at_close(tmp_path, hash_embedder) -> None:
+    """``CorpusStore.queue_mark``: nothing changes until the store's next transaction; apply() records the
+    queued marks first, leaving out chunks written after their read (as mark_indexed does), and close()
+    records what is still queued."""
+    s = cfg(tmp_path / "home")
+    with Indexer(s, hash_embedder) as ix:
+        ix.apply(corpus(6), progress=False, sync=False)
+        store = ix.store
+        store.track_writes(True)
+        seq = store.write_seq()  # before the read
+        ids = np.array([c for c, _ in store.pending_chunks(1000)], np.int64)
+        first = corpus(1)[0]
+        store.apply([msgspec.structs.replace(first, title="A new title")], ix.chunker)  # after the read
+        rewritten = set(ids[:4].tolist()) & {c for c, _ in store.pending_chunks(1000) if c // 1000 == first.pmid}
+        assert rewritten == {first.pmid * 1000}
+        before = store.count_pending()
+        store.queue_mark(ids[:4], (), seq)
+        assert store.count_pending() == before  # queued, not recorded
+        store.apply(corpus(1, start=900), ix.chunker)  # records the queued marks first
+        added = len(ix.chunker(corpus(1, start=900)[0]))
+        assert store.take_marks_skipped() == 1  # the rewritten chunk stays pending
+        assert store.count_pending() == before - 3 + added
+        store.queue_mark(ids[4:], (), store.write_seq())
+    with CorpusStore(s.corpus_db) as again:  # close() recorded the last queued marks
+        assert again.count_pending() == before - 3 - (len(ids) - 4) + added
 
 
 def test_waiting_for_the_background_sync_gives_it_every_core(tmp_path, hash_embedder, monkeypatch) -> None:
