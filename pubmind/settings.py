@@ -132,7 +132,7 @@ class SyncSettings(BaseModel):
 class IngestSettings(BaseModel):
     workers: int = Field(
         0, ge=0, le=256, description="Processes that parse and chunk files in parallel when several files are "
-        "ingested (one file per process; the single writer applies them in file order). 0: the CPU count; "
+        "ingested or synced (one file per process; the single writer applies them in file order). 0: the CPU count; "
         "1: parse in the writer process. executor='ray': twice this many files in flight to Ray parse tasks "
         "(0: twice the cluster's CPUs the embedding actors leave free).")
     executor: Literal["local", "ray"] = Field(
