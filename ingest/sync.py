@@ -310,8 +310,8 @@ class Syncer:
                 try:
                     res = next(results, None)
                     if i == 0 and parse.parse_workers:
-                        report.parse_workers = parse.parse_workers
                         self.log(f"parsing on {parse.parse_workers}")
+                    report.parse_workers = parse.parse_workers  # Ray tasks add their allocators as they report
                     if res is None:  # its download failed
                         assert refused and refused[0][0] == i, f"no result and no refused download for {rf.label}"
                         raise refused[0][1]
