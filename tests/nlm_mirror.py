@@ -3,8 +3,8 @@
 It serves a folder (``baseline/``, ``updatefiles/``) built in a temp dir from the real files in
 ``../shared/data``: folders as Apache-style HTML index pages like NLM's, files with HTTP Range support
 (``bytes=N-``, answered 206). Tests script faults per file name: HTTP statuses for the next requests
-(``fail``), a connection cut after N body bytes (``cut``), a delay before answering (``delay``); every
-request is logged with its Range header. Used by tests/test_ingest_sync.py and bench/sync.py.
+(``fail``), a connection cut after N body bytes (``cut``), a delay before answering (``delay``), an answer held
+until an event is set, at most ``hold_s`` seconds (``hold``); every request is logged with its Range header. Used by tests/test_ingest_sync.py and bench/sync.py.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ class Mirror:
     fail: dict[str, collections.deque[int]] = field(default_factory=lambda: collections.defaultdict(collections.deque))
     cut: dict[str, int] = field(default_factory=dict)  # name -> body bytes sent before the connection drops (once)
     delay: dict[str, float] = field(default_factory=dict)  # name -> seconds before answering
+    hold: dict[str, threading.Event] = field(default_factory=dict)  # name -> answered once set (or after hold_s)
+    hold_s: float = 8.0  # bound of a hold: below the test preset's 10-s request timeout
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def gets(self, name: str) -> list[str | None]:
@@ -100,6 +102,8 @@ def _handler(m: Mirror) -> type[BaseHTTPRequestHandler]:
                 cut = m.cut.pop(name, None)
             if name in m.delay:
                 time.sleep(m.delay[name])
+            if name in m.hold:
+                m.hold[name].wait(m.hold_s)
             if status is not None:
                 self._send(status, b"<html><body>injected failure</body></html>", extra={"Retry-After": "0"})
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -153,14 +154,20 @@ def test_first_sync_applies_baseline_then_updates_in_order(make_syncer, mirror: 
     assert not list(settings.downloads_dir.rglob("*.xml.gz*"))  # keep_downloads is off by default
 
 
-def _sync_home(settings, mirror: Mirror, embedder: HashEmbedder) -> tuple[Any, list[str], tuple[Any, ...]]:
+def _sync_home(settings, mirror: Mirror, embedder: HashEmbedder,
+               on_log: Callable[[str], None] = lambda m: None) -> tuple[Any, list[str], tuple[Any, ...]]:
     """One sync of ``mirror`` into the home of ``settings``: the report, the log lines and what the home holds
-    (versions, corpus stats, chunk ids)."""
+    (versions, corpus stats, chunk ids). ``on_log`` sees each log line as it is written."""
     logs: list[str] = []
+
+    def log(m: str) -> None:
+        logs.append(m)
+        on_log(m)
+
     want = expected_pmids(*FILES.values())
     with Indexer(settings, embedder=embedder) as ix, \
             Syncer(settings, mirror=mirror.url, pipeline=Pipeline(settings, indexer=ix, progress=False),
-                   progress=False, log=logs.append) as syncer:
+                   progress=False, log=log) as syncer:
         report = syncer.run()
         held = ix.store.versions(want), corpus_stats(settings), ix.store.chunk_ids_of(sorted(want))
     assert report.failed is None
@@ -170,8 +177,18 @@ def _sync_home(settings, mirror: Mirror, embedder: HashEmbedder) -> tuple[Any, l
     return report, logs, held
 
 
+def _hold_last_update_until_baseline_applied(mirror: Mirror) -> Callable[[str], None]:
+    """The mirror holds back the last update file until the baseline file is applied (at most
+    ``mirror.hold_s``): a sync that waited for every download before applying would get it only when the
+    hold times out, after which ``_applied_while_downloading`` fails. No guess at how long parsing takes."""
+    applied = threading.Event()
+    mirror.hold["pubmed26n1336.xml.gz"] = applied
+    return lambda m: applied.set() if m.startswith("applied baseline/pubmed26n1334.xml.gz") else None
+
+
 def _applied_while_downloading(logs: list[str]) -> bool:
-    """The baseline file was applied before the (delayed) last update file had arrived."""
+    """The baseline file was applied before the (held) last update file had arrived (its download is logged
+    when the sync takes it, in order)."""
     applied = next(i for i, m in enumerate(logs) if m.startswith("applied baseline/pubmed26n1334.xml.gz"))
     arrived = next(i for i, m in enumerate(logs) if m.startswith("downloaded updatefiles/pubmed26n1336"))
     return applied < arrived
@@ -183,11 +200,11 @@ def test_files_are_parsed_in_parallel_processes_and_applied_as_they_are_ready(
     """With 2 parse processes the sync applies the same corpus as one process does, in the same order. A
     file still downloading does not hold back one already parsed: the baseline file is applied while the
     last update file is still on its way."""
-    mirror.delay["pubmed26n1336.xml.gz"] = 3.0  # starting the 2 parse processes takes ~0.8 s here
     one, _, held_one = _sync_home(make_settings(home=tmp_path / "w1", ingest={"workers": 1}), mirror, hash_embedder)
     assert one.parse_workers == ""  # parsed in the writer
+    release = _hold_last_update_until_baseline_applied(mirror)
     two, logs, held_two = _sync_home(make_settings(home=tmp_path / "w2", ingest={"workers": 2}), mirror,
-                                     hash_embedder)
+                                     hash_embedder, on_log=release)
     assert two.parse_workers.startswith("2 processes ("), two.parse_workers
     assert f"parsing on {two.parse_workers}" in logs
     assert _applied_while_downloading(logs), logs
@@ -199,10 +216,10 @@ def test_files_are_parsed_in_parallel_processes_and_applied_as_they_are_ready(
 def test_sync_parses_on_ray(make_settings, mirror: Mirror, hash_embedder: HashEmbedder, local_ray,
                             tmp_path: Path) -> None:
     """``ingest.executor = "ray"``: the sync's files are parsed by Ray tasks, with the same result."""
-    mirror.delay["pubmed26n1336.xml.gz"] = 3.0
     _, _, held_one = _sync_home(make_settings(home=tmp_path / "w1", ingest={"workers": 1}), mirror, hash_embedder)
+    release = _hold_last_update_until_baseline_applied(mirror)
     report, logs, held = _sync_home(make_settings(home=tmp_path / "ray", ingest={"executor": "ray"}), mirror,
-                                    hash_embedder)
+                                    hash_embedder, on_log=release)
     assert report.parse_workers.startswith("Ray tasks (local; ")
     assert any(m.startswith("parsing on Ray tasks (local; ") for m in logs), logs
     assert _applied_while_downloading(logs), logs
