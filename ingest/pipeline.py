@@ -22,12 +22,14 @@ import io
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import shutil
 import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,7 @@ from ingest.malloc import SYSTEM as SYSTEM_MALLOC
 from ingest.malloc import in_use, workers_malloc
 from ingest.malloc import resolve as resolve_malloc
 from ingest.parse import is_source_file, iter_records, verify_md5
-from pubmind.errors import BadSourceFile, ConfigError
+from pubmind.errors import BadSourceFile, ConfigError, WorkerFailed
 from pubmind.records import Article, Deletion, article_from_json, article_to_json
 from pubmind.settings import Settings
 from retrieval.chunking import Chunk, Chunker
@@ -166,11 +168,12 @@ def read_spool(spool: Path) -> Iterator[Record | tuple[Article, list[Chunk]]]:
 _worker_chunker: Chunker | None = None
 
 
-def _worker_init(chunker: tuple[Any, ...]) -> None:
-    """``chunker``: the writer's ``Chunker.portable()``."""
+def _worker_init(spec: str) -> None:
+    """``spec``: a file holding the pickled ``Chunker.portable()`` of the writer."""
     global _worker_chunker
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core per worker
-    _worker_chunker = Chunker.rebuild(chunker)
+    with open(spec, "rb") as f:
+        _worker_chunker = Chunker.rebuild(pickle.load(f))
 
 
 def _worker_parse(path: str, spool: str) -> ParseResult:
@@ -328,8 +331,12 @@ class Pipeline:
         return key, md5
 
     def _new_spool(self) -> Path:
+        return self._new_temp("spool-", ".jsonl")
+
+    def _new_temp(self, prefix: str, suffix: str) -> Path:
+        """A new empty file in ``ingest_dir``."""
         self.settings.ingest_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="spool-", suffix=".jsonl", dir=self.settings.ingest_dir)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self.settings.ingest_dir)
         os.close(fd)
         return Path(tmp)
 
@@ -389,21 +396,46 @@ class Pipeline:
         """Parse + chunk ``files`` in ``workers`` processes (each writes its file's spool), at most
         ``2 * workers`` files in flight; ``report.parse_workers`` says how many, with which allocator."""
         ctx = mp.get_context("spawn")  # the writer holds torch/sqlite state that must not be forked
-        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                   initargs=(self.indexer.chunker.portable(),))
+        # The chunker (its tokenizer's JSON: ~0.7 MB) goes to the workers in a file, not in the pickle that
+        # spawn writes into each new process's pipe: CPython's parent keeps that pipe's read end open until
+        # the write returns, so a child that dies before reading it (e.g. a script without the
+        # ``if __name__ == "__main__":`` guard) would block a write over 64 KiB forever.
+        spec = self._new_temp("worker-chunker-", ".pkl")
+        spec.write_bytes(pickle.dumps(self.indexer.chunker.portable()))
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(str(spec),))
+
+        def died(path: Path) -> WorkerFailed:
+            return WorkerFailed(f"ingest: a parse process ended abruptly while parsing {path} (killed, out of "
+                                f"memory, or it could not start; a script that ingests must do so under "
+                                f"`if __name__ == \"__main__\":`, as parse processes are spawned and import "
+                                f"its main module)", param="ingest.workers")
 
         def submit(path: Path, spool: Path) -> Callable[[], ParseResult]:
-            return pool.submit(_worker_parse, str(path), str(spool)).result  # starts a worker if none is idle
+            try:
+                fut = pool.submit(_worker_parse, str(path), str(spool))  # starts a worker if none is idle
+            except BrokenProcessPool:
+                raise died(path) from None
+
+            def wait() -> ParseResult:
+                try:
+                    return fut.result()
+                except BrokenProcessPool:
+                    raise died(path) from None
+            return wait
 
         from retrieval.index import faiss_threads  # here: parse workers import this module, not faiss
 
         # The pool starts its processes on submit, inside: all of them with the allocator of worker_malloc.
-        with workers_malloc(self.settings.ingest.worker_malloc, self.settings.ingest_dir) as malloc, \
-                faiss_threads(len(os.sched_getaffinity(0)) - workers):  # the cores the workers leave
-            report.parse_workers = f"{workers} processes ({malloc})"
-            log.info("ingest: %d files, %d parse processes (%s)", n_files, workers, malloc)
-            yield from self._in_order(files, force, 2 * workers, "process", submit,
-                                      lambda: pool.shutdown(wait=True, cancel_futures=True), ready)
+        try:
+            with workers_malloc(self.settings.ingest.worker_malloc, self.settings.ingest_dir) as malloc, \
+                    faiss_threads(len(os.sched_getaffinity(0)) - workers):  # the cores the workers leave
+                report.parse_workers = f"{workers} processes ({malloc})"
+                log.info("ingest: %d files, %d parse processes (%s)", n_files, workers, malloc)
+                yield from self._in_order(files, force, 2 * workers, "process", submit,
+                                          lambda: pool.shutdown(wait=True, cancel_futures=True), ready)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            spec.unlink(missing_ok=True)
 
     def _on_ray(self, files: Iterable[Path], n_files: int, force: bool, report: IngestReport,
                 ready: Callable[[], bool] | None) -> Generator[FileResult, None, None]:

@@ -73,3 +73,10 @@ class IndexMismatch(PubmindError):
     """The index on disk was built with other settings (embedder, dimension, normalisation)."""
 
     status, code = 500, "index_mismatch"
+
+
+class WorkerFailed(PubmindError):
+    """A helper process (a parse process of the ingest) ended abruptly: killed, out of memory, or it could
+    not start."""
+
+    status, code = 500, "worker_failed"

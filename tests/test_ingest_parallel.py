@@ -143,3 +143,42 @@ def test_writer_faiss_uses_the_cores_the_workers_leave(make_settings, hash_embed
     _ingest(s, hash_embedder, REAL[:3])
     assert seen[0] == max(1, len(os.sched_getaffinity(0)) - 2)
     assert faiss.omp_get_max_threads() == before
+
+
+def test_a_parse_process_that_dies_at_start_is_an_error_not_a_hang(make_settings, hash_embedder, tmp_path,
+                                                                   monkeypatch):
+    """A parse process that exits before it reads its start-up data (here: a ``sitecustomize`` that exits,
+    like a script without the ``__main__`` guard) ends the ingest with an error naming the file, within
+    seconds, and leaves no spools. Before, the writer blocked forever writing the tokenizer into the dead
+    process's pipe."""
+    import threading
+    from multiprocessing import resource_tracker
+
+    from pubmind.errors import WorkerFailed
+
+    resource_tracker.ensure_running()  # spawned before the exit is set up: only the parse processes exit
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import os\nos._exit(3)\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))  # read by the spawned processes only
+    s = make_settings(home=tmp_path / "home", ingest={"workers": 2})
+    out: list[BaseException | str] = []
+
+    def run() -> None:
+        try:
+            with Indexer(s, hash_embedder) as ix, Pipeline(s, indexer=ix, progress=False) as p:
+                p.ingest_files(REAL[:2])
+            out.append("no error")
+        except BaseException as e:  # the test reports what it got
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(120)
+    assert out, "the ingest hung on a parse process that died at start"
+    err = out[0]
+    assert isinstance(err, WorkerFailed), err
+    assert "a parse process ended abruptly while parsing" in err.message and REAL[0].name in err.message
+    assert err.param == "ingest.workers"
+    assert not list(s.ingest_dir.glob("spool-*")) and not list(s.ingest_dir.glob("worker-chunker-*"))
