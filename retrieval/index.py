@@ -155,14 +155,6 @@ def _kmeans(cp: faiss.ClusteringParameters, x: np.ndarray, k: int) -> np.ndarray
     return faiss.vector_to_array(clus.centroids).reshape(k, x.shape[1])
 
 
-def _fast_pq(index: faiss.Index) -> None:
-    """IVF-PQ: encode from transposed PQ centroids (SIMD): the same codes in 0.89x the encode time of an add
-    (measured at nlist 2048, pq_m 48). FAISS does not save them, so they are set after training and loading."""
-    ivfpq = faiss.downcast_index(faiss.extract_index_ivf(index)) if isinstance(index, faiss.IndexIVF) else None
-    if isinstance(ivfpq, faiss.IndexIVFPQ):
-        ivfpq.pq.sync_transposed_centroids()
-
-
 def _sa_encode(index: faiss.Index, x: np.ndarray) -> np.ndarray:
     """``index.sa_encode(x)``: (n, list number + PQ code) uint8 codes, ready for ``add_sa_codes``. For an
     IVF-PQ on residuals with 8-bit codes the PQ step goes through FAISS's assign-index path (each
@@ -355,7 +347,6 @@ class VectorIndex:
             self._index.hnsw.efSearch = s.hnsw_ef_search
         elif self.kind == "ivfpq" and self.trained and self._index is not None:
             faiss.extract_index_ivf(self._index).nprobe = s.ivf_nprobe
-            _fast_pq(self._index)
 
     def reload(self) -> bool:
         """Reader: load the newest generation if the writer saved one since; True if reloaded.
@@ -443,9 +434,7 @@ class VectorIndex:
             return None
         if self._template is None:
             return faiss.IndexFlatIP(self.dim)
-        tail = faiss.clone_index(self._template)
-        _fast_pq(tail)
-        return tail
+        return faiss.clone_index(self._template)
 
     def _cleanup(self) -> None:
         """Delete files of other generations and temp files (writer only)."""
@@ -509,7 +498,6 @@ class VectorIndex:
         assert fresh.ntotal == 0, "rebuild into a non-empty index"
         if isinstance(fresh, faiss.IndexIVF):  # a new structure (training) or the same one (compaction)
             self._template = _ivf_template(fresh)
-        _fast_pq(fresh)
         new_vec_file = _new_vec_name() if self.kind == "ivfpq" else None
         blocks = range(0, len(live), REBUILD_BLOCK)
         with open(self.folder / new_vec_file, "wb") if new_vec_file else contextlib.nullcontext() as out:
