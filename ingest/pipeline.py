@@ -235,6 +235,7 @@ class Pipeline:
         self.progress = progress
         self._indexer = indexer
         self._own = indexer is None
+        self._swept = False
 
     @property
     def indexer(self) -> Any:
@@ -242,7 +243,21 @@ class Pipeline:
             from retrieval.indexer import Indexer
 
             self._indexer = Indexer(self.settings)
+        if not self._swept:  # the indexer holds this home's writer lock: no other pipeline writes here
+            self._swept = True
+            self._sweep()
         return self._indexer
+
+    def _sweep(self) -> None:
+        """Remove the spools and chunker specs that an interrupted (killed) run left in ``ingest_dir``."""
+        d = self.settings.ingest_dir
+        stale = [*d.glob("spool-*.jsonl"), *d.glob("worker-chunker-*.pkl")] if d.is_dir() else []
+        size = sum(p.stat().st_size for p in stale)
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            log.info("ingest: removed %d files (%.1f MB) that an interrupted run left in %s", len(stale),
+                     size / 1e6, d)
 
     def close(self) -> None:
         if self._own and self._indexer is not None:
@@ -335,6 +350,7 @@ class Pipeline:
 
     def _new_temp(self, prefix: str, suffix: str) -> Path:
         """A new empty file in ``ingest_dir``."""
+        assert self.indexer is not None  # first: it takes the writer lock and sweeps what a killed run left
         self.settings.ingest_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self.settings.ingest_dir)
         os.close(fd)

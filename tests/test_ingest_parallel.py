@@ -182,3 +182,24 @@ def test_a_parse_process_that_dies_at_start_is_an_error_not_a_hang(make_settings
     assert "a parse process ended abruptly while parsing" in err.message and REAL[0].name in err.message
     assert err.param == "ingest.workers"
     assert not list(s.ingest_dir.glob("spool-*")) and not list(s.ingest_dir.glob("worker-chunker-*"))
+
+
+def test_a_killed_runs_spools_and_specs_are_removed_by_the_next(make_settings, hash_embedder, tmp_path, caplog):
+    """A run killed mid-ingest (SIGKILL: no ``finally``) leaves its spools and chunker spec in ingest/; the
+    next pipeline on the home, holding its writer lock, removes them before it writes its own, and leaves
+    other files alone."""
+    s = make_settings(home=tmp_path / "home", ingest={"workers": 2})
+    s.ingest_dir.mkdir(parents=True)
+    left = [s.ingest_dir / "spool-k1l2m3.jsonl", s.ingest_dir / "worker-chunker-a1b2.pkl"]
+    for p in left:
+        p.write_bytes(b"x" * 1000)
+    other = s.ingest_dir / "notes.txt"
+    other.write_text("mine")
+    with caplog.at_level("INFO", logger="pubmind.ingest"), Indexer(s, hash_embedder) as ix, \
+            Pipeline(s, indexer=ix, progress=False) as p:
+        rep = p.ingest_files(REAL[:2])
+    assert [f.status for f in rep.files] == ["ingested", "ingested"]
+    assert not any(p.exists() for p in left)
+    assert other.read_text() == "mine"
+    assert not list(s.ingest_dir.glob("spool-*")) and not list(s.ingest_dir.glob("worker-chunker-*"))
+    assert any("removed 2 files (0.0 MB) that an interrupted run left" in r.getMessage() for r in caplog.records)
