@@ -256,8 +256,8 @@ class Pipeline:
         for p in stale:
             p.unlink(missing_ok=True)
         if stale:
-            log.info("ingest: removed %d files (%.1f MB) that an interrupted run left in %s", len(stale),
-                     size / 1e6, d)
+            log.warning("ingest: removed %d %s (%.1f MB) that an interrupted run left in %s", len(stale),
+                        "file" if len(stale) == 1 else "files", size / 1e6, d)
 
     def close(self) -> None:
         if self._own and self._indexer is not None:
