@@ -239,11 +239,16 @@ class Pipeline:
 
     @property
     def indexer(self) -> Any:
+        return self._writer()
+
+    def _writer(self) -> Any:
+        """The indexer, opened on first use (it takes the home's writer lock); the first call also sweeps what
+        a killed run left in ``ingest_dir``: under the lock no other pipeline writes there."""
         if self._indexer is None:
             from retrieval.indexer import Indexer
 
             self._indexer = Indexer(self.settings)
-        if not self._swept:  # the indexer holds this home's writer lock: no other pipeline writes here
+        if not self._swept:
             self._swept = True
             self._sweep()
         return self._indexer
@@ -350,7 +355,7 @@ class Pipeline:
 
     def _new_temp(self, prefix: str, suffix: str) -> Path:
         """A new empty file in ``ingest_dir``."""
-        assert self.indexer is not None  # first: it takes the writer lock and sweeps what a killed run left
+        self._writer()  # first: it takes the writer lock and sweeps what a killed run left
         self.settings.ingest_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self.settings.ingest_dir)
         os.close(fd)
